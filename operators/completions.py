@@ -1,0 +1,41 @@
+"""A Bytewax source that feeds the I/O runtime's results back into the dataflow."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
+
+from wa_worker.models.completions import Completion
+from wa_worker.runtime import IoRuntime
+
+_MAX_BATCH = 5000
+
+
+class _CompletionPartition(StatelessSourcePartition[tuple[str, Completion]]):
+    def __init__(self, completions: queue.SimpleQueue[tuple[str, Completion]]) -> None:
+        self._completions = completions
+
+    def next_batch(self) -> list[tuple[str, Completion]]:
+        # An empty batch makes Bytewax wait 1 ms before asking again: no busy loop.
+        batch: list[tuple[str, Completion]] = []
+        try:
+            while len(batch) < _MAX_BATCH:
+                batch.append(self._completions.get_nowait())
+        except queue.Empty:
+            pass
+        return batch
+
+
+class CompletionSource(DynamicSource[tuple[str, Completion]]):
+    """Each worker drains the process's shared queue; the keyed exchange that follows routes
+    every result to the worker owning its conversation (the one that started the work)."""
+
+    def __init__(self, runtime: Callable[[], IoRuntime]) -> None:
+        self._runtime = runtime  # started lazily, in the process that runs the partition
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> _CompletionPartition:
+        return _CompletionPartition(self._runtime().completions)

@@ -1,0 +1,238 @@
+"""Per-conversation processing: claim in Redis, call the handler, retry with backoff, emit.
+
+Retry design. A Bytewax dataflow is acyclic, so a failed event cannot loop back to an earlier
+step. We keep one `stateful_batch` logic per conversation key that *owns* its events until they
+have an outcome: it starts asynchronous work (a Redis claim, a handler call) on the process's
+I/O runtime and receives the result later as an ordinary item, merged into its input from the
+completion source. A retry is just a due time in the state plus `notify_at`, so nothing sleeps
+and other conversations keep flowing. We chose this over a fixed chain of "wait, then attempt"
+stages unrolled from MAX_RETRIES because that chain would hold a waiting event's successors in
+the same conversation at every stage, needs as many steps as retries (and a redeploy to change
+MAX_RETRIES would orphan their state), and still needs timers. The state (queue, attempts, due
+times) is snapshotted by Bytewax recovery, so pending retries survive a restart; the attempt
+count is also kept with the Redis claim, so losing the recovery directory does not reset it.
+
+Order: only the head of a conversation's queue is worked on, so events of one conversation are
+handled in arrival order. With ordering off, the dataflow keys by event instead of conversation
+and every event is its own queue.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
+
+from bytewax.operators import StatefulBatchLogic
+
+from operators.backoff import BackoffPolicy, poll_delay_s
+from wa_worker import metrics
+from wa_worker.models.completions import (
+    ClaimResult,
+    ClaimStatus,
+    Completion,
+    HandleResult,
+    HandleStatus,
+)
+from wa_worker.models.records import DeadLetter, ErrorClass, Outcome, Processed, WebhookEvent
+from wa_worker.settings import Settings
+
+Clock = Callable[[], datetime]
+
+
+class WorkSubmitter(Protocol):
+    """Starts asynchronous work whose result comes back as a Completion for `route_key`."""
+
+    def claim(self, route_key: str, event_key: str, token: str, lease_ms: int) -> None: ...
+    def handle(self, route_key: str, event: WebhookEvent, token: str) -> None: ...
+    def record_attempts(self, event_key: str, token: str, attempts: int, lease_ms: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class ConversationPolicy:
+    backoff: BackoffPolicy
+    lease_ms: int
+    handler_timeout_s: float
+
+
+class Phase(StrEnum):
+    CLAIM = "claim"
+    HANDLE = "handle"
+
+
+@dataclass
+class Pending:
+    event: WebhookEvent
+    token: str
+    phase: Phase = Phase.CLAIM
+    due_at: datetime | None = None  # None while the work is in flight
+    attempts: int = 0
+    polls: int = 0
+    first_failure_at: datetime | None = None
+    last_error: str | None = None
+    last_status_code: int | None = None
+
+
+@dataclass
+class ConversationState:
+    queue: list[Pending] = field(default_factory=list)
+
+
+class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, ConversationState]):
+    def __init__(self, route_key: Callable[[WebhookEvent], str], submit: WorkSubmitter,
+                 policy: ConversationPolicy, resume: ConversationState | None,
+                 clock: Clock = lambda: datetime.now(UTC)) -> None:
+        self._route_key = route_key
+        self._submit = submit
+        self._policy = policy
+        self._now = clock
+        self._state = ConversationState()
+        if resume is not None:
+            # Work in flight when the snapshot was taken was lost with the old process:
+            # start it again now (the claim token is kept, so the claim is still ours).
+            now = clock()
+            self._state.queue = [replace(p, due_at=p.due_at or now) for p in resume.queue]
+
+    def on_batch(self, values: list[WebhookEvent | Completion]) -> tuple[Iterable[Outcome], bool]:
+        out: list[Outcome] = []
+        for value in values:
+            if isinstance(value, WebhookEvent):
+                self._enqueue(value)
+            elif isinstance(value, ClaimResult):
+                self._on_claim(value, out)
+            else:
+                self._on_handled(value, out)
+        self._pump()
+        return out, not self._state.queue
+
+    def on_notify(self) -> tuple[Iterable[Outcome], bool]:
+        self._pump()
+        return [], not self._state.queue
+
+    def notify_at(self) -> datetime | None:
+        head = self._head()
+        return head.due_at if head is not None else None
+
+    def snapshot(self) -> ConversationState:
+        return ConversationState(queue=[replace(p) for p in self._state.queue])
+
+    def _head(self) -> Pending | None:
+        return self._state.queue[0] if self._state.queue else None
+
+    def _enqueue(self, event: WebhookEvent) -> None:
+        if any(p.event.event_key == event.event_key for p in self._state.queue):
+            metrics.DUPLICATES.inc()
+            return
+        self._state.queue.append(Pending(event=event, token=uuid.uuid4().hex, due_at=self._now()))
+
+    def _pump(self) -> None:
+        """Start the head's next piece of work when it is due."""
+        head = self._head()
+        if head is None or head.due_at is None or head.due_at > self._now():
+            return
+        head.due_at = None
+        key = self._route_key(head.event)
+        if head.phase is Phase.CLAIM:
+            self._submit.claim(key, head.event.event_key, head.token, self._lease_ms(0.0))
+        else:
+            head.attempts += 1
+            self._submit.handle(key, head.event, head.token)
+
+    def _current(self, event_key: str, token: str) -> Pending | None:
+        head = self._head()
+        if head is None or head.event.event_key != event_key or head.token != token:
+            return None  # stale: a result for work this state no longer waits for
+        return head
+
+    def _on_claim(self, result: ClaimResult, out: list[Outcome]) -> None:
+        head = self._current(result.event_key, result.token)
+        if head is None:
+            return
+        now = self._now()
+        if result.status is ClaimStatus.CLAIMED:
+            head.phase, head.polls, head.due_at = Phase.HANDLE, 0, now
+            head.attempts = max(head.attempts, result.attempts)
+            if self._policy.backoff.exhausted(head.attempts):
+                self._dead_letter(head, ErrorClass.RETRIES_EXHAUSTED, out)
+        elif result.status is ClaimStatus.DONE:
+            metrics.DUPLICATES.inc()
+            self._state.queue.pop(0)
+        else:
+            wait_s = poll_delay_s(head.polls)
+            if result.status is ClaimStatus.BUSY:
+                wait_s = min(wait_s, result.wait_ms / 1000)
+            else:
+                metrics.REDIS_ERRORS.inc()
+            head.polls += 1
+            head.due_at = now + timedelta(seconds=max(wait_s, 0.001))
+
+    def _on_handled(self, result: HandleResult, out: list[Outcome]) -> None:
+        head = self._current(result.event_key, result.token)
+        if head is None:
+            return
+        if result.status is HandleStatus.OK:
+            self._state.queue.pop(0)
+            out.append(Processed(event=head.event, result=result.result, attempts=head.attempts,
+                                 handler_latency_s=result.latency_s))
+            return
+        now = self._now()
+        head.first_failure_at = head.first_failure_at or now
+        head.last_error, head.last_status_code = result.error, result.status_code
+        if result.status is HandleStatus.PERMANENT:
+            self._dead_letter(head, ErrorClass.HANDLER_PERMANENT, out)
+        elif self._policy.backoff.exhausted(head.attempts):
+            self._dead_letter(head, ErrorClass.RETRIES_EXHAUSTED, out)
+        else:
+            delay_s = self._policy.backoff.delay_s(head.attempts - 1, result.retry_after_s)
+            head.due_at = now + timedelta(seconds=delay_s)
+            metrics.RETRIED.inc()
+            self._submit.record_attempts(
+                head.event.event_key, head.token, head.attempts, self._lease_ms(delay_s)
+            )
+
+    def _dead_letter(self, head: Pending, error_class: ErrorClass, out: list[Outcome]) -> None:
+        self._state.queue.pop(0)
+        if error_class is ErrorClass.RETRIES_EXHAUSTED:
+            reason = f"gave up after {head.attempts} attempts: {head.last_error}"
+        else:
+            reason = f"handler rejected the event: {head.last_error}"
+        now = self._now()
+        out.append(DeadLetter(
+            error_class=error_class, reason=reason, webhook_id=head.event.webhook_id,
+            event_key=head.event.event_key, conversation_key=head.event.conversation_key,
+            attempts=head.attempts, first_failure_at=head.first_failure_at or now,
+            last_failure_at=now, source=head.event.source, status_code=head.last_status_code,
+            event=head.event,
+        ))
+
+    def _lease_ms(self, wait_s: float) -> int:
+        """A claim must outlive the wait before the next call plus that call itself."""
+        needed = (wait_s + self._policy.handler_timeout_s) * 1000 + self._policy.lease_ms
+        return int(needed)
+
+
+def route_key(ordered: bool) -> Callable[[WebhookEvent], str]:
+    """Ordered: one queue per conversation. Unordered: one per event, all concurrent."""
+    if ordered:
+        return lambda event: event.conversation_key
+    return lambda event: event.event_key
+
+
+def conversation_builder(
+    settings: Settings, runtime: Callable[[], WorkSubmitter]
+) -> Callable[[ConversationState | None], ConversationLogic]:
+    policy = ConversationPolicy(
+        backoff=BackoffPolicy(settings.retry_delay_ms, settings.retry_max_delay_ms,
+                              settings.retry_jitter, settings.max_retries),
+        lease_ms=settings.claim_lease_ms,
+        handler_timeout_s=settings.handler_timeout_ms / 1000,
+    )
+    key = route_key(settings.handler_ordered)
+
+    def build(resume: ConversationState | None) -> ConversationLogic:
+        return ConversationLogic(key, runtime(), policy, resume)
+
+    return build

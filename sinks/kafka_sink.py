@@ -1,0 +1,109 @@
+"""Writes processed and dead-letter records to Kafka, then marks their events done in Redis.
+
+Bytewax's own KafkaSink ignores delivery failures; this one does not. Each batch is produced
+with an idempotent producer and flushed; a record Kafka did not acknowledge raises
+`DeliveryError`, which stops the dataflow so recovery replays the batch rather than losing it.
+Only after Kafka acknowledged a batch are its events marked done (crash-safe dedupe).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import redis
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import KafkaError, Message, Producer
+
+from sinks.records import KafkaRecord
+from wa_worker import metrics
+from wa_worker.dedupe import DoneMarker
+from wa_worker.errors import DeliveryError
+
+log = logging.getLogger(__name__)
+
+
+class _KafkaOutcomePartition(StatelessSinkPartition[KafkaRecord]):
+    def __init__(self, producer: Producer, marker: DoneMarker, flush_timeout_s: float) -> None:
+        self._producer = producer
+        self._marker = marker
+        self._flush_timeout_s = flush_timeout_s
+        self._undone: list[tuple[str, str]] = []
+
+    def write_batch(self, items: list[KafkaRecord]) -> None:
+        failures: list[str] = []
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                failures.append(f"{msg.topic()}: {err}")
+
+        for record in items:
+            self._produce(record, on_delivery)
+        remaining = self._producer.flush(self._flush_timeout_s)
+        if remaining or failures:
+            raise DeliveryError(
+                f"Kafka did not acknowledge {remaining + len(failures)} of {len(items)} records: "
+                + "; ".join(failures[:3])
+            )
+        self._observe(items)
+        self._undone.extend(r.done for r in items if r.done is not None)
+        self._mark_done()
+
+    def close(self) -> None:
+        self._producer.flush(self._flush_timeout_s)
+        self._mark_done()
+
+    def _produce(self, record: KafkaRecord, on_delivery: Callable[..., None]) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    record.topic, record.value, record.key, headers=record.headers,
+                    on_delivery=on_delivery,
+                )
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # local queue full: let deliveries drain
+
+    def _mark_done(self) -> None:
+        """Redis down here only delays the markers (claims keep their lease meanwhile)."""
+        if not self._undone:
+            return
+        try:
+            self._marker.mark_done(self._undone)
+            self._undone = []
+        except redis.RedisError as exc:
+            metrics.REDIS_ERRORS.inc()
+            log.warning("could not mark %d events done yet: %s", len(self._undone), exc)
+        metrics.DONE_MARKS_PENDING.set(len(self._undone))
+
+    @staticmethod
+    def _observe(items: list[KafkaRecord]) -> None:
+        now = datetime.now(UTC)
+        for record in items:
+            if record.error_class is not None:
+                metrics.DEAD_LETTERED.labels(record.error_class).inc()
+            elif record.kind is not None:
+                metrics.PROCESSED.labels(record.kind).inc()
+            if record.received_at is not None:
+                metrics.END_TO_END_LATENCY.observe(
+                    max(0.0, (now - record.received_at).total_seconds())
+                )
+
+
+class KafkaOutcomeSink(DynamicSink[KafkaRecord]):
+    def __init__(self, producer_config: dict[str, str], redis_url: str, marker_factory:
+                 Callable[[redis.Redis], DoneMarker], flush_timeout_s: float) -> None:
+        self._producer_config = producer_config
+        self._redis_url = redis_url
+        self._marker_factory = marker_factory
+        self._flush_timeout_s = flush_timeout_s
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> _KafkaOutcomePartition:
+        config = {**self._producer_config, "client.id": f"wa-worker-{worker_index}"}
+        client = redis.Redis.from_url(self._redis_url, socket_timeout=2, socket_connect_timeout=2)
+        return _KafkaOutcomePartition(
+            Producer(config), self._marker_factory(client), self._flush_timeout_s
+        )

@@ -1,0 +1,1 @@
+"""wa-worker: durable WhatsApp Cloud API webhook processing as a Bytewax dataflow."""

@@ -1,0 +1,344 @@
+"""A real local Kafka (KRaft, from Maven Central jars) and Redis (Debian's redis-server).
+
+    python -m wa_worker.devstack up      # idempotent; prints KAFKA_BROKERS=… and REDIS_URL=…
+    python -m wa_worker.devstack status
+    python -m wa_worker.devstack down
+
+Everything lives under a state folder (`.stack/` by default, `DEVSTACK_DIR` to change): the jar
+cache (`kafka/lib`, reused), data, logs and pid files. Processes are stopped by their recorded pid,
+after checking that the pid still runs what we started, never by name.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+ROOT = Path(__file__).resolve().parent.parent
+POM = ROOT / "scripts" / "kafka" / "pom.xml"
+MAX_MESSAGE_BYTES = 5_242_880
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def _state_dir() -> Path:
+    return Path(os.environ.get("DEVSTACK_DIR", ROOT / ".stack")).resolve()
+
+
+def _jar_dir() -> Path:
+    # Jars are shared by every state folder: resolving them is the slow part.
+    return Path(os.environ.get("DEVSTACK_JARS", ROOT / ".stack" / "kafka" / "lib")).resolve()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _alive(pid: int, marker: str) -> bool:
+    """Is `pid` running, and is it still the program we started (not a recycled pid)?"""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text().split()
+    return marker in cmdline and stat[2] != "Z"
+
+
+@dataclass
+class Service:
+    name: str
+    marker: str  # a string in the process's command line that proves it is ours
+
+    @property
+    def dir(self) -> Path:
+        return _state_dir() / self.name
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "pid"
+
+    @property
+    def port_file(self) -> Path:
+        return self.dir / "port"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid, self.marker) else None
+
+    def port(self) -> int | None:
+        try:
+            return int(self.port_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def choose_port(self, wanted: int) -> int:
+        port = self.port()
+        if port is None or _port_open(port):
+            port = wanted if wanted and not _port_open(wanted) else free_port()
+        return port
+
+    def spawn(self, argv: list[str], port: int) -> subprocess.Popen[bytes]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log = (self.dir / "out.log").open("ab")
+        # A session of its own: the service outlives this command and ignores its terminal's ^C.
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
+                                start_new_session=True)
+        self.pid_file.write_text(str(proc.pid))
+        self.port_file.write_text(str(port))
+        return proc
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _alive(pid, self.marker):
+            time.sleep(0.1)
+        if _alive(pid, self.marker):
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join((self.dir / "out.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+KAFKA = Service("kafka", "kafka.Kafka")
+REDIS = Service("redis", "redis-server")
+
+
+# Redis
+
+
+def ensure_redis_installed() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    _say("installing redis-server from Debian's packages")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env)
+    found = shutil.which("redis-server") or "/usr/bin/redis-server"
+    return found
+
+
+def start_redis(wanted_port: int = 6379) -> int:
+    if REDIS.pid() is not None and (port := REDIS.port()):
+        return port
+    binary = ensure_redis_installed()
+    port = REDIS.choose_port(wanted_port)
+    REDIS.dir.mkdir(parents=True, exist_ok=True)
+    # Persistence off: test data needs no disk, and restarts start empty.
+    proc = REDIS.spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--daemonize", "no", "--dir", str(REDIS.dir)], port)
+    _wait(lambda: _redis_ping(port), 20, proc, REDIS, "Redis")
+    return port
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+# Kafka
+
+
+def ensure_kafka_jars() -> Path:
+    lib = _jar_dir()
+    if lib.is_dir() and any(lib.glob("kafka_2.13-*.jar")):
+        return lib
+    _say(f"resolving Apache Kafka from Maven Central into {lib}")
+    subprocess.run(
+        ["mvn", "-B", "-q", "-f", str(POM),
+         "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies",
+         f"-DoutputDirectory={lib}", "-DincludeScope=runtime"],
+        check=True,
+    )
+    return lib
+
+
+_SERVER_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{cport}
+controller.listener.names=CONTROLLER
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={data}
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=2
+log.cleaner.dedupe.buffer.size=8388608
+message.max.bytes={max_bytes}
+replica.fetch.max.bytes={max_bytes}
+auto.create.topics.enable=false
+"""
+
+_LOG4J = """\
+log4j.rootLogger=INFO, stderr
+log4j.appender.stderr=org.apache.log4j.ConsoleAppender
+log4j.appender.stderr.Target=System.err
+log4j.appender.stderr.layout=org.apache.log4j.PatternLayout
+log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.kafka.log.LogCleaner=WARN
+log4j.logger.state.change.logger=WARN
+"""
+
+
+def start_kafka(wanted_port: int = 9092, timeout_s: float = 120) -> int:
+    if KAFKA.pid() is not None and (port := KAFKA.port()):
+        return port
+    lib = ensure_kafka_jars()
+    port = KAFKA.choose_port(wanted_port)
+    cport = free_port()
+    data = KAFKA.dir / "data"
+    KAFKA.dir.mkdir(parents=True, exist_ok=True)
+    props = KAFKA.dir / "server.properties"
+    props.write_text(_SERVER_PROPERTIES.format(port=port, cport=cport, data=data,
+                                               max_bytes=MAX_MESSAGE_BYTES))
+    log4j = KAFKA.dir / "log4j.properties"
+    log4j.write_text(_LOG4J)
+    java = ["java", "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{log4j}",
+            "-cp", f"{lib}/*"]
+    cluster_file = KAFKA.dir / "cluster.id"
+    if not cluster_file.exists():
+        cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
+    # -g: a data folder formatted by an earlier run is kept (topics survive restarts).
+    subprocess.run([*java, "kafka.tools.StorageTool", "format", "-g", "-t",
+                    cluster_file.read_text(), "-c", str(props)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = KAFKA.spawn([*java, "kafka.Kafka", str(props)], port)
+    _wait(lambda: _kafka_ready(port), timeout_s, proc, KAFKA, "Kafka")
+    return port
+
+
+def _kafka_ready(port: int) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        md = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}", "log_level": 0}).list_topics(timeout=1)
+    except Exception:  # noqa: BLE001 - not ready yet
+        return False
+    return bool(md.brokers)
+
+
+def create_topics(brokers: str, names: list[str], partitions: int, timeout_s: float = 30) -> None:
+    """Create missing topics sized for Meta's 3 MB payloads; wait until each has a leader."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": brokers})
+    existing = admin.list_topics(timeout=10).topics
+    new = [NewTopic(n, partitions, 1, config={"max.message.bytes": str(MAX_MESSAGE_BYTES)})
+           for n in names if n not in existing]
+    if new:
+        for future in admin.create_topics(new, operation_timeout=timeout_s).values():
+            future.result()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=5).topics
+        if all(n in topics and topics[n].partitions and
+               all(p.leader >= 0 for p in topics[n].partitions.values()) for n in names):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"topics {names} have no leader after {timeout_s}s")
+
+
+def _wait(ready: Callable[[], bool], timeout_s: float, proc: subprocess.Popen[bytes],
+          service: Service, label: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{label} exited at start-up:\n{service.log_tail()}")
+        if ready():
+            return
+        time.sleep(0.25)
+    raise RuntimeError(f"{label} not ready after {timeout_s}s:\n{service.log_tail()}")
+
+
+def _say(message: str) -> None:
+    print(f"devstack: {message}", file=sys.stderr)
+
+
+DEFAULT_TOPICS = ["whatsapp.webhook.inbound", "whatsapp.webhook.processed", "whatsapp.webhook.dlq"]
+
+
+@app.command()
+def up(
+    kafka_port: int = typer.Option(9092, help="0 picks a free port"),
+    redis_port: int = typer.Option(6379, help="0 picks a free port"),
+    partitions: int = typer.Option(3, help="partitions of each created topic"),
+    topic: list[str] = typer.Option(DEFAULT_TOPICS, help="topics to create (repeatable)"),
+) -> None:
+    """Start what is not running; print KAFKA_BROKERS=… and REDIS_URL=… for `eval`."""
+    started = time.monotonic()
+    rport = start_redis(redis_port)
+    kport = start_kafka(kafka_port)
+    create_topics(f"127.0.0.1:{kport}", topic, partitions)
+    _say(f"Kafka on 127.0.0.1:{kport}, Redis on 127.0.0.1:{rport} "
+         f"(ready in {time.monotonic() - started:.1f}s; logs in {_state_dir()})")
+    print(f"KAFKA_BROKERS=127.0.0.1:{kport}")
+    print(f"REDIS_URL=redis://127.0.0.1:{rport}/0")
+
+
+@app.command()
+def status() -> None:
+    """Show what runs; exit 1 if something is down."""
+    down_count = 0
+    for service in (KAFKA, REDIS):
+        pid = service.pid()
+        state = f"running (pid {pid}, port {service.port()})" if pid else "stopped"
+        down_count += pid is None
+        print(f"{service.name}: {state}")
+    raise typer.Exit(1 if down_count else 0)
+
+
+@app.command()
+def down() -> None:
+    """Stop Kafka and Redis by their recorded pids."""
+    for service in (KAFKA, REDIS):
+        print(f"{service.name}: {'stopped' if service.stop() else 'was not running'}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,33 @@
+"""Every metric the worker exports, in one place (Prometheus naming, bounded labels)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+PROCESSED = Counter("wa_events_processed_total", "Events the handler accepted, by kind", ["kind"])
+FAILED = Counter("wa_handler_failures_total", "Failed handler calls, by class", ["error_class"])
+RETRIED = Counter("wa_events_retried_total", "Retries scheduled after a transient failure")
+DEAD_LETTERED = Counter(
+    "wa_events_dead_lettered_total", "Records written to the DLQ, by error class", ["error_class"]
+)
+DUPLICATES = Counter("wa_events_duplicates_total", "Duplicate events dropped by dedupe")
+PARSE_ERRORS = Counter("wa_parse_errors_total", "Inbound records that could not be parsed")
+EVENTS_SPLIT = Counter("wa_events_received_total", "Events split out of inbound webhooks", ["kind"])
+REDIS_ERRORS = Counter("wa_redis_errors_total", "Redis operations that failed and will be retried")
+DONE_MARKS_PENDING = Gauge(
+    "wa_done_marks_pending", "Delivered events whose done marker is not yet written to Redis"
+)
+HANDLER_IN_FLIGHT = Gauge("wa_handler_in_flight", "Handler calls in progress")
+HANDLER_LATENCY = Histogram(
+    "wa_handler_latency_seconds", "Handler call duration", buckets=_LATENCY_BUCKETS
+)
+END_TO_END_LATENCY = Histogram(
+    "wa_end_to_end_latency_seconds",
+    "Envelope timestamp to outcome written",
+    buckets=_LATENCY_BUCKETS,
+)
+REDIS_LATENCY = Histogram(
+    "wa_redis_roundtrip_seconds", "Redis pipeline round trip", buckets=_LATENCY_BUCKETS
+)

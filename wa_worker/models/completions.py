@@ -1,0 +1,48 @@
+"""Results of asynchronous work (Redis claims, handler calls) fed back into the dataflow.
+
+They travel through Bytewax exchanges, so they are small, plain and picklable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class ClaimStatus(StrEnum):
+    CLAIMED = "claimed"  # ours to process now
+    DONE = "done"  # processed before: a duplicate
+    BUSY = "busy"  # someone holds a live lease (in flight, or a crashed run's lease)
+    ERROR = "error"  # Redis unreachable: try again later
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    event_key: str
+    token: str
+    status: ClaimStatus
+    attempts: int = 0
+    wait_ms: int = 0
+    error: str | None = None
+
+
+class HandleStatus(StrEnum):
+    OK = "ok"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class HandleResult:
+    event_key: str
+    token: str
+    status: HandleStatus
+    result: Any = None
+    error: str | None = None
+    status_code: int | None = None
+    retry_after_s: float | None = None
+    latency_s: float = 0.0
+
+
+Completion = ClaimResult | HandleResult

@@ -1,0 +1,169 @@
+"""The records that flow through the dataflow: envelopes in, events inside, outcomes out."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Envelopes up to this size ride along with each of their events, so a DLQ record can carry
+# the untouched bytes; larger ones are rebuilt per event to keep state and snapshots small.
+ENVELOPE_CARRY_LIMIT = 64 * 1024
+
+
+class Envelope(BaseModel):
+    """What the webhook edge publishes to the inbound topic."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str = Field(min_length=1)
+    headers: dict[str, Any] = Field(default_factory=dict)
+    body: dict[str, Any] | str
+    timestamp: datetime | None = None
+
+    @field_validator("timestamp")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    def header(self, name: str) -> str | None:
+        """Case-insensitive header lookup; Node gives lists for repeated headers."""
+        wanted = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == wanted:
+                if isinstance(value, list):
+                    return str(value[0]) if value else None
+                return str(value)
+        return None
+
+
+class SourcePosition(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class EventKind(StrEnum):
+    MESSAGE = "message"
+    STATUS = "status"
+    ERROR = "error"
+    CHANGE = "change"  # a non-`messages` field: account_update, template status, quality, ...
+
+
+class WebhookEvent(BaseModel):
+    """One WhatsApp update split out of a webhook, normalized."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_key: str
+    conversation_key: str
+    kind: EventKind
+    webhook_id: str
+    field: str
+    object: str
+    entry_id: str
+    phone_number_id: str | None = None
+    wa_id: str | None = None
+    payload: dict[str, Any]
+    value_context: dict[str, Any] = Field(default_factory=dict)
+    envelope_headers: dict[str, Any] = Field(default_factory=dict)
+    received_at: datetime | None = None
+    source: SourcePosition | None = None
+    envelope_raw: bytes | None = None
+
+    def for_handler(self) -> dict[str, Any]:
+        """The JSON the handler receives: the event without transport baggage."""
+        return self.model_dump(
+            mode="json", exclude={"envelope_raw", "envelope_headers", "source"}
+        )
+
+    def single_event_envelope(self) -> dict[str, Any]:
+        """An envelope carrying just this event, for the DLQ when the original was too big."""
+        value = dict(self.value_context)
+        if self.kind is EventKind.MESSAGE:
+            value["messages"] = [self.payload]
+        elif self.kind is EventKind.STATUS:
+            value["statuses"] = [self.payload]
+        elif self.kind is EventKind.ERROR:
+            value["errors"] = [self.payload]
+        else:
+            value = self.payload
+        return {
+            "id": self.webhook_id,
+            "headers": self.envelope_headers,
+            "body": {
+                "object": self.object,
+                "entry": [{"id": self.entry_id, "changes": [{"field": self.field, "value": value}]}],
+            },
+            "timestamp": self.received_at.isoformat() if self.received_at else None,
+        }
+
+
+class ErrorClass(StrEnum):
+    """Bounded label set for metrics and the DLQ's `error class`."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_ENVELOPE = "invalid_envelope"
+    INVALID_PAYLOAD = "invalid_payload"
+    BAD_SIGNATURE = "bad_signature"
+    HANDLER_PERMANENT = "handler_permanent"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    CONSUMER_ERROR = "consumer_error"
+
+
+class DeadLetter(BaseModel):
+    """Why something could not be processed, with everything needed to look at it again."""
+
+    model_config = ConfigDict(frozen=True)
+
+    error_class: ErrorClass
+    reason: str
+    webhook_id: str | None = None
+    event_key: str | None = None
+    conversation_key: str | None = None
+    attempts: int = 0
+    first_failure_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    last_failure_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    source: SourcePosition | None = None
+    status_code: int | None = None
+    original: bytes | None = None
+    event: WebhookEvent | None = None
+
+    def is_rebuilt(self) -> bool:
+        """True when the original bytes were too big to carry and the envelope is rebuilt."""
+        return self.original is None and self.event is not None and self.event.envelope_raw is None
+
+    def envelope_bytes(self) -> bytes:
+        if self.original is not None:
+            return self.original
+        if self.event is not None:
+            if self.event.envelope_raw is not None:
+                return self.event.envelope_raw
+            return json.dumps(self.event.single_event_envelope()).encode()
+        return b""
+
+
+class Processed(BaseModel):
+    """An event the handler accepted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event: WebhookEvent
+    result: Any = None
+    attempts: int
+    handled_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    handler_latency_s: float = 0.0
+
+    @property
+    def retries(self) -> int:
+        return self.attempts - 1
+
+
+Outcome = Processed | DeadLetter

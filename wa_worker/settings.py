@@ -1,0 +1,195 @@
+"""Every setting of the worker, read once from the environment and `.env`.
+
+Names and defaults follow the original worker's README (the contract): `KAFKA_BROKERS`,
+`REDIS_URL`, `MAX_RETRIES`, `RETRY_DELAY_MS`, the three topics and `HEALTH_PORT`. Any other
+`KAFKA_*` variable is passed to librdkafka (`KAFKA_SECURITY_PROTOCOL=SASL_SSL` becomes
+`security.protocol`), so SASL/SSL clusters need no code change.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import StrEnum
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from wa_worker.errors import ConfigError
+
+# librdkafka options a user may not override through KAFKA_*: the worker's guarantees rest on them.
+_RESERVED_LIBRDKAFKA = {"enable.auto.commit", "enable.partition.eof", "group.id"}
+
+
+class StartOffset(StrEnum):
+    EARLIEST = "earliest"
+    LATEST = "latest"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # Kafka
+    kafka_brokers: str = "127.0.0.1:9092"
+    kafka_inbound_topic: str = Field("whatsapp.webhook.inbound", min_length=1)
+    kafka_processed_topic: str = Field("whatsapp.webhook.processed", min_length=1)
+    kafka_dlq_topic: str = Field("whatsapp.webhook.dlq", min_length=1)
+    kafka_group_id: str = Field("wa-worker", min_length=1)
+    kafka_start_offset: StartOffset = StartOffset.EARLIEST
+    kafka_batch_size: int = Field(1000, ge=1, le=100_000)
+    # Meta sends payloads up to 3 MB; the envelope adds headers around it.
+    kafka_max_message_bytes: int = Field(5_242_880, ge=1_048_576)
+    kafka_flush_timeout_s: float = Field(30.0, gt=0)
+
+    # Redis (dedupe claims and done markers)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_key_prefix: str = Field("wa:", min_length=1)
+    dedupe_ttl_days: float = Field(7.0, gt=0)
+    claim_lease_ms: int = Field(30_000, ge=1000)
+    redis_timeout_ms: int = Field(2000, ge=10)
+
+    # Retry
+    max_retries: int = Field(3, ge=0, le=100)
+    retry_delay_ms: int = Field(1000, ge=0)
+    retry_max_delay_ms: int = Field(300_000, ge=0)
+    retry_jitter: float = Field(0.2, ge=0, le=1)
+
+    # Handler
+    handler_url: str | None = None
+    handler_callable: str | None = None
+    handler_timeout_ms: int = Field(10_000, ge=1)
+    handler_concurrency: int = Field(64, ge=1, le=10_000)
+    handler_ordered: bool = True
+
+    # Webhook signature
+    wa_app_secret: SecretStr | None = None
+
+    # Operations
+    health_port: int = Field(4900, ge=0, le=65535)
+    recovery_dir: str = ".state/recovery"
+    snapshot_interval_s: int = Field(5, ge=1)
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT
+
+    @field_validator("kafka_brokers")
+    @classmethod
+    def _brokers_are_host_ports(cls, value: str) -> str:
+        brokers = [b.strip() for b in value.split(",") if b.strip()]
+        if not brokers:
+            raise ValueError("must list at least one host:port")
+        for broker in brokers:
+            host, sep, port = broker.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{broker!r} is not host:port")
+        return ",".join(brokers)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("handler_url")
+    @classmethod
+    def _handler_url_http(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value or None
+
+    @field_validator("handler_callable")
+    @classmethod
+    def _callable_spec(cls, value: str | None) -> str | None:
+        if value and (value.count(":") != 1 or not all(value.split(":"))):
+            raise ValueError("must be 'module:function'")
+        return value or None
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _one_handler(self) -> Settings:
+        if self.handler_url and self.handler_callable:
+            raise ValueError("HANDLER_URL and HANDLER_CALLABLE are exclusive: set one")
+        return self
+
+    @property
+    def broker_list(self) -> list[str]:
+        return self.kafka_brokers.split(",")
+
+    def librdkafka_options(self) -> dict[str, str]:
+        """Extra `KAFKA_*` environment variables, as librdkafka keys (SASL, SSL, tuning)."""
+        known = {name.upper() for name in type(self).model_fields}
+        options: dict[str, str] = {}
+        for name, value in os.environ.items():
+            if not name.startswith("KAFKA_") or name in known:
+                continue
+            key = name[len("KAFKA_") :].lower().replace("_", ".")
+            if key in _RESERVED_LIBRDKAFKA:
+                raise ConfigError(f"{name}: {key} is managed by the worker and cannot be set")
+            options[key] = value
+        return options
+
+    def consumer_config(self) -> dict[str, str]:
+        return {
+            "fetch.message.max.bytes": str(self.kafka_max_message_bytes),
+            "fetch.max.bytes": str(self.kafka_max_message_bytes * 2),
+            "receive.message.max.bytes": str(self.kafka_max_message_bytes * 2 + 512),
+            # Bytewax runs one consumer per partition: the 64 MiB default prefetch each is too much.
+            "queued.max.messages.kbytes": "16384",
+            **self.librdkafka_options(),
+        }
+
+    def producer_config(self) -> dict[str, str]:
+        return {
+            "bootstrap.servers": self.kafka_brokers,
+            "enable.idempotence": "true",
+            "acks": "all",
+            "linger.ms": "5",
+            "compression.type": "lz4",
+            "message.max.bytes": str(self.kafka_max_message_bytes),
+            **self.librdkafka_options(),
+        }
+
+    def admin_config(self) -> dict[str, str]:
+        return {"bootstrap.servers": self.kafka_brokers, **self.librdkafka_options()}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(part) for part in error.get("loc", ()) if part != "__root__"]
+    name = loc[0].upper() if loc else "settings"
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    got = error.get("input")
+    shown = "" if not loc or isinstance(got, dict) else f" (got {got!r})"
+    return f"{name}: {message}{shown}" if loc else message
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate every setting; raise ConfigError naming the first bad one."""
+    try:
+        settings = Settings(**overrides)
+        settings.librdkafka_options()
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(e) for e in exc.errors())) from None
+    return settings
+
+
+def load_settings_or_exit() -> Settings:
+    """At start-up: one clear line naming the bad setting, exit code 2, no traceback."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"wa-worker: invalid setting {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
