@@ -1,0 +1,103 @@
+"""Fixtures: a real Kafka broker and Redis server for the whole session, and per-test names.
+
+The stack is the project's own (`wa_worker.devstack`), started in `.stack/test` on free ports
+and stopped at the end. To use services you already run, set WA_TEST_KAFKA_BROKERS and
+WA_TEST_REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.worker import ROOT, WorkerProcess
+
+
+@dataclass(frozen=True)
+class Stack:
+    brokers: str
+    redis_url: str
+    owned: bool
+
+
+@dataclass(frozen=True)
+class Topics:
+    inbound: str
+    processed: str
+    dlq: str
+
+    def env(self) -> dict[str, str]:
+        return {"KAFKA_INBOUND_TOPIC": self.inbound, "KAFKA_PROCESSED_TOPIC": self.processed,
+                "KAFKA_DLQ_TOPIC": self.dlq}
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    brokers = os.environ.get("WA_TEST_KAFKA_BROKERS")
+    redis_url = os.environ.get("WA_TEST_REDIS_URL")
+    if brokers and redis_url:
+        yield Stack(brokers, redis_url, owned=False)
+        return
+    os.environ["DEVSTACK_DIR"] = str(ROOT / ".stack" / "test")
+    from wa_worker import devstack
+
+    redis_port = devstack.start_redis(0)
+    kafka_port = devstack.start_kafka(0)
+    yield Stack(f"127.0.0.1:{kafka_port}", f"redis://127.0.0.1:{redis_port}/0", owned=True)
+    devstack.KAFKA.stop()
+    devstack.REDIS.stop()
+
+
+@pytest.fixture
+def topics(stack: Stack) -> Topics:
+    from wa_worker.devstack import create_topics
+
+    run = uuid.uuid4().hex[:10]
+    names = Topics(f"t{run}.inbound", f"t{run}.processed", f"t{run}.dlq")
+    create_topics(stack.brokers, [names.inbound, names.processed, names.dlq], partitions=3)
+    return names
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture
+def redis_client(stack: Stack) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(stack.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def worker_env(stack: Stack, topics: Topics, redis_prefix: str) -> dict[str, str]:
+    """Settings for a worker isolated to this test's topics and Redis keys."""
+    return {
+        "KAFKA_BROKERS": stack.brokers, "REDIS_URL": stack.redis_url,
+        "REDIS_KEY_PREFIX": redis_prefix, "HEALTH_PORT": "0", "LOG_LEVEL": "INFO",
+        "RETRY_DELAY_MS": "200", "MAX_RETRIES": "3", "HANDLER_TIMEOUT_MS": "5000",
+        **topics.env(),
+    }
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, worker_env: dict[str, str]) -> Iterator[
+        Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(workers: int = 1, **env: str) -> WorkerProcess:
+        worker = WorkerProcess({**worker_env, **env}, tmp_path / "recovery",
+                               tmp_path / f"worker-{len(started)}.log", workers)
+        started.append(worker.start())
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

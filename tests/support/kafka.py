@@ -1,0 +1,82 @@
+"""Small Kafka helpers for tests and tools: produce envelopes, read a topic to the end."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+
+@dataclass(frozen=True)
+class Record:
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+    partition: int
+    offset: int
+
+    def header(self, name: str) -> str | None:
+        raw = self.headers.get(name)
+        return raw.decode() if raw is not None else None
+
+
+def produce(brokers: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
+    producer = Producer({"bootstrap.servers": brokers, "message.max.bytes": 5_242_880,
+                         "enable.idempotence": True, "linger.ms": 5})
+    failures: list[str] = []
+    count = 0
+
+    def on_delivery(err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        count += 1
+    if producer.flush(30) or failures:
+        raise RuntimeError(f"produce to {topic} failed: {failures[:3]}")
+    return count
+
+
+def read_topic(brokers: str, topic: str, until: Callable[[list[Record]], bool] | None = None,
+               timeout_s: float = 60.0, settle_s: float = 1.0) -> list[Record]:
+    """Read every partition from the start. Stop when `until(records)` holds (then read a little
+    longer to catch strays), or at the end of the topic when `until` is None, or at the timeout."""
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"test-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "fetch.max.bytes": 20_000_000,
+                         "receive.message.max.bytes": 20_001_000, "enable.partition.eof": True})
+    meta = consumer.list_topics(topic, timeout=10).topics[topic]
+    consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+    records: list[Record] = []
+    at_eof: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    settle_until: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None:
+                if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        at_eof.add(msg.partition())
+                    continue
+                at_eof.discard(msg.partition())
+                records.append(Record(msg.key(), msg.value() or b"", dict(msg.headers() or []),
+                                      msg.partition(), msg.offset()))
+            if until is None:
+                if len(at_eof) == len(meta.partitions):
+                    break
+            elif settle_until is None and until(records):
+                settle_until = time.monotonic() + settle_s
+            if settle_until is not None and time.monotonic() > settle_until:
+                break
+    finally:
+        consumer.close()
+    return records

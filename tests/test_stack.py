@@ -1,0 +1,32 @@
+"""The stack the tests run on is a real Kafka broker and a real Redis server."""
+
+from __future__ import annotations
+
+import uuid
+
+import redis
+from confluent_kafka.admin import AdminClient
+
+from tests.conftest import Stack, Topics
+from tests.support.kafka import produce, read_topic
+
+
+def test_kafka_round_trip_through_a_real_broker(stack: Stack, topics: Topics) -> None:
+    metadata = AdminClient({"bootstrap.servers": stack.brokers}).list_topics(timeout=10)
+    assert metadata.brokers, "no broker answered"
+    assert len(metadata.topics[topics.inbound].partitions) == 3
+    payload = uuid.uuid4().bytes * 100_000  # 1.6 MB: the broker accepts Meta-sized payloads
+    produce(stack.brokers, topics.inbound, [(b"k1", b"first"), (b"k2", payload)])
+    records = read_topic(stack.brokers, topics.inbound)
+    assert sorted(r.value for r in records) == sorted([b"first", payload])
+    assert all(r.offset >= 0 for r in records)
+
+
+def test_redis_is_a_real_server(redis_client: redis.Redis, redis_prefix: str) -> None:
+    info = redis_client.info("server")
+    assert info["redis_version"]
+    key = f"{redis_prefix}probe"
+    assert redis_client.set(key, "v", nx=True, px=10_000)
+    assert not redis_client.set(key, "other", nx=True, px=10_000)
+    assert redis_client.get(key) == b"v"
+    assert 0 < redis_client.pttl(key) <= 10_000
