@@ -1,27 +1,29 @@
 """wa-worker's dataflow. Run with `python -m bytewax.run dataflow` (see README).
 
-    Kafka inbound ─→ parse & split ─┬─→ events ─→ key by conversation ─┐
-                                    │                 completions ─────┴─→ claim · handle · retry
-                                    │                                                │
-                                    └─→ dead letters (bad input) ──────────────┬─────┘ outcomes
-                                                                               ↓
-                                                        processed topic  |  DLQ topic (+ mark done)
+Kafka inbound ─→ parse & split ─┬─→ events ─→ key by conversation ─┐
+                                │                 completions ─────┴─→ claim · handle · retry
+                                │                                                │
+                                └─→ dead letters (bad input) ──────────────┬─────┘ outcomes
+                                                                           ↓
+                                                    processed topic  |  DLQ topic (+ mark done)
 """
 
 from __future__ import annotations
 
+from typing import cast
+
 import bytewax.operators as op
 from bytewax.connectors.kafka import operators as kop
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from operators.completions import CompletionSource
 from operators.conversation import conversation_builder, route_key
-from operators.parse import consumer_error_letter, parse_batch
+from operators.parse import consumer_error_letter, is_event, parse_batch
 from sinks.kafka_sink import KafkaOutcomeSink
 from sinks.records import Topics, to_record
 from wa_worker.dedupe import DedupeKeys, DoneMarker
-from wa_worker.models.records import WebhookEvent
+from wa_worker.models.records import DeadLetter
 from wa_worker.runtime import IoRuntime
 from wa_worker.settings import StartOffset, load_settings_or_exit
 from wa_worker.startup import configure_logging, require_kafka_topics
@@ -37,32 +39,45 @@ def runtime() -> IoRuntime:
 
 secret = settings.wa_app_secret.get_secret_value().encode() if settings.wa_app_secret else None
 dedupe_keys = DedupeKeys(settings.redis_key_prefix, int(settings.dedupe_ttl_days * 86_400_000))
-topics = Topics(settings.kafka_processed_topic, settings.kafka_dlq_topic,
-                settings.kafka_inbound_topic)
+topics = Topics(
+    settings.kafka_processed_topic, settings.kafka_dlq_topic, settings.kafka_inbound_topic
+)
 
 flow = Dataflow("wa-worker")
 
 inbound = kop.input(
-    "inbound", flow,
-    brokers=settings.broker_list, topics=[settings.kafka_inbound_topic],
-    starting_offset=OFFSET_BEGINNING if settings.kafka_start_offset is StartOffset.EARLIEST
+    "inbound",
+    flow,
+    brokers=settings.broker_list,
+    topics=[settings.kafka_inbound_topic],
+    starting_offset=OFFSET_BEGINNING
+    if settings.kafka_start_offset is StartOffset.EARLIEST
     else OFFSET_END,
-    add_config=settings.consumer_config(), batch_size=settings.kafka_batch_size,
+    add_config=settings.consumer_config(),
+    batch_size=settings.kafka_batch_size,
 )
 parsed = op.flat_map_batch("parse", inbound.oks, parse_batch(secret))
-split = op.branch("valid", parsed, lambda item: isinstance(item, WebhookEvent))
+split = op.branch("valid", parsed, is_event)
+invalid = cast(Stream[DeadLetter], split.falses)  # parse yields events or dead letters
 unreadable = op.map("consumer-errors", inbound.errs, consumer_error_letter)
 
 by_conversation = op.key_on("by-conversation", split.trues, route_key(settings.handler_ordered))
 completions = op.input("completions", flow, CompletionSource(runtime))
 handled = op.stateful_batch(
-    "handle", op.merge("events-and-results", by_conversation, completions),
+    "handle",
+    op.merge("events-and-results", by_conversation, completions),
     conversation_builder(settings, runtime),
 )
 
-outcomes = op.merge("outcomes", op.key_rm("unkey", handled), split.falses, unreadable)
+outcomes = op.merge("outcomes", op.key_rm("unkey", handled), invalid, unreadable)
 records = op.map("to-records", outcomes, lambda outcome: to_record(outcome, topics))
-op.output("kafka-out", records, KafkaOutcomeSink(
-    settings.producer_config(), settings.redis_url,
-    lambda client: DoneMarker(client, dedupe_keys), settings.kafka_flush_timeout_s,
-))
+op.output(
+    "kafka-out",
+    records,
+    KafkaOutcomeSink(
+        settings.producer_config(),
+        settings.redis_url,
+        lambda client: DoneMarker(client, dedupe_keys),
+        settings.kafka_flush_timeout_s,
+    ),
+)

@@ -35,7 +35,5 @@ class CompletionSource(DynamicSource[tuple[str, Completion]]):
     def __init__(self, runtime: Callable[[], IoRuntime]) -> None:
         self._runtime = runtime  # started lazily, in the process that runs the partition
 
-    def build(
-        self, step_id: str, worker_index: int, worker_count: int
-    ) -> _CompletionPartition:
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CompletionPartition:
         return _CompletionPartition(self._runtime().completions)

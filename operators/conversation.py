@@ -82,9 +82,14 @@ class ConversationState:
 
 
 class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, ConversationState]):
-    def __init__(self, route_key: Callable[[WebhookEvent], str], submit: WorkSubmitter,
-                 policy: ConversationPolicy, resume: ConversationState | None,
-                 clock: Clock = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        route_key: Callable[[WebhookEvent], str],
+        submit: WorkSubmitter,
+        policy: ConversationPolicy,
+        resume: ConversationState | None,
+        clock: Clock = lambda: datetime.now(UTC),
+    ) -> None:
         self._route_key = route_key
         self._submit = submit
         self._policy = policy
@@ -175,8 +180,14 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             return
         if result.status is HandleStatus.OK:
             self._state.queue.pop(0)
-            out.append(Processed(event=head.event, result=result.result, attempts=head.attempts,
-                                 handler_latency_s=result.latency_s))
+            out.append(
+                Processed(
+                    event=head.event,
+                    result=result.result,
+                    attempts=head.attempts,
+                    handler_latency_s=result.latency_s,
+                )
+            )
             return
         now = self._now()
         head.first_failure_at = head.first_failure_at or now
@@ -200,13 +211,21 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         else:
             reason = f"handler rejected the event: {head.last_error}"
         now = self._now()
-        out.append(DeadLetter(
-            error_class=error_class, reason=reason, webhook_id=head.event.webhook_id,
-            event_key=head.event.event_key, conversation_key=head.event.conversation_key,
-            attempts=head.attempts, first_failure_at=head.first_failure_at or now,
-            last_failure_at=now, source=head.event.source, status_code=head.last_status_code,
-            event=head.event,
-        ))
+        out.append(
+            DeadLetter(
+                error_class=error_class,
+                reason=reason,
+                webhook_id=head.event.webhook_id,
+                event_key=head.event.event_key,
+                conversation_key=head.event.conversation_key,
+                attempts=head.attempts,
+                first_failure_at=head.first_failure_at or now,
+                last_failure_at=now,
+                source=head.event.source,
+                status_code=head.last_status_code,
+                event=head.event,
+            )
+        )
 
     def _lease_ms(self, wait_s: float) -> int:
         """A claim must outlive the wait before the next call plus that call itself."""
@@ -225,8 +244,12 @@ def conversation_builder(
     settings: Settings, runtime: Callable[[], WorkSubmitter]
 ) -> Callable[[ConversationState | None], ConversationLogic]:
     policy = ConversationPolicy(
-        backoff=BackoffPolicy(settings.retry_delay_ms, settings.retry_max_delay_ms,
-                              settings.retry_jitter, settings.max_retries),
+        backoff=BackoffPolicy(
+            settings.retry_delay_ms,
+            settings.retry_max_delay_ms,
+            settings.retry_jitter,
+            settings.max_retries,
+        ),
         lease_ms=settings.claim_lease_ms,
         handler_timeout_s=settings.handler_timeout_ms / 1000,
     )

@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from pydantic import ValidationError
@@ -48,7 +48,7 @@ def parse_record(
     except InputError as exc:
         error_class = ErrorClass(exc.reason)
         reason = str(exc)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (no input may crash the dataflow)
         error_class = ErrorClass.INVALID_PAYLOAD
         reason = f"unparseable input: {type(exc).__name__}: {exc}"[:500]
     return [
@@ -99,7 +99,9 @@ def _load_payload(envelope: Envelope, app_secret: bytes | None) -> WebhookPayloa
     try:
         payload = WebhookPayload.model_validate(body)
     except ValidationError as exc:
-        raise InputError(f"not a WhatsApp payload: {_summary(exc)}", ErrorClass.INVALID_PAYLOAD) from exc
+        raise InputError(
+            f"not a WhatsApp payload: {_summary(exc)}", ErrorClass.INVALID_PAYLOAD
+        ) from exc
     if payload.object != WHATSAPP_OBJECT:
         raise InputError(
             f"not a WhatsApp payload: object is {payload.object[:80]!r}", ErrorClass.INVALID_PAYLOAD
@@ -108,7 +110,10 @@ def _load_payload(envelope: Envelope, app_secret: bytes | None) -> WebhookPayloa
 
 
 def _split(
-    envelope: Envelope, payload: WebhookPayload, source: SourcePosition | None, carried: bytes | None
+    envelope: Envelope,
+    payload: WebhookPayload,
+    source: SourcePosition | None,
+    carried: bytes | None,
 ) -> Iterator[WebhookEvent]:
     common: dict[str, Any] = {
         "webhook_id": envelope.id,
@@ -132,32 +137,51 @@ def _split_messages_value(
     try:
         value = Value.model_validate(raw_value)
     except ValidationError as exc:
-        raise InputError(f"invalid messages value: {_summary(exc)}", ErrorClass.INVALID_PAYLOAD) from exc
+        raise InputError(
+            f"invalid messages value: {_summary(exc)}", ErrorClass.INVALID_PAYLOAD
+        ) from exc
     phone_number_id = value.metadata.phone_number_id if value.metadata else None
     context = {k: v for k, v in value.raw().items() if k not in ("messages", "statuses", "errors")}
-    base = {**common, "field": "messages", "entry_id": entry.id,
-            "phone_number_id": phone_number_id, "value_context": context}
+    base = {
+        **common,
+        "field": "messages",
+        "entry_id": entry.id,
+        "phone_number_id": phone_number_id,
+        "value_context": context,
+    }
     contacts = value.contacts or []
     for message in value.messages or []:
         contact = contacts[0] if contacts else None
-        customer = (message.from_ or message.from_user_id
-                    or (contact.wa_id or contact.user_id if contact else None))
+        customer = (
+            message.from_
+            or message.from_user_id
+            or (contact.wa_id or contact.user_id if contact else None)
+        )
         yield WebhookEvent(
-            event_key=message.id, conversation_key=f"{phone_number_id}:{customer or '-'}",
-            kind=EventKind.MESSAGE, wa_id=customer, payload=message.raw(), **base,
+            event_key=message.id,
+            conversation_key=f"{phone_number_id}:{customer or '-'}",
+            kind=EventKind.MESSAGE,
+            wa_id=customer,
+            payload=message.raw(),
+            **base,
         )
     for status in value.statuses or []:
         customer = status.recipient_id or status.recipient_user_id
         yield WebhookEvent(
             event_key=f"{status.id}:{status.status}",
             conversation_key=f"{phone_number_id}:{customer or '-'}",
-            kind=EventKind.STATUS, wa_id=customer, payload=status.raw(), **base,
+            kind=EventKind.STATUS,
+            wa_id=customer,
+            payload=status.raw(),
+            **base,
         )
     for error in value.errors or []:
         yield WebhookEvent(
             event_key="error:" + content_hash(phone_number_id, error.raw()),
             conversation_key=f"{phone_number_id}:-",
-            kind=EventKind.ERROR, payload=error.raw(), **base,
+            kind=EventKind.ERROR,
+            payload=error.raw(),
+            **base,
         )
     if not (value.messages or value.statuses or value.errors):
         # A messages change with nothing we split on is still passed on, never dropped.
@@ -170,7 +194,11 @@ def _change_event(
     return WebhookEvent(
         event_key=f"change:{field}:" + content_hash(entry.id, entry.time, field, value),
         conversation_key=f"{entry.id}:{field}",
-        kind=EventKind.CHANGE, field=field, entry_id=entry.id, payload=value, **common,
+        kind=EventKind.CHANGE,
+        field=field,
+        entry_id=entry.id,
+        payload=value,
+        **common,
     )
 
 
@@ -190,15 +218,23 @@ def _summary(exc: ValidationError, limit: int = 3) -> str:
 
 def parse_batch(
     app_secret: bytes | None,
-) -> Callable[[list[KafkaSourceMessage[bytes | None, bytes | None]]], list[WebhookEvent | DeadLetter]]:
+) -> Callable[
+    [list[KafkaSourceMessage[bytes | None, bytes | None]]], list[WebhookEvent | DeadLetter]
+]:
     """The `flat_map_batch` step: every inbound record of a batch, parsed."""
 
-    def parse(batch: list[KafkaSourceMessage[bytes | None, bytes | None]]) -> list[WebhookEvent | DeadLetter]:
+    def parse(
+        batch: list[KafkaSourceMessage[bytes | None, bytes | None]],
+    ) -> list[WebhookEvent | DeadLetter]:
         out: list[WebhookEvent | DeadLetter] = []
         for msg in batch:
-            parsed = parse_record(msg.value, SourcePosition(
-                topic=msg.topic or "", partition=msg.partition or 0, offset=msg.offset or 0
-            ), app_secret)
+            parsed = parse_record(
+                msg.value,
+                SourcePosition(
+                    topic=msg.topic or "", partition=msg.partition or 0, offset=msg.offset or 0
+                ),
+                app_secret,
+            )
             for item in parsed:
                 if isinstance(item, WebhookEvent):
                     metrics.EVENTS_SPLIT.labels(item.kind.value).inc()
@@ -216,7 +252,12 @@ def consumer_error_letter(error: KafkaError[bytes | None, bytes | None]) -> Dead
     return DeadLetter(
         error_class=ErrorClass.CONSUMER_ERROR,
         reason=f"Kafka consumer error: {error.err}"[:500],
-        source=SourcePosition(topic=msg.topic or "", partition=msg.partition or 0,
-                              offset=msg.offset or 0),
+        source=SourcePosition(
+            topic=msg.topic or "", partition=msg.partition or 0, offset=msg.offset or 0
+        ),
         original=msg.value or b"",
     )
+
+
+def is_event(item: WebhookEvent | DeadLetter) -> TypeGuard[WebhookEvent]:
+    return isinstance(item, WebhookEvent)

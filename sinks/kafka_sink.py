@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -58,7 +59,10 @@ class _KafkaOutcomePartition(StatelessSinkPartition[KafkaRecord]):
         while True:
             try:
                 self._producer.produce(
-                    record.topic, record.value, record.key, headers=record.headers,
+                    record.topic,
+                    record.value,
+                    record.key,
+                    headers=list(record.headers),
                     on_delivery=on_delivery,
                 )
                 return
@@ -92,16 +96,19 @@ class _KafkaOutcomePartition(StatelessSinkPartition[KafkaRecord]):
 
 
 class KafkaOutcomeSink(DynamicSink[KafkaRecord]):
-    def __init__(self, producer_config: dict[str, str], redis_url: str, marker_factory:
-                 Callable[[redis.Redis], DoneMarker], flush_timeout_s: float) -> None:
+    def __init__(
+        self,
+        producer_config: dict[str, Any],
+        redis_url: str,
+        marker_factory: Callable[[redis.Redis], DoneMarker],
+        flush_timeout_s: float,
+    ) -> None:
         self._producer_config = producer_config
         self._redis_url = redis_url
         self._marker_factory = marker_factory
         self._flush_timeout_s = flush_timeout_s
 
-    def build(
-        self, step_id: str, worker_index: int, worker_count: int
-    ) -> _KafkaOutcomePartition:
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaOutcomePartition:
         config = {**self._producer_config, "client.id": f"wa-worker-{worker_index}"}
         client = redis.Redis.from_url(self._redis_url, socket_timeout=2, socket_connect_timeout=2)
         return _KafkaOutcomePartition(

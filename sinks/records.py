@@ -101,4 +101,3 @@ def _latency_ms(received_at: datetime | None, now: datetime) -> str:
     if received_at is None:
         return ""
     return str(round((now - received_at).total_seconds() * 1000))
-

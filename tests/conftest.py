@@ -33,8 +33,11 @@ class Topics:
     dlq: str
 
     def env(self) -> dict[str, str]:
-        return {"KAFKA_INBOUND_TOPIC": self.inbound, "KAFKA_PROCESSED_TOPIC": self.processed,
-                "KAFKA_DLQ_TOPIC": self.dlq}
+        return {
+            "KAFKA_INBOUND_TOPIC": self.inbound,
+            "KAFKA_PROCESSED_TOPIC": self.processed,
+            "KAFKA_DLQ_TOPIC": self.dlq,
+        }
 
 
 @pytest.fixture(scope="session")
@@ -80,21 +83,31 @@ def redis_client(stack: Stack) -> Iterator[redis.Redis]:
 def worker_env(stack: Stack, topics: Topics, redis_prefix: str) -> dict[str, str]:
     """Settings for a worker isolated to this test's topics and Redis keys."""
     return {
-        "KAFKA_BROKERS": stack.brokers, "REDIS_URL": stack.redis_url,
-        "REDIS_KEY_PREFIX": redis_prefix, "HEALTH_PORT": "0", "LOG_LEVEL": "INFO",
-        "RETRY_DELAY_MS": "200", "MAX_RETRIES": "3", "HANDLER_TIMEOUT_MS": "5000",
+        "KAFKA_BROKERS": stack.brokers,
+        "REDIS_URL": stack.redis_url,
+        "REDIS_KEY_PREFIX": redis_prefix,
+        "HEALTH_PORT": "0",
+        "LOG_LEVEL": "INFO",
+        "RETRY_DELAY_MS": "200",
+        "MAX_RETRIES": "3",
+        "HANDLER_TIMEOUT_MS": "5000",
         **topics.env(),
     }
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path, worker_env: dict[str, str]) -> Iterator[
-        Callable[..., WorkerProcess]]:
+def start_worker(
+    tmp_path: Path, worker_env: dict[str, str]
+) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
     def start(workers: int = 1, **env: str) -> WorkerProcess:
-        worker = WorkerProcess({**worker_env, **env}, tmp_path / "recovery",
-                               tmp_path / f"worker-{len(started)}.log", workers)
+        worker = WorkerProcess(
+            {**worker_env, **env},
+            tmp_path / "recovery",
+            tmp_path / f"worker-{len(started)}.log",
+            workers,
+        )
         started.append(worker.start())
         return worker
 

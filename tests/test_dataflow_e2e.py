@@ -10,7 +10,7 @@ from collections.abc import Callable
 from tests.conftest import Stack, Topics
 from tests.support.handler_server import HandlerServer
 from tests.support.kafka import produce, read_topic
-from tests.support.webhooks import conversation_webhook, envelope, payload, messages_value, status
+from tests.support.webhooks import conversation_webhook, envelope, messages_value, payload, status
 from tests.support.worker import WorkerProcess
 
 POISON = [
@@ -35,8 +35,11 @@ def test_every_unique_event_once_duplicates_dropped_poison_dead_lettered(
         # Meta redelivers: every 10th webhook again, under a new webhook id.
         if i % 10 == 0:
             records.append((f"w{i}r".encode(), conversation_webhook(f"w{i}r", wa_id, wamids)))
-    statuses = payload(messages_value(statuses=[status("wamid.out.1", "31620000", s)
-                                                for s in ("sent", "delivered", "read")]))
+    statuses = payload(
+        messages_value(
+            statuses=[status("wamid.out.1", "31620000", s) for s in ("sent", "delivered", "read")]
+        )
+    )
     records.append((b"ws", envelope("ws", statuses)))
     unique.update({"wamid.out.1:sent", "wamid.out.1:delivered", "wamid.out.1:read"})
     records += [(b"poison", p) for p in POISON]
@@ -45,11 +48,13 @@ def test_every_unique_event_once_duplicates_dropped_poison_dead_lettered(
     with HandlerServer() as handler:
         started = time.monotonic()
         worker = start_worker(HANDLER_URL=handler.url)
-        processed = read_topic(stack.brokers, topics.processed,
-                               until=lambda rs: len(rs) >= len(unique), timeout_s=120)
+        processed = read_topic(
+            stack.brokers, topics.processed, until=lambda rs: len(rs) >= len(unique), timeout_s=120
+        )
         elapsed = time.monotonic() - started
-        dlq = read_topic(stack.brokers, topics.dlq, until=lambda rs: len(rs) >= len(POISON),
-                         timeout_s=30)
+        dlq = read_topic(
+            stack.brokers, topics.dlq, until=lambda rs: len(rs) >= len(POISON), timeout_s=30
+        )
         assert worker.running(), worker.log()
 
     keys = Counter(r.header("wa-event-key") for r in processed)
@@ -68,10 +73,15 @@ def test_every_unique_event_once_duplicates_dropped_poison_dead_lettered(
     assert sorted(r.value for r in dlq) == sorted(POISON)
     assert all(r.header("wa-error-reason") for r in dlq)
     assert {r.header("wa-error-class") for r in dlq} <= {
-        "invalid_json", "invalid_envelope", "invalid_payload"}
+        "invalid_json",
+        "invalid_envelope",
+        "invalid_payload",
+    }
     events_per_s = len(unique) / elapsed
-    print(f"\nend-to-end: {len(unique)} unique events from {len(records)} records "
-          f"in {elapsed:.1f}s incl. start-up = {events_per_s:.0f} events/s")
+    print(
+        f"\nend-to-end: {len(unique)} unique events from {len(records)} records "
+        f"in {elapsed:.1f}s incl. start-up = {events_per_s:.0f} events/s"
+    )
 
 
 def test_order_kept_within_a_conversation_while_others_proceed(
@@ -86,14 +96,14 @@ def test_order_kept_within_a_conversation_while_others_proceed(
         return Reply(200, {"ok": True})
 
     slow = conversation_webhook("w-slow", "31600001", [f"wamid.slow.{j}" for j in range(4)])
-    fast = [conversation_webhook(f"w-fast{i}", f"3170000{i}", [f"wamid.fast.{i}.{j}"
-                                                               for j in range(3)])
-            for i in range(5)]
+    fast = [
+        conversation_webhook(f"w-fast{i}", f"3170000{i}", [f"wamid.fast.{i}.{j}" for j in range(3)])
+        for i in range(5)
+    ]
     produce(stack.brokers, topics.inbound, [(b"slow", slow)] + [(b"f", f) for f in fast])
     with HandlerServer(plan) as handler:
         start_worker(HANDLER_URL=handler.url, RETRY_DELAY_MS="1500")
-        read_topic(stack.brokers, topics.processed, until=lambda rs: len(rs) >= 19,
-                   timeout_s=90)
+        read_topic(stack.brokers, topics.processed, until=lambda rs: len(rs) >= 19, timeout_s=90)
     calls = handler.calls
     ok_order = [c.event_key for c in calls if c.status == 200]
     slow_ok = [k for k in ok_order if k.startswith("wamid.slow")]

@@ -2,7 +2,7 @@
 
 One hash per event key (`<prefix>evt:<event key>`), living for the dedupe window:
     state       "claim" or "done"
-    token       the claimant's random token (a resumed run keeps its token, so its claim stays its own)
+    token       the claimant's random token (a resumed run keeps it: its claim stays its own)
     attempts    handler calls made so far (survives a lost recovery directory)
     lease_until epoch ms; after it a claim left by a crashed run may be taken over
     outcome     "processed" or "dlq", once done
@@ -29,7 +29,9 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-CLAIM_LUA = _NOW_MS + """
+CLAIM_LUA = (
+    _NOW_MS
+    + """
 local h = redis.call('HMGET', KEYS[1], 'state', 'token', 'attempts', 'lease_until')
 local attempts = tonumber(h[3]) or 0
 if h[1] == 'done' then return {'done', attempts, 0} end
@@ -41,13 +43,17 @@ redis.call('HSET', KEYS[1], 'state', 'claim', 'token', ARGV[1], 'attempts', atte
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {'claimed', attempts, 0}
 """
+)
 
-RECORD_ATTEMPTS_LUA = _NOW_MS + """
+RECORD_ATTEMPTS_LUA = (
+    _NOW_MS
+    + """
 local h = redis.call('HMGET', KEYS[1], 'state', 'token')
 if h[1] ~= 'claim' or h[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'attempts', ARGV[2], 'lease_until', now_ms + tonumber(ARGV[3]))
 return 1
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +103,17 @@ class AsyncDedupeStore:
         started = time.perf_counter()
         async with self._client.pipeline(transaction=False) as pipe:
             for c in claims:
-                await self._claim(keys=[self._keys.key(c.event_key)],
-                                  args=[c.token, c.lease_ms, self._keys.ttl_ms], client=pipe)
+                await self._claim(
+                    keys=[self._keys.key(c.event_key)],
+                    args=[c.token, c.lease_ms, self._keys.ttl_ms],
+                    client=pipe,
+                )
             for r in records:
-                await self._record(keys=[self._keys.key(r.event_key)],
-                                   args=[r.token, r.attempts, r.lease_ms], client=pipe)
+                await self._record(
+                    keys=[self._keys.key(r.event_key)],
+                    args=[r.token, r.attempts, r.lease_ms],
+                    client=pipe,
+                )
             replies: list[Any] = await pipe.execute()
         metrics.REDIS_LATENCY.observe(time.perf_counter() - started)
         return [_claim_reply(reply) for reply in replies[: len(claims)]]

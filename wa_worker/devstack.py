@@ -104,8 +104,9 @@ class Service:
         self.dir.mkdir(parents=True, exist_ok=True)
         log = (self.dir / "out.log").open("ab")
         # A session of its own: the service outlives this command and ignores its terminal's ^C.
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True
+        )
         self.pid_file.write_text(str(proc.pid))
         self.port_file.write_text(str(port))
         return proc
@@ -125,7 +126,9 @@ class Service:
 
     def log_tail(self, lines: int = 30) -> str:
         try:
-            return "\n".join((self.dir / "out.log").read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(
+                (self.dir / "out.log").read_text(errors="replace").splitlines()[-lines:]
+            )
         except OSError:
             return "(no log)"
 
@@ -157,8 +160,24 @@ def start_redis(wanted_port: int = 6379) -> int:
     port = REDIS.choose_port(wanted_port)
     REDIS.dir.mkdir(parents=True, exist_ok=True)
     # Persistence off: test data needs no disk, and restarts start empty.
-    proc = REDIS.spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--daemonize", "no", "--dir", str(REDIS.dir)], port)
+    proc = REDIS.spawn(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(REDIS.dir),
+        ],
+        port,
+    )
     _wait(lambda: _redis_ping(port), 20, proc, REDIS, "Redis")
     return port
 
@@ -181,9 +200,16 @@ def ensure_kafka_jars() -> Path:
         return lib
     _say(f"resolving Apache Kafka from Maven Central into {lib}")
     subprocess.run(
-        ["mvn", "-B", "-q", "-f", str(POM),
-         "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies",
-         f"-DoutputDirectory={lib}", "-DincludeScope=runtime"],
+        [
+            "mvn",
+            "-B",
+            "-q",
+            "-f",
+            str(POM),
+            "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies",
+            f"-DoutputDirectory={lib}",
+            "-DincludeScope=runtime",
+        ],
         check=True,
     )
     return lib
@@ -234,20 +260,41 @@ def start_kafka(wanted_port: int = 9092, timeout_s: float = 120) -> int:
     data = KAFKA.dir / "data"
     KAFKA.dir.mkdir(parents=True, exist_ok=True)
     props = KAFKA.dir / "server.properties"
-    props.write_text(_SERVER_PROPERTIES.format(port=port, cport=cport, data=data,
-                                               max_bytes=MAX_MESSAGE_BYTES))
+    props.write_text(
+        _SERVER_PROPERTIES.format(port=port, cport=cport, data=data, max_bytes=MAX_MESSAGE_BYTES)
+    )
     log4j = KAFKA.dir / "log4j.properties"
     log4j.write_text(_LOG4J)
-    java = ["java", "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError",
-            "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{log4j}",
-            "-cp", f"{lib}/*"]
+    java = [
+        "java",
+        "-Xms256m",
+        "-Xmx512m",
+        "-XX:+UseG1GC",
+        "-XX:+ExitOnOutOfMemoryError",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j.configuration=file:{log4j}",
+        "-cp",
+        f"{lib}/*",
+    ]
     cluster_file = KAFKA.dir / "cluster.id"
     if not cluster_file.exists():
         cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
     # -g: a data folder formatted by an earlier run is kept (topics survive restarts).
-    subprocess.run([*java, "kafka.tools.StorageTool", "format", "-g", "-t",
-                    cluster_file.read_text(), "-c", str(props)],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(
+        [
+            *java,
+            "kafka.tools.StorageTool",
+            "format",
+            "-g",
+            "-t",
+            cluster_file.read_text(),
+            "-c",
+            str(props),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     proc = KAFKA.spawn([*java, "kafka.Kafka", str(props)], port)
     _wait(lambda: _kafka_ready(port), timeout_s, proc, KAFKA, "Kafka")
     return port
@@ -257,35 +304,49 @@ def _kafka_ready(port: int) -> bool:
     from confluent_kafka.admin import AdminClient
 
     try:
-        md = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}", "log_level": 0}).list_topics(timeout=1)
-    except Exception:  # noqa: BLE001 - not ready yet
+        md = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}", "log_level": 0}).list_topics(
+            timeout=1
+        )
+    except Exception:  # noqa: BLE001  (not ready yet)
         return False
     return bool(md.brokers)
 
 
 def create_topics(brokers: str, names: list[str], partitions: int, timeout_s: float = 30) -> None:
     """Create missing topics sized for Meta's 3 MB payloads; wait until each has a leader."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient({"bootstrap.servers": brokers})
     existing = admin.list_topics(timeout=10).topics
-    new = [NewTopic(n, partitions, 1, config={"max.message.bytes": str(MAX_MESSAGE_BYTES)})
-           for n in names if n not in existing]
+    new = [
+        NewTopic(n, partitions, 1, config={"max.message.bytes": str(MAX_MESSAGE_BYTES)})
+        for n in names
+        if n not in existing
+    ]
     if new:
         for future in admin.create_topics(new, operation_timeout=timeout_s).values():
             future.result()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         topics = admin.list_topics(timeout=5).topics
-        if all(n in topics and topics[n].partitions and
-               all(p.leader >= 0 for p in topics[n].partitions.values()) for n in names):
+        if all(
+            n in topics
+            and topics[n].partitions
+            and all(p.leader >= 0 for p in topics[n].partitions.values())
+            for n in names
+        ):
             return
         time.sleep(0.2)
     raise RuntimeError(f"topics {names} have no leader after {timeout_s}s")
 
 
-def _wait(ready: Callable[[], bool], timeout_s: float, proc: subprocess.Popen[bytes],
-          service: Service, label: str) -> None:
+def _wait(
+    ready: Callable[[], bool],
+    timeout_s: float,
+    proc: subprocess.Popen[bytes],
+    service: Service,
+    label: str,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -315,8 +376,10 @@ def up(
     rport = start_redis(redis_port)
     kport = start_kafka(kafka_port)
     create_topics(f"127.0.0.1:{kport}", topic, partitions)
-    _say(f"Kafka on 127.0.0.1:{kport}, Redis on 127.0.0.1:{rport} "
-         f"(ready in {time.monotonic() - started:.1f}s; logs in {_state_dir()})")
+    _say(
+        f"Kafka on 127.0.0.1:{kport}, Redis on 127.0.0.1:{rport} "
+        f"(ready in {time.monotonic() - started:.1f}s; logs in {_state_dir()})"
+    )
     print(f"KAFKA_BROKERS=127.0.0.1:{kport}")
     print(f"REDIS_URL=redis://127.0.0.1:{rport}/0")
 

@@ -41,8 +41,9 @@ class SignatureError(InputError):
 class TransientError(WorkerError):
     """A failure that may pass; `retry_after_s` honours the peer's Retry-After."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None,
-                 status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after_s: float | None = None, status_code: int | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.status_code = status_code

@@ -39,8 +39,11 @@ def classify_response(response: httpx.Response) -> Any:
             return response.text
     detail = f"handler answered HTTP {code}: {response.text[:200]}"
     if code in TRANSIENT_STATUSES or code >= 500:
-        raise TransientError(detail, retry_after_s=parse_retry_after(
-            response.headers.get("retry-after")), status_code=code)
+        raise TransientError(
+            detail,
+            retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+            status_code=code,
+        )
     raise PermanentError(detail, status_code=code)
 
 

@@ -65,8 +65,9 @@ class IoRuntime:
         client = aioredis.from_url(
             self._settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
-        keys = DedupeKeys(self._settings.redis_key_prefix,
-                          int(self._settings.dedupe_ttl_days * 86_400_000))
+        keys = DedupeKeys(
+            self._settings.redis_key_prefix, int(self._settings.dedupe_ttl_days * 86_400_000)
+        )
         self._store = AsyncDedupeStore(client, keys)
         self._redis_queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._handler_slots = asyncio.Semaphore(self._settings.handler_concurrency)
@@ -105,15 +106,23 @@ class IoRuntime:
     ) -> None:
         try:
             replies = await self._store.run_batch([c for _, c in claims], records)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (Redis down: claims wait and retry)
             log.warning("redis batch failed (%d claims will retry): %s", len(claims), exc)
             for route_key, c in claims:
-                self.completions.put((route_key, ClaimResult(
-                    c.event_key, c.token, ClaimStatus.ERROR, error=str(exc)[:200])))
+                self.completions.put(
+                    (
+                        route_key,
+                        ClaimResult(c.event_key, c.token, ClaimStatus.ERROR, error=str(exc)[:200]),
+                    )
+                )
             return
         for (route_key, c), reply in zip(claims, replies, strict=True):
-            self.completions.put((route_key, ClaimResult(
-                c.event_key, c.token, reply.status, reply.attempts, reply.wait_ms)))
+            self.completions.put(
+                (
+                    route_key,
+                    ClaimResult(c.event_key, c.token, reply.status, reply.attempts, reply.wait_ms),
+                )
+            )
 
     def _start_handler(self, route_key: str, event: WebhookEvent, token: str) -> None:
         task = self._loop.create_task(self._run_handler(route_key, event, token))
@@ -128,15 +137,29 @@ class IoRuntime:
                 result = await asyncio.wait_for(self._handler(event), self._timeout_s * 1.5)
                 outcome = HandleResult(event.event_key, token, HandleStatus.OK, result=result)
             except PermanentError as exc:
-                outcome = HandleResult(event.event_key, token, HandleStatus.PERMANENT,
-                                       error=str(exc), status_code=exc.status_code)
+                outcome = HandleResult(
+                    event.event_key,
+                    token,
+                    HandleStatus.PERMANENT,
+                    error=str(exc),
+                    status_code=exc.status_code,
+                )
             except TransientError as exc:
-                outcome = HandleResult(event.event_key, token, HandleStatus.TRANSIENT,
-                                       error=str(exc), status_code=exc.status_code,
-                                       retry_after_s=exc.retry_after_s)
-            except Exception as exc:
-                outcome = HandleResult(event.event_key, token, HandleStatus.TRANSIENT,
-                                       error=f"{type(exc).__name__}: {exc}"[:500])
+                outcome = HandleResult(
+                    event.event_key,
+                    token,
+                    HandleStatus.TRANSIENT,
+                    error=str(exc),
+                    status_code=exc.status_code,
+                    retry_after_s=exc.retry_after_s,
+                )
+            except Exception as exc:  # noqa: BLE001  (unknown handler errors are retried)
+                outcome = HandleResult(
+                    event.event_key,
+                    token,
+                    HandleStatus.TRANSIENT,
+                    error=f"{type(exc).__name__}: {exc}"[:500],
+                )
             finally:
                 metrics.HANDLER_IN_FLIGHT.dec()
             latency = time.perf_counter() - started
@@ -147,4 +170,3 @@ class IoRuntime:
 
     def in_flight(self) -> int:
         return len(self._inflight)
-

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -76,6 +78,9 @@ class Settings(BaseSettings):
     health_port: int = Field(4900, ge=0, le=65535)
     recovery_dir: str = ".state/recovery"
     snapshot_interval_s: int = Field(5, ge=1)
+    recovery_backup_interval_s: int = Field(0, ge=0)
+    # Fixed when the directory is created: the most Bytewax workers this flow will ever run.
+    recovery_partitions: int = Field(8, ge=1, le=1024)
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT
 
@@ -133,7 +138,8 @@ class Settings(BaseSettings):
         """Extra `KAFKA_*` environment variables, as librdkafka keys (SASL, SSL, tuning)."""
         known = {name.upper() for name in type(self).model_fields}
         options: dict[str, str] = {}
-        for name, value in os.environ.items():
+        env_file = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+        for name, value in {**env_file, **os.environ}.items():
             if not name.startswith("KAFKA_") or name in known:
                 continue
             key = name[len("KAFKA_") :].lower().replace("_", ".")
@@ -142,7 +148,7 @@ class Settings(BaseSettings):
             options[key] = value
         return options
 
-    def consumer_config(self) -> dict[str, str]:
+    def consumer_config(self) -> dict[str, Any]:
         return {
             "fetch.message.max.bytes": str(self.kafka_max_message_bytes),
             "fetch.max.bytes": str(self.kafka_max_message_bytes * 2),
@@ -152,7 +158,7 @@ class Settings(BaseSettings):
             **self.librdkafka_options(),
         }
 
-    def producer_config(self) -> dict[str, str]:
+    def producer_config(self) -> dict[str, Any]:
         return {
             "bootstrap.servers": self.kafka_brokers,
             "enable.idempotence": "true",
@@ -163,11 +169,11 @@ class Settings(BaseSettings):
             **self.librdkafka_options(),
         }
 
-    def admin_config(self) -> dict[str, str]:
+    def admin_config(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.kafka_brokers, **self.librdkafka_options()}
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     loc = [str(part) for part in error.get("loc", ()) if part != "__root__"]
     name = loc[0].upper() if loc else "settings"
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")

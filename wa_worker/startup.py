@@ -20,10 +20,14 @@ def configure_logging(settings: Settings) -> None:
 
 def require_kafka_topics(settings: Settings, timeout_s: float = 15.0) -> None:
     """Bytewax's Kafka source waits forever for an unreachable broker: fail fast instead."""
-    topics = [settings.kafka_inbound_topic, settings.kafka_processed_topic, settings.kafka_dlq_topic]
+    topics = [
+        settings.kafka_inbound_topic,
+        settings.kafka_processed_topic,
+        settings.kafka_dlq_topic,
+    ]
     try:
         metadata = AdminClient(settings.admin_config()).list_topics(timeout=timeout_s)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (any failure means: cannot start)
         _exit(f"KAFKA_BROKERS: cannot reach Kafka at {settings.kafka_brokers} ({exc})")
     missing = [t for t in topics if t not in metadata.topics]
     if missing:

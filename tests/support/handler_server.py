@@ -47,7 +47,7 @@ class HandlerServer:
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 event = json.loads(self.rfile.read(length))
                 reply = server._record(event, self.headers.get("Idempotency-Key"))
@@ -62,7 +62,7 @@ class HandlerServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self.send_response(200)
                 self.send_header("content-length", "2")
                 self.end_headers()
@@ -81,14 +81,22 @@ class HandlerServer:
             attempt = self._attempts[key] = self._attempts.get(key, 0) + 1
         reply = self.plan(event, attempt)
         with self._lock:
-            self.calls.append(Call(key, event["conversation_key"], attempt, time.monotonic(),
-                                   reply.status, idempotency_key))
+            self.calls.append(
+                Call(
+                    key,
+                    event["conversation_key"],
+                    attempt,
+                    time.monotonic(),
+                    reply.status,
+                    idempotency_key,
+                )
+            )
         return reply
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/handle"
+        port = self._server.server_address[1]
+        return f"http://127.0.0.1:{port}/handle"
 
     def calls_for(self, event_key: str) -> list[Call]:
         with self._lock:

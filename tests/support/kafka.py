@@ -24,8 +24,14 @@ class Record:
 
 
 def produce(brokers: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
-    producer = Producer({"bootstrap.servers": brokers, "message.max.bytes": 5_242_880,
-                         "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer(
+        {
+            "bootstrap.servers": brokers,
+            "message.max.bytes": 5_242_880,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+        }
+    )
     failures: list[str] = []
     count = 0
 
@@ -46,13 +52,25 @@ def produce(brokers: str, topic: str, records: Iterable[tuple[bytes | None, byte
     return count
 
 
-def read_topic(brokers: str, topic: str, until: Callable[[list[Record]], bool] | None = None,
-               timeout_s: float = 60.0, settle_s: float = 1.0) -> list[Record]:
+def read_topic(
+    brokers: str,
+    topic: str,
+    until: Callable[[list[Record]], bool] | None = None,
+    timeout_s: float = 60.0,
+    settle_s: float = 1.0,
+) -> list[Record]:
     """Read every partition from the start. Stop when `until(records)` holds (then read a little
     longer to catch strays), or at the end of the topic when `until` is None, or at the timeout."""
-    consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"test-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "fetch.max.bytes": 20_000_000,
-                         "receive.message.max.bytes": 20_001_000, "enable.partition.eof": True})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": f"test-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 20_000_000,
+            "receive.message.max.bytes": 20_001_000,
+            "enable.partition.eof": True,
+        }
+    )
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
     consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
     records: list[Record] = []
@@ -63,13 +81,18 @@ def read_topic(brokers: str, topic: str, until: Callable[[list[Record]], bool] |
         while time.monotonic() < deadline:
             msg = consumer.poll(0.2)
             if msg is not None:
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        at_eof.add(msg.partition())
+                error = msg.error()
+                partition, offset = msg.partition() or 0, msg.offset() or 0
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_eof.add(partition)
                     continue
-                at_eof.discard(msg.partition())
-                records.append(Record(msg.key(), msg.value() or b"", dict(msg.headers() or []),
-                                      msg.partition(), msg.offset()))
+                at_eof.discard(partition)
+                headers = {
+                    k: v if isinstance(v, bytes) else str(v or "").encode()
+                    for k, v in _pairs(msg.headers())
+                }
+                records.append(Record(msg.key(), msg.value() or b"", headers, partition, offset))
             if until is None:
                 if len(at_eof) == len(meta.partitions):
                     break
@@ -80,3 +103,9 @@ def read_topic(brokers: str, topic: str, until: Callable[[list[Record]], bool] |
     finally:
         consumer.close()
     return records
+
+
+def _pairs(headers: object) -> list[tuple[str, object]]:
+    if isinstance(headers, dict):
+        return list(headers.items())
+    return list(headers or [])  # type: ignore[call-overload]

@@ -12,21 +12,33 @@ PHONE_NUMBER_ID = "106540352242922"
 
 
 def text_message(wamid: str, wa_id: str, body: str = "hello") -> dict[str, Any]:
-    return {"from": wa_id, "id": wamid, "timestamp": "1700000000", "type": "text",
-            "text": {"body": body}}
+    return {
+        "from": wa_id,
+        "id": wamid,
+        "timestamp": "1700000000",
+        "type": "text",
+        "text": {"body": body},
+    }
 
 
 def status(wamid: str, recipient: str, state: str = "delivered") -> dict[str, Any]:
-    return {"id": wamid, "status": state, "timestamp": "1700000001", "recipient_id": recipient,
-            "conversation": {"id": "c1", "origin": {"type": "service"}},
-            "pricing": {"billable": True, "pricing_model": "CBP", "category": "service"}}
+    return {
+        "id": wamid,
+        "status": state,
+        "timestamp": "1700000001",
+        "recipient_id": recipient,
+        "conversation": {"id": "c1", "origin": {"type": "service"}},
+        "pricing": {"billable": True, "pricing_model": "CBP", "category": "service"},
+    }
 
 
-def messages_value(messages: list[dict[str, Any]] | None = None,
-                   statuses: list[dict[str, Any]] | None = None,
-                   errors: list[dict[str, Any]] | None = None,
-                   wa_id: str | None = None,
-                   phone_number_id: str = PHONE_NUMBER_ID) -> dict[str, Any]:
+def messages_value(
+    messages: list[dict[str, Any]] | None = None,
+    statuses: list[dict[str, Any]] | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    wa_id: str | None = None,
+    phone_number_id: str = PHONE_NUMBER_ID,
+) -> dict[str, Any]:
     value: dict[str, Any] = {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550783881", "phone_number_id": phone_number_id},
@@ -42,20 +54,29 @@ def messages_value(messages: list[dict[str, Any]] | None = None,
     return value
 
 
-def payload(*values: dict[str, Any], field: str = "messages",
-            waba_id: str = "102290129340398") -> dict[str, Any]:
-    return {"object": "whatsapp_business_account",
-            "entry": [{"id": waba_id, "changes": [{"field": field, "value": v} for v in values]}]}
+def payload(
+    *values: dict[str, Any], field: str = "messages", waba_id: str = "102290129340398"
+) -> dict[str, Any]:
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": waba_id, "changes": [{"field": field, "value": v} for v in values]}],
+    }
 
 
-def envelope(webhook_id: str, body: dict[str, Any] | str, headers: dict[str, Any] | None = None,
-             timestamp: datetime | None = None) -> bytes:
-    return json.dumps({
-        "id": webhook_id,
-        "headers": headers or {"content-type": "application/json"},
-        "body": body,
-        "timestamp": (timestamp or datetime.now(UTC)).isoformat(),
-    }).encode()
+def envelope(
+    webhook_id: str,
+    body: dict[str, Any] | str,
+    headers: dict[str, Any] | None = None,
+    timestamp: datetime | None = None,
+) -> bytes:
+    return json.dumps(
+        {
+            "id": webhook_id,
+            "headers": headers or {"content-type": "application/json"},
+            "body": body,
+            "timestamp": (timestamp or datetime.now(UTC)).isoformat(),
+        }
+    ).encode()
 
 
 def signed_envelope(webhook_id: str, body: dict[str, Any], secret: bytes) -> bytes:

@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], recovery_dir: Path, log_path: Path,
-                 workers: int = 1) -> None:
+    def __init__(
+        self, env: dict[str, str], recovery_dir: Path, log_path: Path, workers: int = 1
+    ) -> None:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.recovery_dir = recovery_dir
         self.log_path = log_path
@@ -24,13 +25,37 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         if not self.recovery_dir.exists():
             self.recovery_dir.mkdir(parents=True)
-            subprocess.run([sys.executable, "-m", "bytewax.recovery", str(self.recovery_dir),
-                            str(max(self.workers, 1))], check=True, cwd=ROOT)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bytewax.recovery",
+                    str(self.recovery_dir),
+                    str(max(self.workers, 1)),
+                ],
+                check=True,
+                cwd=ROOT,
+            )
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bytewax.run", "dataflow", "-w", str(self.workers),
-             "-r", str(self.recovery_dir), "-s", "1", "-b", "0"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "bytewax.run",
+                "dataflow",
+                "-w",
+                str(self.workers),
+                "-r",
+                str(self.recovery_dir),
+                "-s",
+                "1",
+                "-b",
+                "0",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.starts += 1
         return self

@@ -80,9 +80,7 @@ class WebhookEvent(BaseModel):
 
     def for_handler(self) -> dict[str, Any]:
         """The JSON the handler receives: the event without transport baggage."""
-        return self.model_dump(
-            mode="json", exclude={"envelope_raw", "envelope_headers", "source"}
-        )
+        return self.model_dump(mode="json", exclude={"envelope_raw", "envelope_headers", "source"})
 
     def single_event_envelope(self) -> dict[str, Any]:
         """An envelope carrying just this event, for the DLQ when the original was too big."""
@@ -100,7 +98,9 @@ class WebhookEvent(BaseModel):
             "headers": self.envelope_headers,
             "body": {
                 "object": self.object,
-                "entry": [{"id": self.entry_id, "changes": [{"field": self.field, "value": value}]}],
+                "entry": [
+                    {"id": self.entry_id, "changes": [{"field": self.field, "value": value}]}
+                ],
             },
             "timestamp": self.received_at.isoformat() if self.received_at else None,
         }

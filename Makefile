@@ -1,0 +1,17 @@
+.PHONY: run test lint stack-down
+
+# Start local Kafka + Redis and run the worker on them.
+run:
+	scripts/run-local
+
+# Install what is missing, then run every test against a real Kafka broker and Redis server.
+test:
+	scripts/bootstrap
+	.venv/bin/python -m pytest
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/mypy .
+
+stack-down:
+	scripts/devstack down

@@ -1,0 +1,1 @@
+"""Dataflow steps: parse, per-conversation handling and retry, completion source."""

@@ -1,0 +1,1 @@
+"""Where outcomes leave the dataflow."""
