@@ -26,7 +26,9 @@ def require_kafka_topics(settings: Settings, timeout_s: float = 15.0) -> None:
         settings.kafka_dlq_topic,
     ]
     try:
-        metadata = AdminClient(settings.admin_config()).list_topics(timeout=timeout_s)
+        # log_level 0: the clear line below replaces librdkafka's connection noise.
+        admin = AdminClient({**settings.admin_config(), "log_level": 0})
+        metadata = admin.list_topics(timeout=timeout_s)
     except Exception as exc:  # noqa: BLE001  (any failure means: cannot start)
         _exit(f"KAFKA_BROKERS: cannot reach Kafka at {settings.kafka_brokers} ({exc})")
     missing = [t for t in topics if t not in metadata.topics]

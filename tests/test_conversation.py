@@ -1,0 +1,183 @@
+"""The per-conversation state machine, driven by hand: no Bytewax, no I/O."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import UTC, datetime, timedelta
+
+from operators.backoff import BackoffPolicy
+from operators.conversation import ConversationLogic, ConversationPolicy
+from operators.parse import parse_record
+from tests.support.webhooks import conversation_webhook
+from wa_worker.models.completions import ClaimResult, ClaimStatus, HandleResult, HandleStatus
+from wa_worker.models.records import DeadLetter, ErrorClass, Processed, WebhookEvent
+
+
+class FakeSubmitter:
+    def __init__(self) -> None:
+        self.claims: list[tuple[str, str]] = []
+        self.handles: list[tuple[str, str]] = []
+        self.records: list[tuple[str, int]] = []
+
+    def claim(self, route_key: str, event_key: str, token: str, lease_ms: int) -> None:
+        self.claims.append((event_key, token))
+
+    def handle(self, route_key: str, event: WebhookEvent, token: str) -> None:
+        self.handles.append((event.event_key, token))
+
+    def record_attempts(self, event_key: str, token: str, attempts: int, lease_ms: int) -> None:
+        self.records.append((event_key, attempts))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def events(*wamids: str) -> list[WebhookEvent]:
+    parsed = parse_record(conversation_webhook("w1", "3161", list(wamids)), None)
+    assert all(isinstance(e, WebhookEvent) for e in parsed)
+    return parsed  # type: ignore[return-value]
+
+
+def make(max_retries: int = 3, resume=None, clock: Clock | None = None):
+    submit, clock = FakeSubmitter(), clock or Clock()
+    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, max_retries), 30_000, 10.0)
+    logic = ConversationLogic(lambda e: e.conversation_key, submit, policy, resume, clock)
+    return logic, submit, clock
+
+
+def claimed(event_key: str, token: str, attempts: int = 0) -> ClaimResult:
+    return ClaimResult(event_key, token, ClaimStatus.CLAIMED, attempts)
+
+
+def test_events_of_a_conversation_are_handled_one_at_a_time_in_order() -> None:
+    logic, submit, _ = make()
+    a, b = events("wamid.a", "wamid.b")
+    logic.on_batch([a, b])
+    assert [k for k, _ in submit.claims] == ["wamid.a"]  # b waits behind a
+    token_a = submit.claims[0][1]
+    logic.on_batch([claimed("wamid.a", token_a)])
+    assert submit.handles == [("wamid.a", token_a)]
+    out, discard = logic.on_batch([HandleResult("wamid.a", token_a, HandleStatus.OK, {"r": 1})])
+    assert [type(o) for o in out] == [Processed] and not discard
+    assert [k for k, _ in submit.claims] == ["wamid.a", "wamid.b"]
+    token_b = submit.claims[1][1]
+    logic.on_batch([claimed("wamid.b", token_b)])
+    out, discard = logic.on_batch([HandleResult("wamid.b", token_b, HandleStatus.OK)])
+    assert discard  # nothing left: the state is dropped
+
+
+def test_transient_failures_back_off_exponentially_then_dead_letter() -> None:
+    logic, submit, clock = make(max_retries=2)
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    token = submit.claims[0][1]
+    logic.on_batch([claimed("wamid.a", token)])
+    delays = []
+    for _ in range(2):
+        logic.on_batch([HandleResult("wamid.a", token, HandleStatus.TRANSIENT, error="503")])
+        due = logic.notify_at()
+        assert due is not None and due.tzinfo is UTC
+        delays.append((due - clock.now).total_seconds())
+        clock.now = due
+        logic.on_notify()
+    assert delays == [1.0, 2.0]
+    assert len(submit.handles) == 3 and submit.records == [("wamid.a", 1), ("wamid.a", 2)]
+    out, discard = logic.on_batch(
+        [HandleResult("wamid.a", token, HandleStatus.TRANSIENT, error="503", status_code=503)]
+    )
+    (letter,) = out
+    assert isinstance(letter, DeadLetter) and discard
+    assert letter.error_class is ErrorClass.RETRIES_EXHAUSTED and letter.attempts == 3
+    assert letter.status_code == 503 and letter.event_key == "wamid.a"
+
+
+def test_retry_after_sets_a_floor_on_the_delay() -> None:
+    logic, submit, clock = make()
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    token = submit.claims[0][1]
+    logic.on_batch([claimed("wamid.a", token)])
+    logic.on_batch([HandleResult("wamid.a", token, HandleStatus.TRANSIENT, retry_after_s=7)])
+    assert logic.notify_at() == clock.now + timedelta(seconds=7)
+
+
+def test_permanent_failure_dead_letters_at_once() -> None:
+    logic, submit, _ = make()
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    token = submit.claims[0][1]
+    logic.on_batch([claimed("wamid.a", token)])
+    out, _ = logic.on_batch(
+        [HandleResult("wamid.a", token, HandleStatus.PERMANENT, error="HTTP 422", status_code=422)]
+    )
+    assert [o.error_class for o in out] == [ErrorClass.HANDLER_PERMANENT]  # type: ignore[union-attr]
+
+
+def test_done_claim_is_a_duplicate_and_busy_claim_polls_again() -> None:
+    logic, submit, clock = make()
+    a, b = events("wamid.a", "wamid.b")
+    logic.on_batch([a, b])
+    out, _ = logic.on_batch([ClaimResult("wamid.a", submit.claims[0][1], ClaimStatus.DONE)])
+    assert out == [] and submit.claims[1][0] == "wamid.b"
+    logic.on_batch([ClaimResult("wamid.b", submit.claims[1][1], ClaimStatus.BUSY, 0, 20_000)])
+    first_wait = (logic.notify_at() - clock.now).total_seconds()  # type: ignore[operator]
+    assert first_wait == 0.25  # polled again soon: the holder may be just marking it done
+    logic.on_batch([ClaimResult("wamid.b", submit.claims[1][1], ClaimStatus.ERROR)])
+    assert (logic.notify_at() - clock.now).total_seconds() == 0.5  # type: ignore[operator]
+
+
+def test_a_second_copy_of_a_queued_event_is_dropped() -> None:
+    logic, submit, _ = make()
+    (a,) = events("wamid.a")
+    logic.on_batch([a, a])
+    logic.on_batch([claimed("wamid.a", submit.claims[0][1])])
+    assert len(submit.handles) == 1
+
+
+def test_stale_results_are_ignored() -> None:
+    logic, submit, _ = make()
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    out, _ = logic.on_batch([HandleResult("wamid.a", "someone-else", HandleStatus.OK)])
+    assert out == [] and submit.handles == []
+
+
+def test_attempts_recorded_in_redis_count_after_a_lost_recovery_directory() -> None:
+    logic, submit, _ = make(max_retries=3)
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    out, _ = logic.on_batch([claimed("wamid.a", submit.claims[0][1], attempts=4)])
+    assert [o.error_class for o in out] == [ErrorClass.RETRIES_EXHAUSTED]  # type: ignore[union-attr]
+
+
+def test_snapshot_resumes_in_flight_work_with_the_same_token() -> None:
+    logic, submit, clock = make()
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    token = submit.claims[0][1]
+    logic.on_batch([claimed("wamid.a", token)])  # handler call now in flight
+    state = pickle.loads(pickle.dumps(logic.snapshot()))
+    resumed, submit2, _ = make(resume=state, clock=clock)
+    assert resumed.notify_at() == clock.now
+    resumed.on_notify()
+    assert submit2.handles == [("wamid.a", token)]
+
+
+def test_a_waiting_retry_resumes_at_its_original_time() -> None:
+    logic, submit, clock = make()
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    token = submit.claims[0][1]
+    logic.on_batch([claimed("wamid.a", token)])
+    logic.on_batch([HandleResult("wamid.a", token, HandleStatus.TRANSIENT)])
+    due = logic.notify_at()
+    resumed, _, _ = make(resume=pickle.loads(pickle.dumps(logic.snapshot())), clock=clock)
+    assert resumed.notify_at() == due

@@ -1,0 +1,114 @@
+"""Claims, leases, attempt records and done markers on a real Redis server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis
+import redis.asyncio as aioredis
+
+from tests.conftest import Stack
+from wa_worker.dedupe import (
+    AsyncDedupeStore,
+    AttemptRecord,
+    ClaimRequest,
+    DedupeKeys,
+    DoneMarker,
+)
+from wa_worker.models.completions import ClaimStatus
+
+DAY_MS = 86_400_000
+
+
+def _claims(
+    stack: Stack,
+    prefix: str,
+    claims: list[ClaimRequest],
+    records: list[AttemptRecord] | None = None,
+) -> list[tuple[ClaimStatus, int, int]]:
+    async def run() -> list[tuple[ClaimStatus, int, int]]:
+        store = AsyncDedupeStore(aioredis.from_url(stack.redis_url), DedupeKeys(prefix, DAY_MS))
+        try:
+            replies = await store.run_batch(claims, records or [])
+        finally:
+            await store.aclose()
+        return [(r.status, r.attempts, r.wait_ms) for r in replies]
+
+    return asyncio.run(run())
+
+
+def test_claim_then_busy_then_done(
+    stack: Stack, redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    keys = DedupeKeys(redis_prefix, DAY_MS)
+    first = _claims(stack, redis_prefix, [ClaimRequest("wamid.1", "tok-a", 5000)])
+    assert first == [(ClaimStatus.CLAIMED, 0, 0)]
+    # Another claimant (a redelivery, or a replay after a crash) waits for the lease.
+    status, _, wait_ms = _claims(stack, redis_prefix, [ClaimRequest("wamid.1", "tok-b", 5000)])[0]
+    assert status is ClaimStatus.BUSY and 0 < wait_ms <= 5000
+    # The holder itself (a resumed run keeps its token) gets it again.
+    assert _claims(stack, redis_prefix, [ClaimRequest("wamid.1", "tok-a", 5000)])[0][0] is (
+        ClaimStatus.CLAIMED
+    )
+    DoneMarker(redis_client, keys).mark_done([("wamid.1", "processed")])
+    assert _claims(stack, redis_prefix, [ClaimRequest("wamid.1", "tok-c", 5000)])[0][0] is (
+        ClaimStatus.DONE
+    )
+    ttl = redis_client.pttl(keys.key("wamid.1"))
+    assert DAY_MS - 60_000 < ttl <= DAY_MS
+
+
+def test_a_crashed_claim_is_taken_over_after_its_lease_with_its_attempts(
+    stack: Stack, redis_prefix: str
+) -> None:
+    _claims(stack, redis_prefix, [ClaimRequest("wamid.2", "crashed", 300)])
+    _claims(stack, redis_prefix, [], [AttemptRecord("wamid.2", "crashed", 2, 300)])
+    time.sleep(0.4)
+    assert _claims(stack, redis_prefix, [ClaimRequest("wamid.2", "new", 5000)]) == [
+        (ClaimStatus.CLAIMED, 2, 0)
+    ]
+
+
+def test_only_the_holder_records_attempts(
+    stack: Stack, redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    _claims(stack, redis_prefix, [ClaimRequest("wamid.3", "holder", 5000)])
+    _claims(stack, redis_prefix, [], [AttemptRecord("wamid.3", "intruder", 9, 5000)])
+    key = DedupeKeys(redis_prefix, DAY_MS).key("wamid.3")
+    assert redis_client.hget(key, "attempts") == b"0"
+
+
+def test_a_batch_is_one_round_trip_with_replies_in_order(
+    stack: Stack, redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    before = int(redis_client.info("stats")["total_reads_processed"])
+    claims = [ClaimRequest(f"wamid.b{i}", "t", 5000) for i in range(500)]
+    replies = _claims(stack, redis_prefix, claims)
+    assert [r[0] for r in replies] == [ClaimStatus.CLAIMED] * 500
+    # Socket reads on the server: a pipeline arrives in a few; 500 round trips would be 500.
+    reads = int(redis_client.info("stats")["total_reads_processed"]) - before
+    assert reads < 30, reads
+    DoneMarker(redis_client, DedupeKeys(redis_prefix, DAY_MS)).mark_done(
+        [(c.event_key, "processed") for c in claims[:250]]
+    )
+    again = _claims(stack, redis_prefix, [ClaimRequest(c.event_key, "u", 5000) for c in claims])
+    assert [r[0] for r in again] == [ClaimStatus.DONE] * 250 + [ClaimStatus.BUSY] * 250
+
+
+def test_unreachable_redis_raises_for_the_batch() -> None:
+    async def run() -> None:
+        store = AsyncDedupeStore(
+            aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2),
+            DedupeKeys("x:", DAY_MS),
+        )
+        try:
+            await store.run_batch([ClaimRequest("k", "t", 1000)], [])
+        finally:
+            await store.aclose()
+
+    try:
+        asyncio.run(run())
+    except redis.RedisError:
+        return
+    raise AssertionError("expected a RedisError")
