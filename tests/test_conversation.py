@@ -118,7 +118,7 @@ def test_permanent_failure_dead_letters_at_once() -> None:
     out, _ = logic.on_batch(
         [HandleResult("wamid.a", token, HandleStatus.PERMANENT, error="HTTP 422", status_code=422)]
     )
-    assert [o.error_class for o in out] == [ErrorClass.HANDLER_PERMANENT]  # type: ignore[union-attr]
+    assert [o.error_class for o in out] == [ErrorClass.HANDLER_PERMANENT]
 
 
 def test_done_claim_is_a_duplicate_and_busy_claim_polls_again() -> None:
@@ -128,10 +128,10 @@ def test_done_claim_is_a_duplicate_and_busy_claim_polls_again() -> None:
     out, _ = logic.on_batch([ClaimResult("wamid.a", submit.claims[0][1], ClaimStatus.DONE)])
     assert out == [] and submit.claims[1][0] == "wamid.b"
     logic.on_batch([ClaimResult("wamid.b", submit.claims[1][1], ClaimStatus.BUSY, 0, 20_000)])
-    first_wait = (logic.notify_at() - clock.now).total_seconds()  # type: ignore[operator]
+    first_wait = (logic.notify_at() - clock.now).total_seconds()
     assert first_wait == 0.25  # polled again soon: the holder may be just marking it done
     logic.on_batch([ClaimResult("wamid.b", submit.claims[1][1], ClaimStatus.ERROR)])
-    assert (logic.notify_at() - clock.now).total_seconds() == 0.5  # type: ignore[operator]
+    assert (logic.notify_at() - clock.now).total_seconds() == 0.5
 
 
 def test_a_second_copy_of_a_queued_event_is_dropped() -> None:
@@ -155,7 +155,7 @@ def test_attempts_recorded_in_redis_count_after_a_lost_recovery_directory() -> N
     (a,) = events("wamid.a")
     logic.on_batch([a])
     out, _ = logic.on_batch([claimed("wamid.a", submit.claims[0][1], attempts=4)])
-    assert [o.error_class for o in out] == [ErrorClass.RETRIES_EXHAUSTED]  # type: ignore[union-attr]
+    assert [o.error_class for o in out] == [ErrorClass.RETRIES_EXHAUSTED]
 
 
 def test_snapshot_resumes_in_flight_work_with_the_same_token() -> None:
