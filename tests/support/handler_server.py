@@ -36,6 +36,11 @@ def always_ok(event: dict[str, Any], attempt: int) -> Reply:
     return Reply(200, {"ok": True, "event_key": event["event_key"]})
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 resets connections when a worker opens 64 at once.
+    request_queue_size = 1024
+
+
 class HandlerServer:
     def __init__(self, plan: Plan = always_ok) -> None:
         self.plan = plan
@@ -46,6 +51,7 @@ class HandlerServer:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else delayed ACKs add 40 ms to every reply
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
@@ -71,7 +77,7 @@ class HandlerServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
