@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.handler_throughput [--events 2000] [--handler-ms 50]
 
 Both read the same pre-loaded webhooks from a real Kafka broker, dedupe in a real Redis, call
-the same local HTTP handler (bench/handler_peer.go, which sleeps --handler-ms per call) and write to a processed topic.
+the same local HTTP handler (bench/handler_peer.go, sleeping --handler-ms per call) and write
+to a processed topic.
 The baseline is the loop a team writes first: poll, SET NX, POST, produce, one at a time.
 Throughput is measured between the first and last processed record's broker timestamps.
 """
@@ -104,7 +105,7 @@ def run_baseline(brokers: str, redis_url: str, handler_url: str, events: int) ->
                 producer.produce(processed, json.dumps(message).encode())
                 producer.flush()
                 done += 1
-        consumer.commit(msg)
+        consumer.commit(message=msg, asynchronous=False)
     consumer.close()
     return _rate(_timestamps(brokers, processed, events), events)
 
