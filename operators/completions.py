@@ -9,15 +9,26 @@ from bytewax.inputs import DynamicSource, StatelessSourcePartition
 
 from wa_worker.models.completions import Completion
 from wa_worker.runtime import IoRuntime
+from wa_worker.shutdown import Drain
 
 _MAX_BATCH = 5000
 
 
 class _CompletionPartition(StatelessSourcePartition[tuple[str, Completion]]):
-    def __init__(self, completions: queue.SimpleQueue[tuple[str, Completion]]) -> None:
-        self._completions = completions
+    def __init__(self, runtime: IoRuntime, drain: Drain) -> None:
+        self._runtime = runtime
+        self._completions = runtime.completions
+        self._drain = drain
 
     def next_batch(self) -> list[tuple[str, Completion]]:
+        # Draining: end once every started call has reported back (or the drain timed out);
+        # work not started stays in the snapshotted state for the next run.
+        if (
+            self._drain.draining
+            and self._completions.empty()
+            and (self._runtime.idle() or self._drain.expired())
+        ):
+            raise StopIteration
         # An empty batch makes Bytewax wait 1 ms before asking again: no busy loop.
         batch: list[tuple[str, Completion]] = []
         try:
@@ -32,8 +43,9 @@ class CompletionSource(DynamicSource[tuple[str, Completion]]):
     """Each worker drains the process's shared queue; the keyed exchange that follows routes
     every result to the worker owning its conversation (the one that started the work)."""
 
-    def __init__(self, runtime: Callable[[], IoRuntime]) -> None:
+    def __init__(self, runtime: Callable[[], IoRuntime], drain: Drain) -> None:
         self._runtime = runtime  # started lazily, in the process that runs the partition
+        self._drain = drain
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _CompletionPartition:
-        return _CompletionPartition(self._runtime().completions)
+        return _CompletionPartition(self._runtime(), self._drain)

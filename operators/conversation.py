@@ -41,6 +41,7 @@ from wa_worker.models.records import DeadLetter, ErrorClass, Outcome, Processed,
 from wa_worker.settings import Settings
 
 Clock = Callable[[], datetime]
+PAUSED_RECHECK = timedelta(milliseconds=500)
 
 
 class WorkSubmitter(Protocol):
@@ -74,6 +75,7 @@ class Pending:
     first_failure_at: datetime | None = None
     last_error: str | None = None
     last_status_code: int | None = None
+    retry_waiting: bool = False  # a retry is scheduled and not yet started
 
 
 @dataclass
@@ -89,17 +91,20 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         policy: ConversationPolicy,
         resume: ConversationState | None,
         clock: Clock = lambda: datetime.now(UTC),
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self._route_key = route_key
         self._submit = submit
         self._policy = policy
         self._now = clock
+        self._paused = paused  # draining (or the handler's breaker open): start nothing new
         self._state = ConversationState()
         if resume is not None:
             # Work in flight when the snapshot was taken was lost with the old process:
             # start it again now (the claim token is kept, so the claim is still ours).
             now = clock()
             self._state.queue = [replace(p, due_at=p.due_at or now) for p in resume.queue]
+            metrics.RETRIES_PENDING.inc(sum(p.retry_waiting for p in self._state.queue))
 
     def on_batch(self, values: list[WebhookEvent | Completion]) -> tuple[Iterable[Outcome], bool]:
         out: list[Outcome] = []
@@ -119,7 +124,12 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
 
     def notify_at(self) -> datetime | None:
         head = self._head()
-        return head.due_at if head is not None else None
+        if head is None or head.due_at is None:
+            return None
+        if self._paused():
+            # Look again later; returning a past time would wake us in a busy loop.
+            return max(head.due_at, self._now() + PAUSED_RECHECK)
+        return head.due_at
 
     def snapshot(self) -> ConversationState:
         return ConversationState(queue=[replace(p) for p in self._state.queue])
@@ -136,9 +146,12 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
     def _pump(self) -> None:
         """Start the head's next piece of work when it is due."""
         head = self._head()
-        if head is None or head.due_at is None or head.due_at > self._now():
+        if head is None or head.due_at is None or head.due_at > self._now() or self._paused():
             return
         head.due_at = None
+        if head.retry_waiting:
+            head.retry_waiting = False
+            metrics.RETRIES_PENDING.dec()
         key = self._route_key(head.event)
         if head.phase is Phase.CLAIM:
             self._submit.claim(key, head.event.event_key, head.token, self._lease_ms(0.0))
@@ -199,7 +212,9 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         else:
             delay_s = self._policy.backoff.delay_s(head.attempts - 1, result.retry_after_s)
             head.due_at = now + timedelta(seconds=delay_s)
+            head.retry_waiting = True
             metrics.RETRIED.inc()
+            metrics.RETRIES_PENDING.inc()
             self._submit.record_attempts(
                 head.event.event_key, head.token, head.attempts, self._lease_ms(delay_s)
             )
@@ -241,7 +256,9 @@ def route_key(ordered: bool) -> Callable[[WebhookEvent], str]:
 
 
 def conversation_builder(
-    settings: Settings, runtime: Callable[[], WorkSubmitter]
+    settings: Settings,
+    runtime: Callable[[], WorkSubmitter],
+    paused: Callable[[], bool] = lambda: False,
 ) -> Callable[[ConversationState | None], ConversationLogic]:
     policy = ConversationPolicy(
         backoff=BackoffPolicy(
@@ -256,6 +273,6 @@ def conversation_builder(
     key = route_key(settings.handler_ordered)
 
     def build(resume: ConversationState | None) -> ConversationLogic:
-        return ConversationLogic(key, runtime(), policy, resume)
+        return ConversationLogic(key, runtime(), policy, resume, paused=paused)
 
     return build

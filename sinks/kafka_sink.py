@@ -87,6 +87,7 @@ class _KafkaOutcomePartition(StatelessSinkPartition[KafkaRecord]):
         for record in items:
             if record.error_class is not None:
                 metrics.DEAD_LETTERED.labels(record.error_class).inc()
+                log.warning("dead-lettered", extra=record.log_context())
             elif record.kind is not None:
                 metrics.PROCESSED.labels(record.kind).inc()
             if record.received_at is not None:

@@ -21,6 +21,23 @@ class KafkaRecord:
     error_class: str | None = None
     kind: str | None = None
 
+    def log_context(self) -> dict[str, str]:
+        """The DLQ headers worth a log line (names without the `wa-` prefix)."""
+        wanted = {
+            "wa-error-class",
+            "wa-error-reason",
+            "wa-webhook-id",
+            "wa-event-key",
+            "wa-attempts",
+            "wa-source-partition",
+            "wa-source-offset",
+        }
+        return {
+            k[3:].replace("-", "_"): v.decode(errors="replace")
+            for k, v in self.headers
+            if k in wanted
+        }
+
 
 @dataclass(frozen=True)
 class Topics:

@@ -31,3 +31,9 @@ END_TO_END_LATENCY = Histogram(
 REDIS_LATENCY = Histogram(
     "wa_redis_roundtrip_seconds", "Redis pipeline round trip", buckets=_LATENCY_BUCKETS
 )
+CONSUMER_LAG = Gauge(
+    "wa_consumer_lag_messages",
+    "Inbound records not yet read: high watermark minus the worker's position",
+    ["topic", "partition"],
+)
+RETRIES_PENDING = Gauge("wa_retries_pending", "Events waiting for their next handler attempt")

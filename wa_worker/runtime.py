@@ -47,6 +47,8 @@ class IoRuntime:
         self._settings = settings
         self._handler = handler or build_handler(settings)
         self._timeout_s = settings.handler_timeout_ms / 1000
+        self._outstanding = 0  # submitted, result not yet on `completions`
+        self._outstanding_lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="wa-io", daemon=True)
         self._thread.start()
@@ -79,7 +81,22 @@ class IoRuntime:
 
     # WorkSubmitter, called from Bytewax worker threads: never block.
 
+    def idle(self) -> bool:
+        """Nothing submitted is still waiting for its result."""
+        with self._outstanding_lock:
+            return self._outstanding == 0
+
+    def _submitted(self) -> None:
+        with self._outstanding_lock:
+            self._outstanding += 1
+
+    def _complete(self, route_key: str, completion: Completion) -> None:
+        self.completions.put((route_key, completion))
+        with self._outstanding_lock:
+            self._outstanding -= 1
+
     def claim(self, route_key: str, event_key: str, token: str, lease_ms: int) -> None:
+        self._submitted()
         request = (route_key, ClaimRequest(event_key, token, lease_ms))
         self._loop.call_soon_threadsafe(self._redis_queue.put_nowait, (_CLAIM, request))
 
@@ -88,6 +105,7 @@ class IoRuntime:
         self._loop.call_soon_threadsafe(self._redis_queue.put_nowait, ("record", record))
 
     def handle(self, route_key: str, event: WebhookEvent, token: str) -> None:
+        self._submitted()
         self._loop.call_soon_threadsafe(self._start_handler, route_key, event, token)
 
     # Inside the loop.
@@ -109,20 +127,12 @@ class IoRuntime:
         except Exception as exc:  # noqa: BLE001  (Redis down: claims wait and retry)
             log.warning("redis batch failed (%d claims will retry): %s", len(claims), exc)
             for route_key, c in claims:
-                self.completions.put(
-                    (
-                        route_key,
-                        ClaimResult(c.event_key, c.token, ClaimStatus.ERROR, error=str(exc)[:200]),
-                    )
-                )
+                error = ClaimResult(c.event_key, c.token, ClaimStatus.ERROR, error=str(exc)[:200])
+                self._complete(route_key, error)
             return
         for (route_key, c), reply in zip(claims, replies, strict=True):
-            self.completions.put(
-                (
-                    route_key,
-                    ClaimResult(c.event_key, c.token, reply.status, reply.attempts, reply.wait_ms),
-                )
-            )
+            result = ClaimResult(c.event_key, c.token, reply.status, reply.attempts, reply.wait_ms)
+            self._complete(route_key, result)
 
     def _start_handler(self, route_key: str, event: WebhookEvent, token: str) -> None:
         task = self._loop.create_task(self._run_handler(route_key, event, token))
@@ -166,7 +176,7 @@ class IoRuntime:
             metrics.HANDLER_LATENCY.observe(latency)
             if outcome.status is not HandleStatus.OK:
                 metrics.FAILED.labels(outcome.status.value).inc()
-            self.completions.put((route_key, replace(outcome, latency_s=latency)))
+            self._complete(route_key, replace(outcome, latency_s=latency))
 
     def in_flight(self) -> int:
         return len(self._inflight)

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     handler_timeout_ms: int = Field(10_000, ge=1)
     handler_concurrency: int = Field(64, ge=1, le=10_000)
     handler_ordered: bool = True
+    handler_health_url: str | None = None
 
     # Webhook signature
     wa_app_secret: SecretStr | None = None
@@ -83,6 +84,11 @@ class Settings(BaseSettings):
     recovery_partitions: int = Field(8, ge=1, le=1024)
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT
+    # false only for debugging: logs then show phone numbers and secrets.
+    log_redact: bool = True
+    log_summary_interval_s: float = Field(60.0, gt=0)
+    drain_timeout_s: float = Field(30.0, ge=0)
+    offsets_report_interval_s: float = Field(5.0, gt=0)
 
     @field_validator("kafka_brokers")
     @classmethod
@@ -103,7 +109,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
-    @field_validator("handler_url")
+    @field_validator("handler_url", "handler_health_url")
     @classmethod
     def _handler_url_http(cls, value: str | None) -> str | None:
         if value and not value.startswith(("http://", "https://")):

@@ -1,21 +1,21 @@
-"""Start-up checks and process setup, run once when the dataflow module is imported."""
+"""Start-up of a dataflow process: checks, logging, signals, health server, offset reporter."""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import sys
+from collections.abc import Callable
 
 from confluent_kafka.admin import AdminClient
 
+from wa_worker import health, logs
+from wa_worker.offsets import POSITIONS, OffsetReporter
 from wa_worker.settings import Settings
+from wa_worker.shutdown import DRAIN
 
-
-def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+log = logging.getLogger(__name__)
 
 
 def require_kafka_topics(settings: Settings, timeout_s: float = 15.0) -> None:
@@ -37,6 +37,48 @@ def require_kafka_topics(settings: Settings, timeout_s: float = 15.0) -> None:
             f"Kafka at {settings.kafka_brokers} has no topic {', '.join(missing)} "
             "(create it, e.g. `scripts/devstack up`, or set the KAFKA_*_TOPIC settings)"
         )
+
+
+def bytewax_process_id(argv: list[str] | None = None) -> int:
+    """This process's index in a Bytewax cluster, found the way `bytewax.run` finds it."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-i", "--process-id", type=int)
+    known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if known.process_id is not None:
+        return int(known.process_id)
+    env = os.environ
+    if "BYTEWAX_PROCESS_ID" in env:
+        return int(env["BYTEWAX_PROCESS_ID"])
+    if "BYTEWAX_POD_NAME" in env and "BYTEWAX_STATEFULSET_NAME" in env:
+        return int(env["BYTEWAX_POD_NAME"].removeprefix(env["BYTEWAX_STATEFULSET_NAME"] + "-"))
+    return 0
+
+
+def health_port(settings: Settings, process_id: int) -> int:
+    """Process N of a cluster serves on HEALTH_PORT + N, so processes on one host never clash."""
+    return settings.health_port + process_id if settings.health_port else 0
+
+
+def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -> None:
+    secret = settings.wa_app_secret.get_secret_value() if settings.wa_app_secret else None
+    logs.configure(
+        settings.log_level,
+        settings.log_format.value == "json",
+        settings.log_redact,
+        (secret,) if secret else (),
+    )
+    DRAIN.install_signal_handlers(settings.drain_timeout_s)
+    process_id = bytewax_process_id()
+    if port := health_port(settings, process_id):
+        health.serve(health.HealthApp(health.Probes(settings), DRAIN, paused_reason), port)
+        log.info("health and metrics on :%d (/health /livez /readyz /metrics)", port)
+    OffsetReporter(
+        POSITIONS,
+        settings.consumer_config() | {"bootstrap.servers": settings.kafka_brokers},
+        settings.kafka_group_id,
+        settings.offsets_report_interval_s,
+    ).start()
+    logs.start_summary(settings.log_summary_interval_s, health.worker_metrics)
 
 
 def _exit(message: str) -> None:

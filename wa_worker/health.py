@@ -1,0 +1,200 @@
+"""`/health`, `/livez`, `/readyz` and `/metrics` on HEALTH_PORT, served from the dataflow process.
+
+`/health` (and `/readyz`) probe Kafka, Redis and the handler live on each request, concurrently,
+each with a short timeout; any failure answers 503 with the error and upstream status code.
+The JSON keeps the original worker's shape. `/metrics` is prometheus-client's WSGI app.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import httpx
+import redis
+from confluent_kafka.admin import AdminClient
+from prometheus_client import make_wsgi_app
+from pydantic import BaseModel, ConfigDict, Field
+
+from wa_worker import metrics
+from wa_worker.settings import Settings
+from wa_worker.shutdown import Drain
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
+
+
+def mask_secrets(text: str) -> str:
+    """Passwords inside URLs (redis://:secret@host) never leave the process."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+class Check(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    status: str
+    latency_ms: int = Field(serialization_alias="latencyMs")
+    error: str | None = None
+    status_code: int | None = Field(None, serialization_alias="statusCode")
+
+
+class ProbeFailed(Exception):
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+Probe = Callable[[], None]
+
+
+class Probes:
+    def __init__(self, settings: Settings, timeout_s: float = 2.0) -> None:
+        self._settings = settings
+        self._timeout_s = timeout_s
+        self._admin = AdminClient({**settings.admin_config(), "log_level": 0})
+        self._redis = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self.probes: dict[str, Probe] = {"kafka": self.kafka, "redis": self.redis_ping}
+        if settings.handler_health_url:
+            self.probes["handler"] = self.handler
+        self._pool = ThreadPoolExecutor(max_workers=len(self.probes), thread_name_prefix="probe")
+
+    def kafka(self) -> None:
+        topic = self._settings.kafka_inbound_topic
+        metadata = self._admin.list_topics(topic, timeout=self._timeout_s)
+        found = metadata.topics.get(topic)
+        if not metadata.brokers:
+            raise ProbeFailed("no broker answered")
+        if found is None or found.error is not None:
+            raise ProbeFailed(f"topic {topic} unavailable: {found.error if found else 'missing'}")
+
+    def redis_ping(self) -> None:
+        self._redis.ping()
+
+    def handler(self) -> None:
+        url = self._settings.handler_health_url
+        assert url is not None
+        response = httpx.get(url, timeout=self._timeout_s)
+        if not response.is_success:
+            raise ProbeFailed(
+                f"handler health answered HTTP {response.status_code}", response.status_code
+            )
+
+    def run(self) -> dict[str, Check]:
+        futures = {name: self._pool.submit(_timed, probe) for name, probe in self.probes.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _timed(probe: Probe) -> Check:
+    started = time.perf_counter()
+    try:
+        probe()
+    except Exception as exc:  # noqa: BLE001  (a failing probe is an answer, not a crash)
+        code = exc.status_code if isinstance(exc, ProbeFailed) else None
+        return Check(
+            status="error",
+            latency_ms=_ms(started),
+            status_code=code,
+            error=mask_secrets(f"{type(exc).__name__}: {exc}")[:500],
+        )
+    return Check(status="ok", latency_ms=_ms(started), status_code=None)
+
+
+def _ms(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)
+
+
+def counter_total(counter: Any) -> int:
+    return int(
+        sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+    )
+
+
+def worker_metrics() -> dict[str, int]:
+    return {
+        "processed": counter_total(metrics.PROCESSED),
+        "failed": counter_total(metrics.FAILED),
+        "retried": counter_total(metrics.RETRIED),
+        "deadLettered": counter_total(metrics.DEAD_LETTERED),
+        "duplicates": counter_total(metrics.DUPLICATES),
+    }
+
+
+class HealthApp:
+    def __init__(
+        self, probes: Probes, drain: Drain, paused_reason: Callable[[], str | None] = lambda: None
+    ) -> None:
+        self._probes = probes
+        self._drain = drain
+        self._paused_reason = paused_reason
+        self._started = time.monotonic()
+        self._metrics_app = make_wsgi_app()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/livez":
+            return _json(start_response, 200, {"status": "ok"})
+        if path in ("/health", "/readyz", "/"):
+            body = self.report()
+            return _json(start_response, 200 if body["status"] == "ok" else 503, body)
+        return _json(start_response, 404, {"error": f"no route {path}"})
+
+    def report(self) -> dict[str, Any]:
+        checks = self._probes.run()
+        healthy = all(c.status == "ok" for c in checks.values())
+        worker: dict[str, Any] = {"running": not self._drain.draining, "metrics": worker_metrics()}
+        if self._drain.draining:
+            worker["draining"] = True
+        if (reason := self._paused_reason()) is not None:
+            worker["paused"] = reason
+        return {
+            "status": "ok" if healthy else "error",
+            "timestamp": datetime.now(UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "uptime": round(time.monotonic() - self._started, 3),
+            "checks": {
+                name: c.model_dump(by_alias=True, exclude_none=True) for name, c in checks.items()
+            },
+            "worker": worker,
+        }
+
+
+def _json(start_response: StartResponse, status: int, body: dict[str, Any]) -> list[bytes]:
+    payload = json.dumps(body).encode()
+    reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+    start_response(
+        f"{status} {reason}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
+    )
+    return [payload]
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve(app: WsgiApp, port: int) -> WSGIServer:
+    server = make_server(
+        "0.0.0.0", port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+    )
+    threading.Thread(target=server.serve_forever, name="wa-health", daemon=True).start()
+    return server

@@ -1,0 +1,98 @@
+"""Where the worker is in the inbound topic, made visible to Kafka tooling and Prometheus.
+
+Bytewax keeps input offsets in its recovery snapshots, not in a consumer group, so lag
+exporters (Burrow, kafka-exporter) see nothing. A reporter thread therefore commits the
+snapshotted positions to the consumer group KAFKA_GROUP_ID (monitoring only: recovery stays the
+source of truth, and nothing ever reads these commits back) and sets the consumer-lag gauge from
+the positions read against the partitions' high watermarks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from wa_worker import metrics
+
+log = logging.getLogger(__name__)
+
+PartitionId = tuple[str, int]
+
+
+class PositionBook:
+    """Positions (next offset to read) per partition, written by source partitions."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._read: dict[PartitionId, int] = {}
+        self._snapshotted: dict[PartitionId, int] = {}
+
+    def read(self, partition: PartitionId, next_offset: int) -> None:
+        with self._lock:
+            self._read[partition] = next_offset
+
+    def snapshotted(self, partition: PartitionId, next_offset: int) -> None:
+        with self._lock:
+            self._snapshotted[partition] = next_offset
+
+    def views(self) -> tuple[dict[PartitionId, int], dict[PartitionId, int]]:
+        with self._lock:
+            return dict(self._read), dict(self._snapshotted)
+
+
+class OffsetReporter:
+    def __init__(
+        self, book: PositionBook, consumer_config: dict[str, Any], group_id: str, interval_s: float
+    ) -> None:
+        self._book = book
+        self._config = {
+            **consumer_config,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "log_level": 3,
+        }
+        self._interval_s = interval_s
+        self._committed: dict[PartitionId, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wa-offsets", daemon=True)
+
+    def start(self) -> OffsetReporter:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        consumer = Consumer(self._config)
+        try:
+            while not self._stop.wait(self._interval_s):
+                try:
+                    self.report(consumer)
+                except Exception as exc:  # noqa: BLE001  (monitoring must never stop the worker)
+                    log.debug("offset report failed: %s", exc)
+            self.report(consumer)
+        finally:
+            consumer.close()
+
+    def report(self, consumer: Consumer) -> None:
+        read, snapshotted = self._book.views()
+        changed = [
+            TopicPartition(t, p, o)
+            for (t, p), o in snapshotted.items()
+            if self._committed.get((t, p)) != o
+        ]
+        if changed:
+            consumer.commit(offsets=changed, asynchronous=False)
+            self._committed.update({(tp.topic, tp.partition): tp.offset for tp in changed})
+        for (topic, partition), position in read.items():
+            _low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=2, cached=False
+            )
+            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, high - position))
+
+
+POSITIONS = PositionBook()
