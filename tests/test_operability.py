@@ -1,0 +1,267 @@
+"""What on-call sees, on the real stack: /health probes, /metrics counts, SIGTERM drain."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Stack, Topics
+from tests.support.handler_server import HandlerServer, Reply
+from tests.support.kafka import produce, read_topic
+from tests.support.webhooks import conversation_webhook
+from tests.support.worker import WorkerProcess
+from wa_worker.devstack import free_port
+
+
+def _wait_for(url: str, timeout_s: float = 30) -> httpx.Response:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return httpx.get(url, timeout=10)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+class OwnRedis:
+    """A Redis server this test may stop and start again on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:s3cret-pass@127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                "s3cret-pass",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            import redis
+
+            try:
+                redis.Redis.from_url(self.url).ping()
+                return
+            except redis.RedisError:
+                time.sleep(0.1)
+        raise RuntimeError("own redis did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_health_reports_each_dependency_and_503_names_redis_when_it_stops(
+    stack: Stack,
+    topics: Topics,
+    own_redis: OwnRedis,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    port = free_port()
+    with HandlerServer() as handler:
+        health_url = handler.url.replace("/handle", "/healthz")
+        worker = start_worker(
+            HEALTH_PORT=str(port),
+            REDIS_URL=own_redis.url,
+            HANDLER_URL=handler.url,
+            HANDLER_HEALTH_URL=health_url,
+        )
+        base = f"http://127.0.0.1:{port}"
+        response = _wait_for(f"{base}/health")
+        body = response.json()
+        assert response.status_code == 200, body
+        assert body["status"] == "ok"
+        assert set(body["checks"]) == {"kafka", "redis", "handler"}
+        assert all(c["status"] == "ok" and "latencyMs" in c for c in body["checks"].values())
+        assert body["worker"]["running"] is True
+        assert set(body["worker"]["metrics"]) == {
+            "processed",
+            "failed",
+            "retried",
+            "deadLettered",
+            "duplicates",
+        }
+        assert body["uptime"] >= 0 and body["timestamp"].endswith("Z")
+        assert httpx.get(f"{base}/livez").status_code == 200
+        assert httpx.get(f"{base}/readyz").status_code == 200
+
+        own_redis.stop()
+        response = httpx.get(f"{base}/health", timeout=10)
+        body = response.json()
+        assert response.status_code == 503
+        assert body["status"] == "error"
+        assert body["checks"]["redis"]["status"] == "error"
+        assert body["checks"]["redis"]["error"]
+        assert body["checks"]["kafka"]["status"] == "ok"
+        assert "s3cret-pass" not in response.text  # no secret leaks into the report
+        assert httpx.get(f"{base}/readyz").status_code == 503
+        assert httpx.get(f"{base}/livez").status_code == 200
+
+        own_redis.start()
+        assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+        assert worker.running()
+
+
+def test_health_reports_the_handler_status_code(
+    stack: Stack, topics: Topics, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    port = free_port()
+    start_worker(
+        HEALTH_PORT=str(port),
+        HANDLER_URL="http://127.0.0.1:9/x",
+        HANDLER_HEALTH_URL=f"{stack.redis_url.replace('redis', 'http', 1)}",
+    )
+    response = _wait_for(f"http://127.0.0.1:{port}/health")
+    assert response.status_code == 503
+    assert response.json()["checks"]["handler"]["status"] == "error"
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+def test_metrics_count_what_was_sent(
+    stack: Stack, topics: Topics, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    records = [
+        (
+            f"w{i}".encode(),
+            conversation_webhook(f"w{i}", f"3165{i:04d}", [f"wamid.m{i}.0", f"wamid.m{i}.1"]),
+        )
+        for i in range(20)
+    ]
+    records += [(b"again", conversation_webhook("again", "31650000", ["wamid.m0.0"]))] * 3
+    records += [(b"bad", b"{not json")] * 2
+    produce(stack.brokers, topics.inbound, records)
+    port = free_port()
+
+    def plan(event: dict[str, str], attempt: int) -> Reply:
+        failing = event["event_key"] == "wamid.m5.1" and attempt == 1
+        return Reply(503) if failing else Reply(200, {})
+
+    with HandlerServer(plan) as handler:
+        start_worker(HEALTH_PORT=str(port), HANDLER_URL=handler.url, RETRY_DELAY_MS="100")
+        read_topic(stack.brokers, topics.processed, until=lambda rs: len(rs) >= 40, timeout_s=60)
+        read_topic(stack.brokers, topics.dlq, until=lambda rs: len(rs) >= 2, timeout_s=30)
+        time.sleep(0.5)
+        text = _wait_for(f"http://127.0.0.1:{port}/metrics").text
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()
+    assert _metric(text, "wa_events_processed_total") == 40
+    assert _metric(text, "wa_events_duplicates_total") == 3
+    assert _metric(text, 'wa_events_dead_lettered_total{error_class="invalid_json"}') == 2
+    assert _metric(text, "wa_parse_errors_total") == 2
+    assert _metric(text, "wa_events_retried_total") == 1
+    assert _metric(text, "wa_handler_latency_seconds_count") == 41
+    # Unparseable records have no envelope timestamp: only the 40 events are timed.
+    assert _metric(text, "wa_end_to_end_latency_seconds_count") == 40
+    assert _metric(text, "wa_consumer_lag_messages") == 0
+    assert "wa_redis_roundtrip_seconds_bucket" in text
+    assert health["worker"]["metrics"] == {
+        "processed": 40,
+        "failed": 1,
+        "retried": 1,
+        "deadLettered": 2,
+        "duplicates": 3,
+    }
+
+
+def test_sigterm_drains_and_exits_zero_and_nothing_is_lost(
+    stack: Stack, topics: Topics, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    conversations, per_conversation = 40, 5
+    produce(
+        stack.brokers,
+        topics.inbound,
+        [
+            (
+                f"w{c}.{j}".encode(),
+                conversation_webhook(f"w{c}.{j}", f"3167{c:04d}", [f"wamid.d{c}.{j}"]),
+            )
+            for j in range(per_conversation)
+            for c in range(conversations)
+        ],
+    )
+    expected = {f"wamid.d{c}.{j}" for c in range(conversations) for j in range(per_conversation)}
+
+    # Slow calls, and some retries pending at the time of the signal.
+    def plan(event: dict[str, str], attempt: int) -> Reply:
+        failing = event["event_key"].endswith(".2") and attempt == 1
+        return Reply(503) if failing else Reply(200, {}, delay_s=0.3)
+
+    with HandlerServer(plan) as handler:
+        worker = start_worker(
+            HANDLER_URL=handler.url,
+            RETRY_DELAY_MS="3000",
+            RETRY_JITTER="0",
+            DRAIN_TIMEOUT_S="10",
+            HANDLER_CONCURRENCY="8",
+        )
+        deadline = time.monotonic() + 60
+        while len(handler.calls) < 60 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signalled = time.monotonic()
+        code = worker.stop(signal.SIGTERM, timeout_s=30)
+        took = time.monotonic() - signalled
+        assert code == 0, worker.log()[-3000:]
+        assert took < 10 + 5, took
+        assert "draining" in worker.log()
+        first_run = {r.header("wa-event-key") for r in read_topic(stack.brokers, topics.processed)}
+        assert 0 < len(first_run) < len(expected)
+        worker.start()
+        processed = read_topic(
+            stack.brokers,
+            topics.processed,
+            until=lambda rs: len(rs) >= len(expected),
+            timeout_s=120,
+        )
+    keys = Counter(r.header("wa-event-key") for r in processed)
+    assert set(keys) == expected  # none lost
+    assert max(keys.values()) == 1  # and a drained run leaves nothing to repeat
+    assert read_topic(stack.brokers, topics.dlq) == []
+    print(
+        f"\nSIGTERM: exit 0 after {took:.1f}s; {len(first_run)} events before, "
+        f"{len(expected) - len(first_run)} after the restart; duplicates 0"
+    )
