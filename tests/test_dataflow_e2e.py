@@ -7,6 +7,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import pytest
+
 from tests.conftest import Stack, Topics
 from tests.support.handler_server import HandlerServer
 from tests.support.kafka import produce, read_topic
@@ -21,8 +23,9 @@ POISON = [
 ]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_every_unique_event_once_duplicates_dropped_poison_dead_lettered(
-    stack: Stack, topics: Topics, start_worker: Callable[..., WorkerProcess]
+    stack: Stack, topics: Topics, start_worker: Callable[..., WorkerProcess], workers: int
 ) -> None:
     webhooks = 300
     records: list[tuple[bytes | None, bytes]] = []
@@ -47,7 +50,7 @@ def test_every_unique_event_once_duplicates_dropped_poison_dead_lettered(
 
     with HandlerServer() as handler:
         started = time.monotonic()
-        worker = start_worker(HANDLER_URL=handler.url)
+        worker = start_worker(workers=workers, HANDLER_URL=handler.url)
         processed = read_topic(
             stack.brokers, topics.processed, until=lambda rs: len(rs) >= len(unique), timeout_s=120
         )
