@@ -19,10 +19,11 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from operators.completions import CompletionSource
 from operators.conversation import conversation_builder, route_key
-from operators.inbound import InboundSource, is_message
-from operators.parse import consumer_error_letter, is_event, parse_batch
+from operators.inbound import InboundSource, consumer_error, is_message
+from operators.parse import is_event, parse_batch
 from sinks.kafka_sink import KafkaOutcomeSink
 from sinks.records import Topics, to_record
+from wa_worker.breaker import BREAKER
 from wa_worker.dedupe import DedupeKeys, DoneMarker
 from wa_worker.models.records import DeadLetter
 from wa_worker.offsets import POSITIONS
@@ -33,7 +34,7 @@ from wa_worker.startup import require_kafka_topics, start_process
 
 settings = load_settings_or_exit()
 require_kafka_topics(settings)
-start_process(settings, paused_reason=lambda: "draining" if DRAIN.draining else None)
+start_process(settings, paused_reason=lambda: "draining" if DRAIN.draining else BREAKER.reason())
 
 
 def runtime() -> IoRuntime:
@@ -54,6 +55,7 @@ inbound = op.input(
     InboundSource(
         book=POSITIONS,
         drain=DRAIN,
+        hold=BREAKER.is_open,
         admin_config=settings.admin_config(),
         brokers=settings.broker_list,
         topics=[settings.kafka_inbound_topic],
@@ -66,10 +68,10 @@ inbound = op.input(
     ),
 )
 readable = op.branch("readable", inbound, is_message)
-unreadable = op.map(
+unreadable = op.flat_map(
     "consumer-errors",
     cast(Stream[KafkaError[bytes | None, bytes | None]], readable.falses),
-    consumer_error_letter,
+    consumer_error,
 )
 
 parsed = op.flat_map_batch("parse", readable.trues, parse_batch(secret))
@@ -81,7 +83,7 @@ completions = op.input("completions", flow, CompletionSource(runtime, DRAIN))
 handled = op.stateful_batch(
     "handle",
     op.merge("events-and-results", by_conversation, completions),
-    conversation_builder(settings, runtime, paused=lambda: DRAIN.draining),
+    conversation_builder(settings, runtime, paused=lambda: DRAIN.draining, handler_gate=BREAKER),
 )
 
 outcomes = op.merge("outcomes", op.key_rm("unkey", handled), invalid, unreadable)

@@ -52,6 +52,19 @@ class WorkSubmitter(Protocol):
     def record_attempts(self, event_key: str, token: str, attempts: int, lease_ms: int) -> None: ...
 
 
+class HandlerGate(Protocol):
+    def is_open(self) -> bool: ...
+    def admit_call(self) -> bool: ...
+
+
+class OpenGate:
+    def is_open(self) -> bool:
+        return False
+
+    def admit_call(self) -> bool:
+        return True
+
+
 @dataclass(frozen=True)
 class ConversationPolicy:
     backoff: BackoffPolicy
@@ -92,12 +105,14 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         resume: ConversationState | None,
         clock: Clock = lambda: datetime.now(UTC),
         paused: Callable[[], bool] = lambda: False,
+        handler_gate: HandlerGate | None = None,
     ) -> None:
         self._route_key = route_key
         self._submit = submit
         self._policy = policy
         self._now = clock
-        self._paused = paused  # draining (or the handler's breaker open): start nothing new
+        self._paused = paused  # draining: start nothing new
+        self._gate = handler_gate or OpenGate()  # the handler's circuit breaker
         self._state = ConversationState()
         if resume is not None:
             # Work in flight when the snapshot was taken was lost with the old process:
@@ -126,7 +141,8 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         head = self._head()
         if head is None or head.due_at is None:
             return None
-        if self._paused():
+        held = head.phase is Phase.HANDLE and self._gate.is_open()
+        if self._paused() or held:
             # Look again later; returning a past time would wake us in a busy loop.
             return max(head.due_at, self._now() + PAUSED_RECHECK)
         return head.due_at
@@ -147,6 +163,8 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         """Start the head's next piece of work when it is due."""
         head = self._head()
         if head is None or head.due_at is None or head.due_at > self._now() or self._paused():
+            return
+        if head.phase is Phase.HANDLE and not self._gate.admit_call():
             return
         head.due_at = None
         if head.retry_waiting:
@@ -259,6 +277,7 @@ def conversation_builder(
     settings: Settings,
     runtime: Callable[[], WorkSubmitter],
     paused: Callable[[], bool] = lambda: False,
+    handler_gate: HandlerGate | None = None,
 ) -> Callable[[ConversationState | None], ConversationLogic]:
     policy = ConversationPolicy(
         backoff=BackoffPolicy(
@@ -273,6 +292,8 @@ def conversation_builder(
     key = route_key(settings.handler_ordered)
 
     def build(resume: ConversationState | None) -> ConversationLogic:
-        return ConversationLogic(key, runtime(), policy, resume, paused=paused)
+        return ConversationLogic(
+            key, runtime(), policy, resume, paused=paused, handler_gate=handler_gate
+        )
 
     return build

@@ -7,6 +7,8 @@ snapshot on the next start); and positions are recorded for the lag gauge and gr
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeGuard
 
@@ -14,8 +16,12 @@ from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka.admin import AdminClient
 
+from wa_worker import metrics
+from wa_worker.models.records import DeadLetter, ErrorClass, SourcePosition
 from wa_worker.offsets import PositionBook
 from wa_worker.shutdown import Drain
+
+log = logging.getLogger(__name__)
 
 InboundItem = (
     KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[bytes | None, bytes | None]
@@ -29,15 +35,19 @@ class _DrainablePartition(StatefulSourcePartition[InboundItem, int | None]):
         partition: tuple[str, int],
         book: PositionBook,
         drain: Drain,
+        hold: Callable[[], bool],
     ) -> None:
         self._inner = inner
         self._partition = partition
         self._book = book
         self._drain = drain
+        self._hold = hold
 
     def next_batch(self) -> list[InboundItem]:
         if self._drain.draining:
             raise StopIteration
+        if self._hold():
+            return []  # e.g. the handler's breaker is open: take no new input meanwhile
         batch = list(self._inner.next_batch())
         if batch:
             last = batch[-1]
@@ -65,6 +75,7 @@ class InboundSource(KafkaSource):
         *,
         book: PositionBook,
         drain: Drain,
+        hold: Callable[[], bool],
         admin_config: dict[str, Any],
         list_timeout_s: float = 15.0,
         **kwargs: object,
@@ -72,6 +83,7 @@ class InboundSource(KafkaSource):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._book = book
         self._drain = drain
+        self._hold = hold
         self._admin_config = admin_config
         self._list_timeout_s = list_timeout_s
 
@@ -91,8 +103,31 @@ class InboundSource(KafkaSource):
     ) -> _DrainablePartition:
         index, topic = for_part.split("-", 1)
         inner = super().build_part(step_id, for_part, resume_state)
-        return _DrainablePartition(inner, (topic, int(index)), self._book, self._drain)
+        return _DrainablePartition(inner, (topic, int(index)), self._book, self._drain, self._hold)
 
 
 def is_message(item: InboundItem) -> TypeGuard[KafkaSourceMessage[bytes | None, bytes | None]]:
     return isinstance(item, KafkaSourceMessage)
+
+
+def consumer_error(error: KafkaError[bytes | None, bytes | None]) -> list[DeadLetter]:
+    """Consumer errors are mostly about the connection (broker down, rebalancing metadata):
+    librdkafka retries those itself, so they are logged and counted. One that carries a record
+    still sends that record to the DLQ; a fatal one stops the worker."""
+    if error.err.fatal():
+        raise RuntimeError(f"fatal Kafka consumer error: {error.err}")
+    metrics.CONSUMER_ERRORS.labels(error.err.name()).inc()
+    msg = error.msg
+    if not msg.value:
+        log.warning("Kafka consumer error (retried by the client): %s", error.err)
+        return []
+    return [
+        DeadLetter(
+            error_class=ErrorClass.CONSUMER_ERROR,
+            reason=f"Kafka consumer error: {error.err}"[:500],
+            source=SourcePosition(
+                topic=msg.topic or "", partition=msg.partition or 0, offset=msg.offset or 0
+            ),
+            original=msg.value,
+        )
+    ]

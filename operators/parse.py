@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any, TypeGuard
 
-from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSourceMessage
 from pydantic import ValidationError
 
 from wa_worker import metrics
@@ -244,19 +244,6 @@ def parse_batch(
         return out
 
     return parse
-
-
-def consumer_error_letter(error: KafkaError[bytes | None, bytes | None]) -> DeadLetter:
-    """A record the consumer could not read still leaves a trace in the DLQ."""
-    msg = error.msg
-    return DeadLetter(
-        error_class=ErrorClass.CONSUMER_ERROR,
-        reason=f"Kafka consumer error: {error.err}"[:500],
-        source=SourcePosition(
-            topic=msg.topic or "", partition=msg.partition or 0, offset=msg.offset or 0
-        ),
-        original=msg.value or b"",
-    )
 
 
 def is_event(item: WebhookEvent | DeadLetter) -> TypeGuard[WebhookEvent]:

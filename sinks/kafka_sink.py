@@ -9,6 +9,7 @@ Only after Kafka acknowledged a batch are its events marked done (crash-safe ded
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +42,7 @@ class _KafkaOutcomePartition(StatelessSinkPartition[KafkaRecord]):
 
         for record in items:
             self._produce(record, on_delivery)
-        remaining = self._producer.flush(self._flush_timeout_s)
+        remaining = self._flush()
         if remaining or failures:
             raise DeliveryError(
                 f"Kafka did not acknowledge {remaining + len(failures)} of {len(items)} records: "
@@ -52,8 +53,19 @@ class _KafkaOutcomePartition(StatelessSinkPartition[KafkaRecord]):
         self._mark_done()
 
     def close(self) -> None:
-        self._producer.flush(self._flush_timeout_s)
+        self._flush()
         self._mark_done()
+
+    def _flush(self) -> int:
+        """Wait for every delivery report. While the broker is away librdkafka keeps retrying
+        (up to message.timeout.ms) and this waits: the worker stalls rather than lose or
+        re-order records. Returns how many are still unacknowledged at the deadline."""
+        deadline = time.monotonic() + self._flush_timeout_s
+        remaining = self._producer.flush(min(1.0, self._flush_timeout_s))
+        while remaining and time.monotonic() < deadline:
+            log.warning("waiting for Kafka to acknowledge %d records", remaining)
+            remaining = self._producer.flush(min(5.0, max(0.0, deadline - time.monotonic())))
+        return int(remaining)
 
     def _produce(self, record: KafkaRecord, on_delivery: Callable[..., None]) -> None:
         while True:

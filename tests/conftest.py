@@ -47,14 +47,14 @@ def stack() -> Iterator[Stack]:
     if brokers and redis_url:
         yield Stack(brokers, redis_url, owned=False)
         return
-    os.environ["DEVSTACK_DIR"] = str(ROOT / ".stack" / "test")
     from wa_worker import devstack
 
-    redis_port = devstack.start_redis(0)
-    kafka_port = devstack.start_kafka(0)
+    kafka, redis_server = devstack.services(ROOT / ".stack" / "test")
+    redis_port = devstack.start_redis(0, service=redis_server)
+    kafka_port = devstack.start_kafka(0, service=kafka)
     yield Stack(f"127.0.0.1:{kafka_port}", f"redis://127.0.0.1:{redis_port}/0", owned=True)
-    devstack.KAFKA.stop()
-    devstack.REDIS.stop()
+    kafka.stop()
+    redis_server.stop()
 
 
 @pytest.fixture

@@ -181,3 +181,35 @@ def test_a_waiting_retry_resumes_at_its_original_time() -> None:
     due = logic.notify_at()
     resumed, _, _ = make(resume=pickle.loads(pickle.dumps(logic.snapshot())), clock=clock)
     assert resumed.notify_at() == due
+
+
+class ClosedGate:
+    def __init__(self) -> None:
+        self.open, self.admitted = True, 0
+
+    def is_open(self) -> bool:
+        return self.open
+
+    def admit_call(self) -> bool:
+        if self.open:
+            return False
+        self.admitted += 1
+        return True
+
+
+def test_an_open_breaker_holds_handler_calls_without_spending_attempts() -> None:
+    submit, clock, gate = FakeSubmitter(), Clock(), ClosedGate()
+    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 3), 30_000, 10.0)
+    logic = ConversationLogic(
+        lambda e: e.conversation_key, submit, policy, None, clock, handler_gate=gate
+    )
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    logic.on_batch([claimed("wamid.a", submit.claims[0][1])])
+    assert submit.handles == []
+    due = logic.notify_at()
+    assert due is not None and due > clock.now  # re-checks later, no busy loop
+    clock.now = due
+    gate.open = False
+    logic.on_notify()
+    assert len(submit.handles) == 1 and gate.admitted == 1

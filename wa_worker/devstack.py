@@ -68,10 +68,11 @@ def _alive(pid: int, marker: str) -> bool:
 class Service:
     name: str
     marker: str  # a string in the process's command line that proves it is ours
+    base: Path | None = None  # its state folder's parent; DEVSTACK_DIR (or .stack) when None
 
     @property
     def dir(self) -> Path:
-        return _state_dir() / self.name
+        return (self.base or _state_dir()) / self.name
 
     @property
     def pid_file(self) -> Path:
@@ -137,6 +138,11 @@ KAFKA = Service("kafka", "kafka.Kafka")
 REDIS = Service("redis", "redis-server")
 
 
+def services(base: Path) -> tuple[Service, Service]:
+    """Kafka and Redis of a stack living in `base` (tests and harnesses run their own)."""
+    return Service("kafka", "kafka.Kafka", base), Service("redis", "redis-server", base)
+
+
 # Redis
 
 
@@ -153,14 +159,16 @@ def ensure_redis_installed() -> str:
     return found
 
 
-def start_redis(wanted_port: int = 6379) -> int:
-    if REDIS.pid() is not None and (port := REDIS.port()):
+def start_redis(wanted_port: int = 6379, service: Service | None = None) -> int:
+    svc = service or REDIS
+    if svc.pid() is not None and (port := svc.port()):
         return port
     binary = ensure_redis_installed()
-    port = REDIS.choose_port(wanted_port)
-    REDIS.dir.mkdir(parents=True, exist_ok=True)
-    # Persistence off: test data needs no disk, and restarts start empty.
-    proc = REDIS.spawn(
+    port = svc.choose_port(wanted_port)
+    svc.dir.mkdir(parents=True, exist_ok=True)
+    # No snapshots or AOF: test data needs no disk. A dump.rdb left by `SHUTDOWN SAVE` is
+    # loaded on start, which lets fault tests restart Redis with or without its data.
+    proc = svc.spawn(
         [
             binary,
             "--port",
@@ -174,11 +182,11 @@ def start_redis(wanted_port: int = 6379) -> int:
             "--daemonize",
             "no",
             "--dir",
-            str(REDIS.dir),
+            str(svc.dir),
         ],
         port,
     )
-    _wait(lambda: _redis_ping(port), 20, proc, REDIS, "Redis")
+    _wait(lambda: _redis_ping(port), 20, proc, svc, "Redis")
     return port
 
 
@@ -251,19 +259,22 @@ log4j.logger.state.change.logger=WARN
 """
 
 
-def start_kafka(wanted_port: int = 9092, timeout_s: float = 120) -> int:
-    if KAFKA.pid() is not None and (port := KAFKA.port()):
+def start_kafka(
+    wanted_port: int = 9092, timeout_s: float = 120, service: Service | None = None
+) -> int:
+    svc = service or KAFKA
+    if svc.pid() is not None and (port := svc.port()):
         return port
     lib = ensure_kafka_jars()
-    port = KAFKA.choose_port(wanted_port)
+    port = svc.choose_port(wanted_port)
     cport = free_port()
-    data = KAFKA.dir / "data"
-    KAFKA.dir.mkdir(parents=True, exist_ok=True)
-    props = KAFKA.dir / "server.properties"
+    data = svc.dir / "data"
+    svc.dir.mkdir(parents=True, exist_ok=True)
+    props = svc.dir / "server.properties"
     props.write_text(
         _SERVER_PROPERTIES.format(port=port, cport=cport, data=data, max_bytes=MAX_MESSAGE_BYTES)
     )
-    log4j = KAFKA.dir / "log4j.properties"
+    log4j = svc.dir / "log4j.properties"
     log4j.write_text(_LOG4J)
     java = [
         "java",
@@ -276,7 +287,7 @@ def start_kafka(wanted_port: int = 9092, timeout_s: float = 120) -> int:
         "-cp",
         f"{lib}/*",
     ]
-    cluster_file = KAFKA.dir / "cluster.id"
+    cluster_file = svc.dir / "cluster.id"
     if not cluster_file.exists():
         cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
     # -g: a data folder formatted by an earlier run is kept (topics survive restarts).
@@ -295,8 +306,8 @@ def start_kafka(wanted_port: int = 9092, timeout_s: float = 120) -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    proc = KAFKA.spawn([*java, "kafka.Kafka", str(props)], port)
-    _wait(lambda: _kafka_ready(port), timeout_s, proc, KAFKA, "Kafka")
+    proc = svc.spawn([*java, "kafka.Kafka", str(props)], port)
+    _wait(lambda: _kafka_ready(port), timeout_s, proc, svc, "Kafka")
     return port
 
 

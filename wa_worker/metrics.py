@@ -37,3 +37,9 @@ CONSUMER_LAG = Gauge(
     ["topic", "partition"],
 )
 RETRIES_PENDING = Gauge("wa_retries_pending", "Events waiting for their next handler attempt")
+CONSUMER_ERRORS = Counter(
+    "wa_consumer_errors_total",
+    "Errors reported by the Kafka consumer, by librdkafka code",
+    ["code"],
+)
+BREAKER_OPEN = Gauge("wa_handler_circuit_open", "1 while the handler's circuit breaker is open")

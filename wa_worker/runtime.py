@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import redis.asyncio as aioredis
 
 from wa_worker import metrics
+from wa_worker.breaker import BREAKER
 from wa_worker.dedupe import AsyncDedupeStore, AttemptRecord, ClaimRequest, DedupeKeys
 from wa_worker.errors import PermanentError, TransientError
 from wa_worker.handlers import Handler, build_handler
@@ -176,6 +177,7 @@ class IoRuntime:
             metrics.HANDLER_LATENCY.observe(latency)
             if outcome.status is not HandleStatus.OK:
                 metrics.FAILED.labels(outcome.status.value).inc()
+            BREAKER.record(answered=outcome.status is not HandleStatus.TRANSIENT)
             self._complete(route_key, replace(outcome, latency_s=latency))
 
     def in_flight(self) -> int:

@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     kafka_batch_size: int = Field(1000, ge=1, le=100_000)
     # Meta sends payloads up to 3 MB; the envelope adds headers around it.
     kafka_max_message_bytes: int = Field(5_242_880, ge=1_048_576)
-    kafka_flush_timeout_s: float = Field(30.0, gt=0)
+    # How long a batch may wait for Kafka's acknowledgement (a broker outage stalls the
+    # worker this long, then it stops loudly); also the producer's message.timeout.ms.
+    kafka_flush_timeout_s: float = Field(300.0, gt=0)
 
     # Redis (dedupe claims and done markers)
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -71,6 +73,11 @@ class Settings(BaseSettings):
     handler_concurrency: int = Field(64, ge=1, le=10_000)
     handler_ordered: bool = True
     handler_health_url: str | None = None
+    breaker_enabled: bool = True
+    breaker_window: int = Field(20, ge=1, le=10_000)
+    breaker_failure_ratio: float = Field(0.9, gt=0, le=1)
+    breaker_min_calls: int = Field(10, ge=1)
+    breaker_probe_interval_ms: int = Field(5000, ge=10)
 
     # Webhook signature
     wa_app_secret: SecretStr | None = None
@@ -171,6 +178,7 @@ class Settings(BaseSettings):
             "acks": "all",
             "linger.ms": "5",
             "compression.type": "lz4",
+            "message.timeout.ms": str(int(self.kafka_flush_timeout_s * 1000)),
             "message.max.bytes": str(self.kafka_max_message_bytes),
             **self.librdkafka_options(),
         }

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from confluent_kafka.admin import AdminClient
 
 from wa_worker import health, logs
+from wa_worker.breaker import BREAKER
 from wa_worker.offsets import POSITIONS, OffsetReporter
 from wa_worker.settings import Settings
 from wa_worker.shutdown import DRAIN
@@ -68,6 +69,13 @@ def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -
         (secret,) if secret else (),
     )
     DRAIN.install_signal_handlers(settings.drain_timeout_s)
+    BREAKER.configure(
+        settings.breaker_window,
+        settings.breaker_failure_ratio,
+        settings.breaker_min_calls,
+        settings.breaker_probe_interval_ms / 1000,
+        settings.breaker_enabled,
+    )
     process_id = bytewax_process_id()
     if port := health_port(settings, process_id):
         health.serve(health.HealthApp(health.Probes(settings), DRAIN, paused_reason), port)
