@@ -115,10 +115,13 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         self._gate = handler_gate or OpenGate()  # the handler's circuit breaker
         self._state = ConversationState()
         if resume is not None:
-            # Work in flight when the snapshot was taken was lost with the old process:
-            # start it again now (the claim token is kept, so the claim is still ours).
+            # Work in flight at the snapshot was lost with the old process, or finished after
+            # it. Claim again first, with the same token: an event since marked done is then
+            # dropped instead of handled twice, and one still ours carries on.
             now = clock()
-            self._state.queue = [replace(p, due_at=p.due_at or now) for p in resume.queue]
+            self._state.queue = [
+                replace(p, phase=Phase.CLAIM, due_at=p.due_at or now) for p in resume.queue
+            ]
             metrics.RETRIES_PENDING.inc(sum(p.retry_waiting for p in self._state.queue))
 
     def on_batch(self, values: list[WebhookEvent | Completion]) -> tuple[Iterable[Outcome], bool]:

@@ -168,7 +168,21 @@ def test_snapshot_resumes_in_flight_work_with_the_same_token() -> None:
     resumed, submit2, _ = make(resume=state, clock=clock)
     assert resumed.notify_at() == clock.now
     resumed.on_notify()
+    assert submit2.claims == [("wamid.a", token)]  # re-claimed first, with the same token
+    resumed.on_batch([claimed("wamid.a", token)])
     assert submit2.handles == [("wamid.a", token)]
+
+
+def test_work_finished_after_the_snapshot_is_not_handled_again() -> None:
+    logic, submit, clock = make()
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    token = submit.claims[0][1]
+    logic.on_batch([claimed("wamid.a", token)])
+    resumed, submit2, _ = make(resume=pickle.loads(pickle.dumps(logic.snapshot())), clock=clock)
+    resumed.on_notify()
+    out, discard = resumed.on_batch([ClaimResult("wamid.a", token, ClaimStatus.DONE)])
+    assert out == [] and discard and submit2.handles == []
 
 
 def test_a_waiting_retry_resumes_at_its_original_time() -> None:

@@ -1,0 +1,1 @@
+"""Fault-injection harness: prove that every webhook event ends somewhere known."""

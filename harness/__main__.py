@@ -1,0 +1,52 @@
+"""Run fault scenarios and print the accounting table.
+
+.venv/bin/python -m harness                         # every scenario, short (CI) sizes
+.venv/bin/python -m harness --duration 600 kill-9   # a 10-minute kill -9 soak
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+
+from harness.accounting import Report, table
+from harness.scenarios import SCENARIOS, SHORT, Lab
+from tests.support.worker import ROOT
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def main(
+    scenarios: list[str] = typer.Argument(None, help=f"any of: {', '.join(SCENARIOS)}"),
+    duration: float = typer.Option(0, help="seconds of traffic per scenario (0: short mode)"),
+    rate: float = typer.Option(SHORT.rate, help="webhooks per second"),
+) -> None:
+    names = scenarios or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise typer.BadParameter(f"unknown scenario {unknown}; choose from {list(SCENARIOS)}")
+    scale = replace(SHORT, rate=rate, webhooks=int(duration * rate) if duration else SHORT.webhooks)
+    reports = run(names, scale)
+    raise typer.Exit(1 if any(r.lost for r in reports) else 0)
+
+
+def run(names: list[str], scale: object) -> list[Report]:
+    reports: list[Report] = []
+    lab = Lab.start(ROOT / ".stack" / "harness")
+    try:
+        with tempfile.TemporaryDirectory() as workdir:
+            for name in names:
+                reports.append(SCENARIOS[name](lab, Path(workdir), scale))  # type: ignore[arg-type]
+                print(table(reports[-1:]), flush=True)
+    finally:
+        lab.close()
+    print("\n" + table(reports))
+    return reports
+
+
+if __name__ == "__main__":
+    app()

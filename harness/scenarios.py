@@ -1,0 +1,343 @@
+"""Fault scenarios. Each runs the real worker (`python -m bytewax.run dataflow -r …`) against
+the harness's own Kafka broker, Redis server and HTTP handler, injects its fault while traffic
+flows, waits until the traffic is accounted for, and returns the accounting."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from harness.accounting import Report, account
+from harness.fuzz import fuzz_inputs
+from harness.traffic import SteadyProducer, Traffic, build
+from operators.parse import parse_record
+from tests.support.handler_server import HandlerServer, Reply
+from tests.support.kafka import produce, read_topic
+from tests.support.worker import WorkerProcess
+from wa_worker import devstack
+from wa_worker.devstack import Service, create_topics
+from wa_worker.models.records import DeadLetter
+
+HANDLER_TIMEOUT_S = 1.0
+
+
+@dataclass
+class Scale:
+    webhooks: int  # per scenario
+    rate: float  # webhooks per second
+    outage_s: float
+    fuzz: int
+
+
+SHORT = Scale(webhooks=300, rate=60, outage_s=6, fuzz=10_000)
+
+
+@dataclass
+class Lab:
+    """The harness's own services, which scenarios may stop and start."""
+
+    base: Path
+    kafka: Service
+    redis: Service
+    kafka_port: int
+    redis_port: int
+
+    @classmethod
+    def start(cls, base: Path) -> Lab:
+        kafka, redis_server = devstack.services(base)
+        redis_port = devstack.start_redis(0, service=redis_server)
+        kafka_port = devstack.start_kafka(0, service=kafka)
+        return cls(base, kafka, redis_server, kafka_port, redis_port)
+
+    @property
+    def brokers(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def stop_redis(self, keep_data: bool) -> None:
+        client = redis.Redis.from_url(self.redis_url)
+        with contextlib.suppress(redis.ConnectionError):  # it hangs up as it goes
+            client.shutdown(save=keep_data, nosave=not keep_data)
+        self.redis.stop()
+        if not keep_data:
+            (self.redis.dir / "dump.rdb").unlink(missing_ok=True)
+
+    def start_redis(self) -> None:
+        devstack.start_redis(self.redis_port, service=self.redis)
+
+    def stop_kafka(self) -> None:
+        self.kafka.stop()
+
+    def start_kafka(self) -> None:
+        devstack.start_kafka(self.kafka_port, service=self.kafka)
+
+    def close(self) -> None:
+        self.kafka.stop()
+        self.redis.stop()
+
+
+class Run:
+    """One scenario's topics, Redis keys, handler and worker."""
+
+    def __init__(
+        self, lab: Lab, name: str, workdir: Path, plan: Callable[..., Reply], **worker_env: str
+    ) -> None:
+        tag = f"h{uuid.uuid4().hex[:8]}"
+        self.lab = lab
+        self.name = name
+        self.inbound, self.processed, self.dlq = f"{tag}.in", f"{tag}.processed", f"{tag}.dlq"
+        create_topics(lab.brokers, [self.inbound, self.processed, self.dlq], partitions=3)
+        self.handler = HandlerServer(plan).__enter__()
+        env = {
+            "KAFKA_BROKERS": lab.brokers,
+            "REDIS_URL": lab.redis_url,
+            "KAFKA_INBOUND_TOPIC": self.inbound,
+            "KAFKA_PROCESSED_TOPIC": self.processed,
+            "KAFKA_DLQ_TOPIC": self.dlq,
+            "REDIS_KEY_PREFIX": f"{tag}:",
+            "HANDLER_URL": self.handler.url,
+            "HANDLER_TIMEOUT_MS": str(int(HANDLER_TIMEOUT_S * 1000)),
+            "RETRY_DELAY_MS": "200",
+            "MAX_RETRIES": "3",
+            "CLAIM_LEASE_MS": "3000",
+            "HEALTH_PORT": "0",
+            "LOG_LEVEL": "WARNING",
+            "DRAIN_TIMEOUT_S": "10",
+            **worker_env,
+        }
+        self.worker = WorkerProcess(env, workdir / name / "recovery", workdir / f"{name}.log")
+
+    def send(self, traffic: Traffic, rate: float) -> SteadyProducer:
+        return SteadyProducer(self.lab.brokers, self.inbound, traffic.records, rate).start()
+
+    def settle(self, traffic: Traffic, timeout_s: float = 180) -> tuple[list[Any], list[Any]]:
+        """Wait until every event and poison record is on an output topic (or the timeout)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            processed = read_topic(self.lab.brokers, self.processed, timeout_s=30)
+            dlq = read_topic(self.lab.brokers, self.dlq, timeout_s=30)
+            seen = {r.header("wa-event-key") for r in processed + dlq}
+            values = {r.value for r in dlq}
+            done = traffic.unique_events <= seen and all(p in values for p in traffic.poison)
+            if done or time.monotonic() > deadline:
+                return processed, dlq
+            if not self.worker.running():
+                raise RuntimeError(f"worker died:\n{self.worker.log()[-3000:]}")
+            time.sleep(1)
+
+    def report(
+        self, traffic: Traffic, processed: list[Any], dlq: list[Any], note: str = ""
+    ) -> Report:
+        return account(
+            self.name,
+            len(traffic.records),
+            traffic.unique_events,
+            traffic.poison,
+            processed,
+            dlq,
+            list(self.handler.calls),
+            self.worker.starts - 1,
+            note,
+        )
+
+    def close(self) -> None:
+        self.worker.stop(signal.SIGTERM)
+        self.handler.__exit__(None, None, None)
+
+
+def ok(_event: dict[str, Any], _attempt: int) -> Reply:
+    return Reply(200, {"ok": True})
+
+
+def kill_9(lab: Lab, workdir: Path, scale: Scale) -> Report:
+    """kill -9 every few seconds at random points; restart on the same recovery directory."""
+    rng = random.Random(11)
+    run = Run(lab, "kill-9", workdir, ok)
+    traffic = build(scale.webhooks)
+    try:
+        producer = run.send(traffic, scale.rate)
+        run.worker.start()
+        end = time.monotonic() + scale.webhooks / scale.rate + 4
+        while time.monotonic() < end:
+            time.sleep(rng.uniform(1.5, 3.5))
+            run.worker.kill()
+            run.worker.start()
+        producer.join()
+        processed, dlq = run.settle(traffic)
+        return run.report(
+            traffic, processed, dlq, "duplicates allowed only for events in flight at a kill"
+        )
+    finally:
+        run.close()
+
+
+def redis_outage(keep_data: bool) -> Callable[[Lab, Path, Scale], Report]:
+    def scenario(lab: Lab, workdir: Path, scale: Scale) -> Report:
+        """Redis stopped for a while mid-stream, then restarted with or without its data."""
+        name = f"redis-down-{'kept' if keep_data else 'lost'}"
+        run = Run(lab, name, workdir, ok)
+        traffic = build(scale.webhooks, seed=13)
+        try:
+            producer = run.send(traffic, scale.rate)
+            run.worker.start()
+            time.sleep(scale.webhooks / scale.rate / 3)
+            lab.stop_redis(keep_data)
+            time.sleep(scale.outage_s)
+            lab.start_redis()
+            producer.join()
+            processed, dlq = run.settle(traffic)
+            note = (
+                ""
+                if keep_data
+                else "done markers lost: redeliveries of events done before the outage repeat"
+            )
+            return run.report(traffic, processed, dlq, note)
+        finally:
+            run.close()
+
+    return scenario
+
+
+def broker_outage(lab: Lab, workdir: Path, scale: Scale) -> Report:
+    """The Kafka broker stopped mid-stream and started again."""
+    run = Run(lab, "kafka-down", workdir, ok)
+    traffic = build(scale.webhooks, seed=17)
+    try:
+        producer = run.send(traffic, scale.rate)
+        run.worker.start()
+        time.sleep(scale.webhooks / scale.rate / 3)
+        lab.stop_kafka()
+        time.sleep(scale.outage_s)
+        lab.start_kafka()
+        producer.join()
+        processed, dlq = run.settle(traffic)
+        return run.report(traffic, processed, dlq)
+    finally:
+        run.close()
+
+
+def flaky_handler(lab: Lab, workdir: Path, scale: Scale) -> Report:
+    """The handler fails 30 % of calls: 20 % with 503, 10 % by timing out."""
+    rng = random.Random(19)
+
+    def plan(_event: dict[str, Any], _attempt: int) -> Reply:
+        roll = rng.random()
+        if roll < 0.2:
+            return Reply(503, {"error": "busy"})
+        if roll < 0.3:
+            return Reply(599, delay_s=HANDLER_TIMEOUT_S * 1.3)  # the worker gives up first
+        return Reply(200, {"ok": True})
+
+    run = Run(lab, "handler-30%-fail", workdir, plan)
+    traffic = build(scale.webhooks, seed=23)
+    try:
+        producer = run.send(traffic, scale.rate)
+        run.worker.start()
+        producer.join()
+        processed, dlq = run.settle(traffic)
+        exhausted = sum(1 for r in dlq if r.header("wa-error-class") == "retries_exhausted")
+        return run.report(
+            traffic, processed, dlq, f"{exhausted} exhausted 4 attempts (0.3^4 ≈ 0.8 % expected)"
+        )
+    finally:
+        run.close()
+
+
+def handler_down(lab: Lab, workdir: Path, scale: Scale) -> Report:
+    """The handler down far longer than the retry budget (~1.4 s); the breaker holds input."""
+    outage = {"until": 0.0}
+
+    def plan(_event: dict[str, Any], _attempt: int) -> Reply:
+        if time.monotonic() < outage["until"]:
+            return Reply(503, {"error": "down"})
+        return Reply(200, {"ok": True})
+
+    run = Run(lab, "handler-down", workdir, plan, BREAKER_PROBE_INTERVAL_MS="1000")
+    traffic = build(scale.webhooks, seed=29)
+    try:
+        producer = run.send(traffic, scale.rate)
+        run.worker.start()
+        time.sleep(scale.webhooks / scale.rate / 3)
+        outage["until"] = time.monotonic() + scale.outage_s * 2
+        time.sleep(scale.outage_s * 2)
+        producer.join()
+        processed, dlq = run.settle(traffic)
+        dead = sum(1 for r in dlq if r.header("wa-error-class") == "retries_exhausted")
+        return run.report(
+            traffic,
+            processed,
+            dlq,
+            f"outage {scale.outage_s * 2:.0f}s; {dead} events dead-lettered by it",
+        )
+    finally:
+        run.close()
+
+
+def sigterm_burst(lab: Lab, workdir: Path, scale: Scale) -> Report:
+    """SIGTERM while a burst is being handled; exit 0, restart, nothing lost or repeated."""
+    run = Run(lab, "sigterm-burst", workdir, lambda _e, _a: Reply(200, {"ok": True}, delay_s=0.05))
+    traffic = build(scale.webhooks, seed=31)
+    try:
+        produce(lab.brokers, run.inbound, traffic.records)
+        run.worker.start()
+        while len(run.handler.calls) < len(traffic.unique_events) // 4:
+            time.sleep(0.05)
+        code = run.worker.stop(signal.SIGTERM)
+        if code != 0:
+            raise RuntimeError(f"SIGTERM exit code {code}:\n{run.worker.log()[-3000:]}")
+        run.worker.start()
+        processed, dlq = run.settle(traffic)
+        return run.report(traffic, processed, dlq, "drained: exit code 0")
+    finally:
+        run.close()
+
+
+def fuzz(lab: Lab, workdir: Path, scale: Scale) -> Report:
+    """Bad input at volume: random bytes, deep nesting, huge strings, wrong types, big bodies."""
+    run = Run(lab, "fuzz", workdir, ok)
+    inputs = fuzz_inputs(scale.fuzz, seed=37)
+    traffic = Traffic(records=[(f"f{i}".encode(), v) for i, v in enumerate(inputs)])
+    for value in inputs:  # the parser itself is the oracle of what each input must become
+        for item in parse_record(value, None):
+            if isinstance(item, DeadLetter):
+                traffic.poison.append(value)
+            else:
+                traffic.unique_events.add(item.event_key)
+    try:
+        produce(lab.brokers, run.inbound, traffic.records)
+        run.worker.start()
+        processed, dlq = run.settle(traffic, timeout_s=240)
+        if not run.worker.running():
+            raise RuntimeError("the worker crashed on fuzzed input")
+        report = run.report(traffic, processed, dlq)
+        report.note = (
+            f"{len(traffic.poison)} inputs expected in the DLQ, "
+            f"{report.poison_missing} missing; worker never restarted"
+        )
+        return report
+    finally:
+        run.close()
+
+
+SCENARIOS: dict[str, Callable[[Lab, Path, Scale], Report]] = {
+    "kill-9": kill_9,
+    "redis-down-kept": redis_outage(keep_data=True),
+    "redis-down-lost": redis_outage(keep_data=False),
+    "kafka-down": broker_outage,
+    "handler-flaky": flaky_handler,
+    "handler-down": handler_down,
+    "sigterm-burst": sigterm_burst,
+    "fuzz": fuzz,
+}
