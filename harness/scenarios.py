@@ -9,6 +9,7 @@ import random
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,9 +323,15 @@ def fuzz(lab: Lab, workdir: Path, scale: Scale) -> Report:
         if not run.worker.running():
             raise RuntimeError("the worker crashed on fuzzed input")
         report = run.report(traffic, processed, dlq)
+        event_failures = Counter(
+            f"{r.header('wa-error-class')}: {(r.header('wa-error-reason') or '')[:60]}"
+            for r in dlq
+            if r.header("wa-event-key")
+        )
         report.note = (
             f"{len(traffic.poison)} inputs expected in the DLQ, "
-            f"{report.poison_missing} missing; worker never restarted"
+            f"{report.poison_missing} missing; worker never restarted; "
+            f"events dead-lettered: {dict(event_failures)}"
         )
         return report
     finally:

@@ -10,6 +10,7 @@ import asyncio
 import importlib
 import inspect
 import itertools
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -48,6 +49,13 @@ def classify_response(response: httpx.Response) -> Any:
     raise PermanentError(detail, status_code=code)
 
 
+def header_safe(value: str) -> str:
+    """HTTP header values are ASCII: percent-encode anything else (real wamids are ASCII)."""
+    if value.isascii() and value.isprintable():
+        return value
+    return urllib.parse.quote(value, safe="")
+
+
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """Retry-After is seconds or an HTTP date."""
     if not value:
@@ -83,7 +91,10 @@ class HttpHandler:
             response = await next(self._next).post(
                 self._url,
                 json=event.for_handler(),
-                headers={"Idempotency-Key": event.event_key, "X-WA-Event-Kind": event.kind.value},
+                headers={
+                    "Idempotency-Key": header_safe(event.event_key),
+                    "X-WA-Event-Kind": event.kind.value,
+                },
             )
         except httpx.TimeoutException as exc:
             raise TransientError(f"handler timed out: {type(exc).__name__}") from exc
