@@ -86,6 +86,8 @@ def worker_env(stack: Stack, topics: Topics, redis_prefix: str) -> dict[str, str
         "KAFKA_BROKERS": stack.brokers,
         "REDIS_URL": stack.redis_url,
         "REDIS_KEY_PREFIX": redis_prefix,
+        "KAFKA_GROUP_ID": f"{redis_prefix}group",
+        "OFFSETS_REPORT_INTERVAL_S": "1",
         "HEALTH_PORT": "0",
         "LOG_LEVEL": "INFO",
         "RETRY_DELAY_MS": "200",

@@ -9,6 +9,7 @@ the positions read against the partitions' high watermarks.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from typing import Any
@@ -61,20 +62,25 @@ class OffsetReporter:
 
     def start(self) -> OffsetReporter:
         self._thread.start()
+        # The last snapshot of a drained run is taken just before exit: report it too.
+        atexit.register(self.stop)
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
+        self._thread.join(timeout_s)
 
     def _run(self) -> None:
         consumer = Consumer(self._config)
         try:
-            while not self._stop.wait(self._interval_s):
+            while True:
+                stopping = self._stop.wait(self._interval_s)
                 try:
                     self.report(consumer)
                 except Exception as exc:  # noqa: BLE001  (monitoring must never stop the worker)
                     log.debug("offset report failed: %s", exc)
-            self.report(consumer)
+                if stopping:
+                    return
         finally:
             consumer.close()
 
