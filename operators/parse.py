@@ -9,10 +9,10 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Iterator
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
 from bytewax.connectors.kafka import KafkaSourceMessage
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from wa_worker import metrics
 from wa_worker.errors import InputError, SignatureError
@@ -29,6 +29,7 @@ from wa_worker.models.webhook import Entry, Value, WebhookPayload
 
 WHATSAPP_OBJECT = "whatsapp_business_account"
 SIGNATURE_HEADER = "X-Hub-Signature-256"
+M = TypeVar("M", bound=BaseModel)
 
 
 def parse_record(
@@ -96,12 +97,7 @@ def _load_payload(envelope: Envelope, app_secret: bytes | None) -> WebhookPayloa
             body = json.loads(body)
         except (ValueError, RecursionError) as exc:
             raise InputError(f"body is not JSON: {exc}"[:300], ErrorClass.INVALID_JSON) from exc
-    try:
-        payload = WebhookPayload.model_validate(body)
-    except ValidationError as exc:
-        raise InputError(
-            f"not a WhatsApp payload: {_summary(exc)}", ErrorClass.INVALID_PAYLOAD
-        ) from exc
+    payload = _validated(WebhookPayload, body, "not a WhatsApp payload")
     if payload.object != WHATSAPP_OBJECT:
         raise InputError(
             f"not a WhatsApp payload: object is {payload.object[:80]!r}", ErrorClass.INVALID_PAYLOAD
@@ -134,12 +130,7 @@ def _split(
 def _split_messages_value(
     entry: Entry, raw_value: dict[str, Any], common: dict[str, Any]
 ) -> Iterator[WebhookEvent]:
-    try:
-        value = Value.model_validate(raw_value)
-    except ValidationError as exc:
-        raise InputError(
-            f"invalid messages value: {_summary(exc)}", ErrorClass.INVALID_PAYLOAD
-        ) from exc
+    value = _validated(Value, raw_value, "invalid messages value")
     phone_number_id = value.metadata.phone_number_id if value.metadata else None
     context = {k: v for k, v in value.raw().items() if k not in ("messages", "statuses", "errors")}
     base = {
@@ -200,6 +191,13 @@ def _change_event(
         payload=value,
         **common,
     )
+
+
+def _validated(model: type[M], data: Any, what: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(f"{what}: {_summary(exc)}", ErrorClass.INVALID_PAYLOAD) from exc
 
 
 def content_hash(*parts: Any) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,6 +17,7 @@ from tests.support.handler_server import HandlerServer, Reply
 from tests.support.kafka import produce, read_topic
 from tests.support.webhooks import conversation_webhook
 from tests.support.worker import WorkerProcess
+from wa_worker import devstack
 from wa_worker.devstack import free_port
 
 
@@ -34,53 +33,24 @@ def _wait_for(url: str, timeout_s: float = 30) -> httpx.Response:
 
 
 class OwnRedis:
-    """A Redis server this test may stop and start again on the same port."""
+    """A password-protected Redis server (the project's devstack, in this test's folder) that
+    the test may stop and start again on the same port."""
+
+    PASSWORD = "s3cret-pass"
 
     def __init__(self, workdir: Path) -> None:
+        _, self.service = devstack.services(workdir)
         self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://:s3cret-pass@127.0.0.1:{self.port}/0"
+        return f"redis://:{self.PASSWORD}@127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--requirepass",
-                "s3cret-pass",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            import redis
-
-            try:
-                redis.Redis.from_url(self.url).ping()
-                return
-            except redis.RedisError:
-                time.sleep(0.1)
-        raise RuntimeError("own redis did not start")
+        devstack.start_redis(self.port, self.service, ("--requirepass", self.PASSWORD))
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        self.service.stop()
 
 
 @pytest.fixture

@@ -159,7 +159,9 @@ def ensure_redis_installed() -> str:
     return found
 
 
-def start_redis(wanted_port: int = 6379, service: Service | None = None) -> int:
+def start_redis(
+    wanted_port: int = 6379, service: Service | None = None, extra_args: tuple[str, ...] = ()
+) -> int:
     svc = service or REDIS
     if svc.pid() is not None and (port := svc.port()):
         return port
@@ -183,6 +185,7 @@ def start_redis(wanted_port: int = 6379, service: Service | None = None) -> int:
             "no",
             "--dir",
             str(svc.dir),
+            *extra_args,
         ],
         port,
     )
@@ -194,7 +197,8 @@ def _redis_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            reply = s.recv(16)
+            return reply.startswith((b"+PONG", b"-NOAUTH"))  # answering is ready enough
     except OSError:
         return False
 

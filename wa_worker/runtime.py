@@ -148,28 +148,19 @@ class IoRuntime:
                 result = await asyncio.wait_for(self._handler(event), self._timeout_s * 1.5)
                 outcome = HandleResult(event.event_key, token, HandleStatus.OK, result=result)
             except PermanentError as exc:
-                outcome = HandleResult(
-                    event.event_key,
-                    token,
-                    HandleStatus.PERMANENT,
-                    error=str(exc),
-                    status_code=exc.status_code,
-                )
+                outcome = _failed(event, token, HandleStatus.PERMANENT, str(exc), exc.status_code)
             except TransientError as exc:
-                outcome = HandleResult(
-                    event.event_key,
+                outcome = _failed(
+                    event,
                     token,
                     HandleStatus.TRANSIENT,
-                    error=str(exc),
-                    status_code=exc.status_code,
-                    retry_after_s=exc.retry_after_s,
+                    str(exc),
+                    exc.status_code,
+                    exc.retry_after_s,
                 )
             except Exception as exc:  # noqa: BLE001  (unknown handler errors are retried)
-                outcome = HandleResult(
-                    event.event_key,
-                    token,
-                    HandleStatus.TRANSIENT,
-                    error=f"{type(exc).__name__}: {exc}"[:500],
+                outcome = _failed(
+                    event, token, HandleStatus.TRANSIENT, f"{type(exc).__name__}: {exc}"[:500]
                 )
             finally:
                 metrics.HANDLER_IN_FLIGHT.dec()
@@ -182,3 +173,21 @@ class IoRuntime:
 
     def in_flight(self) -> int:
         return len(self._inflight)
+
+
+def _failed(
+    event: WebhookEvent,
+    token: str,
+    status: HandleStatus,
+    error: str,
+    status_code: int | None = None,
+    retry_after_s: float | None = None,
+) -> HandleResult:
+    return HandleResult(
+        event.event_key,
+        token,
+        status,
+        error=error,
+        status_code=status_code,
+        retry_after_s=retry_after_s,
+    )
