@@ -243,7 +243,8 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
     def _dead_letter(self, head: Pending, error_class: ErrorClass, out: list[Outcome]) -> None:
         self._state.queue.pop(0)
         if error_class is ErrorClass.RETRIES_EXHAUSTED:
-            reason = f"gave up after {head.attempts} attempts: {head.last_error}"
+            last = head.last_error or "attempts were counted by an earlier run (kept in Redis)"
+            reason = f"gave up after {head.attempts} attempts: {last}"
         else:
             reason = f"handler rejected the event: {head.last_error}"
         now = self._now()
