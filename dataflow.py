@@ -24,7 +24,6 @@ from operators.parse import is_event, parse_batch
 from sinks.kafka_sink import KafkaOutcomeSink
 from sinks.records import Topics, to_record
 from wa_worker.breaker import BREAKER
-from wa_worker.dedupe import DedupeKeys, DoneMarker
 from wa_worker.models.records import DeadLetter
 from wa_worker.offsets import POSITIONS
 from wa_worker.runtime import IoRuntime
@@ -42,7 +41,6 @@ def runtime() -> IoRuntime:
 
 
 secret = settings.wa_app_secret.get_secret_value().encode() if settings.wa_app_secret else None
-dedupe_keys = DedupeKeys(settings.redis_key_prefix, int(settings.dedupe_ttl_days * 86_400_000))
 topics = Topics(
     settings.kafka_processed_topic, settings.kafka_dlq_topic, settings.kafka_inbound_topic
 )
@@ -91,10 +89,5 @@ records = op.map("to-records", outcomes, lambda outcome: to_record(outcome, topi
 op.output(
     "kafka-out",
     records,
-    KafkaOutcomeSink(
-        settings.producer_config(),
-        settings.redis_url,
-        lambda client: DoneMarker(client, dedupe_keys),
-        settings.kafka_flush_timeout_s,
-    ),
+    KafkaOutcomeSink(settings.producer_config(), runtime, settings.kafka_flush_timeout_s),
 )

@@ -19,7 +19,8 @@ and every event is its own queue.
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,17 @@ from wa_worker.models.records import DeadLetter, ErrorClass, Outcome, Processed,
 from wa_worker.settings import Settings
 
 Clock = Callable[[], datetime]
+
+# Claim tokens: a random prefix per process start and a counter (uuid4 per event costs a
+# system call); unique across processes and restarts.
+_TOKEN_PREFIX = os.urandom(8).hex()
+_TOKEN_COUNTER = itertools.count()
+
+
+def new_token() -> str:
+    return f"{_TOKEN_PREFIX}-{next(_TOKEN_COUNTER)}"
+
+
 PAUSED_RECHECK = timedelta(milliseconds=500)
 
 
@@ -160,7 +172,7 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         if any(p.event.event_key == event.event_key for p in self._state.queue):
             metrics.DUPLICATES.inc()
             return
-        self._state.queue.append(Pending(event=event, token=uuid.uuid4().hex, due_at=self._now()))
+        self._state.queue.append(Pending(event=event, token=new_token(), due_at=self._now()))
 
     def _pump(self) -> None:
         """Start the head's next piece of work when it is due."""

@@ -3,7 +3,9 @@
 Bytewax's own KafkaSink ignores delivery failures; this one does not. Each batch is produced
 with an idempotent producer and flushed; a record Kafka did not acknowledge raises
 `DeliveryError`, which stops the dataflow so recovery replays the batch rather than losing it.
-Only after Kafka acknowledged a batch are its events marked done (crash-safe dedupe).
+Only after Kafka acknowledged a batch are its events marked done (crash-safe dedupe); the
+markers go to Redis through the I/O runtime, batched with claims, so this thread never waits
+on Redis (and a Redis outage only delays them).
 """
 
 from __future__ import annotations
@@ -12,26 +14,28 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, Message, Producer
 
 from sinks.records import KafkaRecord
 from wa_worker import metrics
-from wa_worker.dedupe import DoneMarker
+from wa_worker.dedupe import DoneMark
 from wa_worker.errors import DeliveryError
 
 log = logging.getLogger(__name__)
 
 
+class DoneMarks(Protocol):
+    def mark_done(self, marks: list[DoneMark]) -> None: ...
+
+
 class _KafkaOutcomePartition(StatelessSinkPartition[KafkaRecord]):
-    def __init__(self, producer: Producer, marker: DoneMarker, flush_timeout_s: float) -> None:
+    def __init__(self, producer: Producer, marks: DoneMarks, flush_timeout_s: float) -> None:
         self._producer = producer
-        self._marker = marker
+        self._marks = marks
         self._flush_timeout_s = flush_timeout_s
-        self._undone: list[tuple[str, str]] = []
 
     def write_batch(self, items: list[KafkaRecord]) -> None:
         failures: list[str] = []
@@ -49,12 +53,10 @@ class _KafkaOutcomePartition(StatelessSinkPartition[KafkaRecord]):
                 + "; ".join(failures[:3])
             )
         self._observe(items)
-        self._undone.extend(r.done for r in items if r.done is not None)
-        self._mark_done()
+        self._marks.mark_done([r.done for r in items if r.done is not None])
 
     def close(self) -> None:
         self._flush()
-        self._mark_done()
 
     def _flush(self) -> int:
         """Wait for every delivery report. While the broker is away librdkafka keeps retrying
@@ -81,18 +83,6 @@ class _KafkaOutcomePartition(StatelessSinkPartition[KafkaRecord]):
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: let deliveries drain
 
-    def _mark_done(self) -> None:
-        """Redis down here only delays the markers (claims keep their lease meanwhile)."""
-        if not self._undone:
-            return
-        try:
-            self._marker.mark_done(self._undone)
-            self._undone = []
-        except redis.RedisError as exc:
-            metrics.REDIS_ERRORS.inc()
-            log.warning("could not mark %d events done yet: %s", len(self._undone), exc)
-        metrics.DONE_MARKS_PENDING.set(len(self._undone))
-
     @staticmethod
     def _observe(items: list[KafkaRecord]) -> None:
         now = datetime.now(UTC)
@@ -112,18 +102,13 @@ class KafkaOutcomeSink(DynamicSink[KafkaRecord]):
     def __init__(
         self,
         producer_config: dict[str, Any],
-        redis_url: str,
-        marker_factory: Callable[[redis.Redis], DoneMarker],
+        marks: Callable[[], DoneMarks],
         flush_timeout_s: float,
     ) -> None:
         self._producer_config = producer_config
-        self._redis_url = redis_url
-        self._marker_factory = marker_factory
+        self._marks = marks  # the I/O runtime, started lazily in the process that writes
         self._flush_timeout_s = flush_timeout_s
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaOutcomePartition:
         config = {**self._producer_config, "client.id": f"wa-worker-{worker_index}"}
-        client = redis.Redis.from_url(self._redis_url, socket_timeout=2, socket_connect_timeout=2)
-        return _KafkaOutcomePartition(
-            Producer(config), self._marker_factory(client), self._flush_timeout_s
-        )
+        return _KafkaOutcomePartition(Producer(config), self._marks(), self._flush_timeout_s)

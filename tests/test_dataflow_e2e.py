@@ -61,7 +61,10 @@ def test_every_unique_event_once_duplicates_dropped_poison_dead_lettered(
         assert worker.running(), worker.log()
 
     keys = Counter(r.header("wa-event-key") for r in processed)
-    assert set(keys) == unique
+    assert set(keys) == unique, (
+        sorted(unique - set(keys))[:10],
+        [k for k, n in keys.items() if n > 1][:10],
+    )
     assert max(keys.values()) == 1, [k for k, n in keys.items() if n > 1]
     # Each unique event reached the handler once, with its key as Idempotency-Key.
     handled = Counter(c.event_key for c in handler.calls)

@@ -13,8 +13,9 @@ from wa_worker.dedupe import (
     AsyncDedupeStore,
     AttemptRecord,
     ClaimRequest,
+    DedupeAdmin,
     DedupeKeys,
-    DoneMarker,
+    DoneMark,
 )
 from wa_worker.models.completions import ClaimStatus
 
@@ -26,11 +27,12 @@ def _claims(
     prefix: str,
     claims: list[ClaimRequest],
     records: list[AttemptRecord] | None = None,
+    dones: list[DoneMark] | None = None,
 ) -> list[tuple[ClaimStatus, int, int]]:
     async def run() -> list[tuple[ClaimStatus, int, int]]:
         store = AsyncDedupeStore(aioredis.from_url(stack.redis_url), DedupeKeys(prefix, DAY_MS))
         try:
-            replies = await store.run_batch(claims, records or [])
+            replies = await store.run_batch(claims, records or [], dones or [])
         finally:
             await store.aclose()
         return [(r.status, r.attempts, r.wait_ms) for r in replies]
@@ -51,7 +53,7 @@ def test_claim_then_busy_then_done(
     assert _claims(stack, redis_prefix, [ClaimRequest("wamid.1", "tok-a", 5000)])[0][0] is (
         ClaimStatus.CLAIMED
     )
-    DoneMarker(redis_client, keys).mark_done([("wamid.1", "processed")])
+    _claims(stack, redis_prefix, [], dones=[("wamid.1", "processed")])
     assert _claims(stack, redis_prefix, [ClaimRequest("wamid.1", "tok-c", 5000)])[0][0] is (
         ClaimStatus.DONE
     )
@@ -89,9 +91,7 @@ def test_a_batch_is_one_round_trip_with_replies_in_order(
     # Socket reads on the server: a pipeline arrives in a few; 500 round trips would be 500.
     reads = int(redis_client.info("stats")["total_reads_processed"]) - before
     assert reads < 30, reads
-    DoneMarker(redis_client, DedupeKeys(redis_prefix, DAY_MS)).mark_done(
-        [(c.event_key, "processed") for c in claims[:250]]
-    )
+    _claims(stack, redis_prefix, [], dones=[(c.event_key, "processed") for c in claims[:250]])
     again = _claims(stack, redis_prefix, [ClaimRequest(c.event_key, "u", 5000) for c in claims])
     assert [r[0] for r in again] == [ClaimStatus.DONE] * 250 + [ClaimStatus.BUSY] * 250
 
@@ -112,3 +112,13 @@ def test_unreachable_redis_raises_for_the_batch() -> None:
     except redis.RedisError:
         return
     raise AssertionError("expected a RedisError")
+
+
+def test_forget_lets_an_event_be_processed_again(
+    stack: Stack, redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    _claims(stack, redis_prefix, [ClaimRequest("wamid.f", "t", 5000)], dones=[("wamid.f", "dlq")])
+    assert DedupeAdmin(redis_client, DedupeKeys(redis_prefix, DAY_MS)).forget(["wamid.f"]) == 1
+    assert _claims(stack, redis_prefix, [ClaimRequest("wamid.f", "t2", 5000)]) == [
+        (ClaimStatus.CLAIMED, 0, 0)
+    ]

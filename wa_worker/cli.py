@@ -12,7 +12,7 @@ import redis
 import typer
 
 from wa_worker import dlq
-from wa_worker.dedupe import DedupeKeys, DoneMarker
+from wa_worker.dedupe import DedupeAdmin, DedupeKeys
 from wa_worker.settings import Settings, load_settings_or_exit
 
 app = typer.Typer(
@@ -133,7 +133,7 @@ def _forget(settings: Settings, event_keys: list[str]) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     try:
         keys = DedupeKeys(settings.redis_key_prefix, int(settings.dedupe_ttl_days * 86_400_000))
-        DoneMarker(client, keys).forget(event_keys)
+        DedupeAdmin(client, keys).forget(event_keys)
     finally:
         client.close()
 

@@ -71,6 +71,10 @@ class AttemptRecord:
     lease_ms: int
 
 
+# (event key, "processed" | "dlq"), written once Kafka has the event's outcome.
+DoneMark = tuple[str, str]
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimReply:
     status: ClaimStatus
@@ -97,7 +101,10 @@ class AsyncDedupeStore:
         self._record = client.register_script(RECORD_ATTEMPTS_LUA)
 
     async def run_batch(
-        self, claims: Sequence[ClaimRequest], records: Sequence[AttemptRecord]
+        self,
+        claims: Sequence[ClaimRequest],
+        records: Sequence[AttemptRecord] = (),
+        dones: Sequence[DoneMark] = (),
     ) -> list[ClaimReply]:
         """One pipelined round trip for a batch; returns the claim replies in order."""
         started = time.perf_counter()
@@ -114,6 +121,10 @@ class AsyncDedupeStore:
                     args=[r.token, r.attempts, r.lease_ms],
                     client=pipe,
                 )
+            for event_key, outcome in dones:
+                key = self._keys.key(event_key)
+                pipe.hset(key, mapping={"state": "done", "outcome": outcome})
+                pipe.pexpire(key, self._keys.ttl_ms)
             replies: list[Any] = await pipe.execute()
         metrics.REDIS_LATENCY.observe(time.perf_counter() - started)
         return [_claim_reply(reply) for reply in replies[: len(claims)]]
@@ -127,25 +138,12 @@ def _claim_reply(reply: Sequence[Any]) -> ClaimReply:
     return ClaimReply(ClaimStatus(status), int(reply[1]), int(reply[2]))
 
 
-class DoneMarker:
-    """Writes done markers once outcomes are safely on Kafka (called from the sink)."""
+class DedupeAdmin:
+    """Operator actions on the dedupe keys (the CLI's DLQ re-drive)."""
 
     def __init__(self, client: redis.Redis, keys: DedupeKeys) -> None:
         self._client = client
         self._keys = keys
-
-    def mark_done(self, outcomes: Sequence[tuple[str, str]]) -> None:
-        """`outcomes` is (event key, "processed" | "dlq"); one pipelined round trip."""
-        if not outcomes:
-            return
-        started = time.perf_counter()
-        with self._client.pipeline(transaction=False) as pipe:
-            for event_key, outcome in outcomes:
-                key = self._keys.key(event_key)
-                pipe.hset(key, mapping={"state": "done", "outcome": outcome})
-                pipe.pexpire(key, self._keys.ttl_ms)
-            pipe.execute()
-        metrics.REDIS_LATENCY.observe(time.perf_counter() - started)
 
     def forget(self, event_keys: Sequence[str]) -> int:
         """Remove markers so the events can be processed again (DLQ re-drive)."""

@@ -1,18 +1,23 @@
 """The process's I/O runtime: an asyncio event loop on a thread of its own.
 
-Bytewax operators run on worker threads and must never block. They submit work here
-(`claim`, `handle`, `record_attempts`) and return at once; results are put on `completions`,
-which the completion source feeds back into the dataflow. Redis claims submitted close
-together are sent as one pipeline; handler calls run concurrently up to HANDLER_CONCURRENCY.
+Bytewax operators run on worker threads and must never block. They submit work here (`claim`,
+`handle`, `record_attempts`, `mark_done`) and return at once; results are put on `completions`,
+which the completion source feeds back into the dataflow. Submissions are handed over in
+batches (one loop wake-up for many), Redis operations submitted close together go out as one
+pipeline, and handler calls run concurrently up to HANDLER_CONCURRENCY.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import collections
+import contextlib
 import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -20,7 +25,7 @@ import redis.asyncio as aioredis
 
 from wa_worker import metrics
 from wa_worker.breaker import BREAKER
-from wa_worker.dedupe import AsyncDedupeStore, AttemptRecord, ClaimRequest, DedupeKeys
+from wa_worker.dedupe import AsyncDedupeStore, AttemptRecord, ClaimRequest, DedupeKeys, DoneMark
 from wa_worker.errors import PermanentError, TransientError
 from wa_worker.handlers import Handler, build_handler
 from wa_worker.models.completions import (
@@ -36,7 +41,7 @@ from wa_worker.settings import Settings
 log = logging.getLogger(__name__)
 
 _MAX_REDIS_BATCH = 2000
-_CLAIM = "claim"
+_DONE_RETRY_S = 1.0
 
 
 class IoRuntime:
@@ -48,12 +53,17 @@ class IoRuntime:
         self._settings = settings
         self._handler = handler or build_handler(settings)
         self._timeout_s = settings.handler_timeout_ms / 1000
-        self._outstanding = 0  # submitted, result not yet on `completions`
-        self._outstanding_lock = threading.Lock()
+        self._outstanding = 0  # claims and calls submitted, result not yet on `completions`
+        self._lock = threading.Lock()
+        self._inbox: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._wake_pending = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="wa-io", daemon=True)
         self._thread.start()
-        self._call(self._setup).result()
+        asyncio.run_coroutine_threadsafe(self._setup(), self._loop).result()
+        atexit.register(self.close)
 
     @classmethod
     def instance(cls, settings: Settings) -> IoRuntime:
@@ -72,65 +82,119 @@ class IoRuntime:
             self._settings.redis_key_prefix, int(self._settings.dedupe_ttl_days * 86_400_000)
         )
         self._store = AsyncDedupeStore(client, keys)
-        self._redis_queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._claims: list[tuple[str, ClaimRequest]] = []
+        self._records: list[AttemptRecord] = []
+        self._dones: list[DoneMark] = []
+        self._redis_wake = asyncio.Event()
         self._handler_slots = asyncio.Semaphore(self._settings.handler_concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
         self._batcher = asyncio.create_task(self._redis_batches())
 
-    def _call(self, coro_fn: Any, *args: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro_fn(*args), self._loop)
+    def close(self, timeout_s: float = 3.0) -> None:
+        """Write what is still queued for Redis (done markers above all), then stop the loop."""
+        if not self._loop.is_running():
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout_s)
+        self._loop.call_soon_threadsafe(self._loop.stop)
 
-    # WorkSubmitter, called from Bytewax worker threads: never block.
+    async def _shutdown(self) -> None:
+        self._drain_inbox()
+        if self._claims or self._records or self._dones:
+            await self._run_redis_batch()
+        for task in [self._batcher, *self._inflight]:
+            task.cancel()
+        await self._store.aclose()
+
+    # Called from Bytewax worker threads: never block.
 
     def idle(self) -> bool:
-        """Nothing submitted is still waiting for its result."""
-        with self._outstanding_lock:
+        """Every claim and handler call submitted has reported back."""
+        with self._lock:
             return self._outstanding == 0
 
-    def _submitted(self) -> None:
-        with self._outstanding_lock:
-            self._outstanding += 1
-
-    def _complete(self, route_key: str, completion: Completion) -> None:
-        self.completions.put((route_key, completion))
-        with self._outstanding_lock:
-            self._outstanding -= 1
-
     def claim(self, route_key: str, event_key: str, token: str, lease_ms: int) -> None:
-        self._submitted()
-        request = (route_key, ClaimRequest(event_key, token, lease_ms))
-        self._loop.call_soon_threadsafe(self._redis_queue.put_nowait, (_CLAIM, request))
+        request = ClaimRequest(event_key, token, lease_ms)
+        self._post(self._queue_claim, route_key, request, outstanding=1)
 
     def record_attempts(self, event_key: str, token: str, attempts: int, lease_ms: int) -> None:
-        record = AttemptRecord(event_key, token, attempts, lease_ms)
-        self._loop.call_soon_threadsafe(self._redis_queue.put_nowait, ("record", record))
+        self._post(self._queue_record, AttemptRecord(event_key, token, attempts, lease_ms))
+
+    def mark_done(self, marks: list[DoneMark]) -> None:
+        """After Kafka acknowledged these events' outcomes (the sink calls this)."""
+        self._post(self._queue_dones, marks)
 
     def handle(self, route_key: str, event: WebhookEvent, token: str) -> None:
-        self._submitted()
-        self._loop.call_soon_threadsafe(self._start_handler, route_key, event, token)
+        self._post(self._start_handler, route_key, event, token, outstanding=1)
+
+    def _post(self, fn: Callable[..., None], *args: Any, outstanding: int = 0) -> None:
+        self._inbox.append((fn, args))
+        with self._lock:
+            self._outstanding += outstanding
+            wake, self._wake_pending = not self._wake_pending, True
+        if wake:  # one wake-up (a write to the loop's self-pipe) per batch of submissions
+            self._loop.call_soon_threadsafe(self._drain_inbox)
 
     # Inside the loop.
 
+    def _drain_inbox(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        while self._inbox:
+            fn, args = self._inbox.popleft()
+            fn(*args)
+        if self._claims or self._records or self._dones:
+            self._redis_wake.set()
+
+    # The batch lists are swapped out by each Redis batch: look them up when the item is
+    # queued, never bind their methods at submission time.
+    def _queue_claim(self, route_key: str, request: ClaimRequest) -> None:
+        self._claims.append((route_key, request))
+
+    def _queue_record(self, record: AttemptRecord) -> None:
+        self._records.append(record)
+
+    def _queue_dones(self, marks: list[DoneMark]) -> None:
+        self._dones.extend(marks)
+
+    def _complete(self, route_key: str, completion: Completion) -> None:
+        self.completions.put((route_key, completion))
+        with self._lock:
+            self._outstanding -= 1
+
     async def _redis_batches(self) -> None:
         while True:
-            batch = [await self._redis_queue.get()]
-            while not self._redis_queue.empty() and len(batch) < _MAX_REDIS_BATCH:
-                batch.append(self._redis_queue.get_nowait())
-            claims = [item for kind, item in batch if kind == _CLAIM]
-            records = [item for kind, item in batch if kind != _CLAIM]
-            await self._run_redis_batch(claims, records)
+            # Done markers that failed are retried every second even when nothing else comes.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._redis_wake.wait(), _DONE_RETRY_S if self._dones else None
+                )
+            self._redis_wake.clear()
+            await self._run_redis_batch()
 
-    async def _run_redis_batch(
-        self, claims: list[tuple[str, ClaimRequest]], records: list[AttemptRecord]
-    ) -> None:
+    async def _run_redis_batch(self) -> None:
+        claims, self._claims = self._claims[:_MAX_REDIS_BATCH], self._claims[_MAX_REDIS_BATCH:]
+        records, self._records = self._records, []
+        dones, self._dones = self._dones, []
+        if self._claims:
+            self._redis_wake.set()
         try:
-            replies = await self._store.run_batch([c for _, c in claims], records)
-        except Exception as exc:  # noqa: BLE001  (Redis down: claims wait and retry)
-            log.warning("redis batch failed (%d claims will retry): %s", len(claims), exc)
+            replies = await self._store.run_batch([c for _, c in claims], records, dones)
+        except Exception as exc:  # noqa: BLE001  (Redis down: claims wait, marks are retried)
+            log.warning(
+                "redis batch failed (%d claims wait, %d done marks retried): %s",
+                len(claims),
+                len(dones),
+                exc,
+            )
+            metrics.REDIS_ERRORS.inc()
+            self._dones[:0] = dones
+            metrics.DONE_MARKS_PENDING.set(len(self._dones))
             for route_key, c in claims:
                 error = ClaimResult(c.event_key, c.token, ClaimStatus.ERROR, error=str(exc)[:200])
                 self._complete(route_key, error)
             return
+        metrics.DONE_MARKS_PENDING.set(len(self._dones))
         for (route_key, c), reply in zip(claims, replies, strict=True):
             result = ClaimResult(c.event_key, c.token, reply.status, reply.attempts, reply.wait_ms)
             self._complete(route_key, result)
@@ -170,9 +234,6 @@ class IoRuntime:
                 metrics.FAILED.labels(outcome.status.value).inc()
             BREAKER.record(answered=outcome.status is not HandleStatus.TRANSIENT)
             self._complete(route_key, replace(outcome, latency_s=latency))
-
-    def in_flight(self) -> int:
-        return len(self._inflight)
 
 
 def _failed(
