@@ -67,6 +67,9 @@ def configure(level: str, as_json: bool, redacted: bool, secrets: tuple[str, ...
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs every request at INFO: one line per handler call is noise, not a log.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
 
 
 def start_summary(interval_s: float, summary: Callable[[], dict[str, Any]]) -> None:
