@@ -70,8 +70,9 @@ def verify_signature(body: bytes, header: str | None, app_secret: bytes) -> None
     scheme, _, given = header.partition("=")
     if scheme != "sha256" or not given:
         raise SignatureError(f"malformed {SIGNATURE_HEADER} header")
-    expected = hmac.new(app_secret, body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, given.strip().lower()):
+    expected = hmac.new(app_secret, body, hashlib.sha256).hexdigest().encode()
+    # Compared as bytes: compare_digest refuses non-ASCII strings, and a forged header may hold any.
+    if not hmac.compare_digest(expected, given.strip().lower().encode(errors="replace")):
         raise SignatureError(f"{SIGNATURE_HEADER} does not match the body")
 
 
@@ -132,11 +133,13 @@ def _split_messages_value(
 ) -> Iterator[WebhookEvent]:
     value = _validated(Value, raw_value, "invalid messages value")
     phone_number_id = value.metadata.phone_number_id if value.metadata else None
+    business = phone_number_id or "-"  # Meta always sends metadata; never key on "None"
     context = {k: v for k, v in value.raw().items() if k not in ("messages", "statuses", "errors")}
     base = {
         **common,
         "field": "messages",
         "entry_id": entry.id,
+        "entry_time": entry.time,
         "phone_number_id": phone_number_id,
         "value_context": context,
     }
@@ -150,7 +153,7 @@ def _split_messages_value(
         )
         yield WebhookEvent(
             event_key=message.id,
-            conversation_key=f"{phone_number_id}:{customer or '-'}",
+            conversation_key=f"{business}:{customer or '-'}",
             kind=EventKind.MESSAGE,
             wa_id=customer,
             payload=message.raw(),
@@ -160,7 +163,7 @@ def _split_messages_value(
         customer = status.recipient_id or status.recipient_user_id
         yield WebhookEvent(
             event_key=f"{status.id}:{status.status}",
-            conversation_key=f"{phone_number_id}:{customer or '-'}",
+            conversation_key=f"{business}:{customer or '-'}",
             kind=EventKind.STATUS,
             wa_id=customer,
             payload=status.raw(),
@@ -169,7 +172,7 @@ def _split_messages_value(
     for error in value.errors or []:
         yield WebhookEvent(
             event_key="error:" + content_hash(phone_number_id, error.raw()),
-            conversation_key=f"{phone_number_id}:-",
+            conversation_key=f"{business}:-",
             kind=EventKind.ERROR,
             payload=error.raw(),
             **base,
@@ -188,6 +191,7 @@ def _change_event(
         kind=EventKind.CHANGE,
         field=field,
         entry_id=entry.id,
+        entry_time=entry.time,
         payload=value,
         **common,
     )

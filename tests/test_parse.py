@@ -489,10 +489,6 @@ def test_message_without_any_sender_gets_a_placeholder_key() -> None:
     assert event.wa_id is None
 
 
-@pytest.mark.xfail(
-    reason="parse.py bug: a messages value without `metadata` gives conversation_key "
-    "'None:<wa_id>' (f-string of phone_number_id=None), not a placeholder or a DeadLetter"
-)
 def test_messages_value_without_metadata_has_no_literal_none_key() -> None:
     v = value(messages=[MESSAGE_TYPES["text"]], contacts=[sender()])
     del v["metadata"]
@@ -937,10 +933,6 @@ def test_tampered_body_fails_the_signature() -> None:
     assert dl.error_class is ErrorClass.BAD_SIGNATURE
 
 
-@pytest.mark.xfail(
-    reason="parse.py bug: verify_signature passes a non-ASCII header to hmac.compare_digest, "
-    "which raises TypeError; it ends up as invalid_payload instead of bad_signature"
-)
 def test_non_ascii_signature_header_is_a_bad_signature() -> None:
     raw = wrap(_RAW_BODY, {"X-Hub-Signature-256": "sha256=é" + "0" * 63})
     dl = dead_letter(raw, SECRET)
@@ -1157,10 +1149,6 @@ def test_rebuilt_message_of_a_username_user_parses_back() -> None:
     _assert_same_event(_rebuilt(event), event)
 
 
-@pytest.mark.xfail(
-    reason="records.py bug: WebhookEvent.single_event_envelope() drops entry `time`, which the "
-    "change-event key hashes, so a rebuilt change envelope parses back under another event_key"
-)
 def test_rebuilt_change_envelope_parses_back_to_the_same_key() -> None:
     (event,) = [e for e in events(_mixed_webhook()) if e.kind is EventKind.CHANGE]
     assert _rebuilt(event).event_key == event.event_key

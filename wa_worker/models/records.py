@@ -69,6 +69,7 @@ class WebhookEvent(BaseModel):
     field: str
     object: str
     entry_id: str
+    entry_time: int | None = None
     phone_number_id: str | None = None
     wa_id: str | None = None
     payload: dict[str, Any]
@@ -93,14 +94,18 @@ class WebhookEvent(BaseModel):
             value["errors"] = [self.payload]
         else:
             value = self.payload
+        entry: dict[str, Any] = {
+            "id": self.entry_id,
+            "changes": [{"field": self.field, "value": value}],
+        }
+        if self.entry_time is not None:
+            entry["time"] = self.entry_time  # part of a change event's key
         return {
             "id": self.webhook_id,
             "headers": self.envelope_headers,
             "body": {
                 "object": self.object,
-                "entry": [
-                    {"id": self.entry_id, "changes": [{"field": self.field, "value": value}]}
-                ],
+                "entry": [entry],
             },
             "timestamp": self.received_at.isoformat() if self.received_at else None,
         }
