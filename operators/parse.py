@@ -93,7 +93,9 @@ def _load_payload(envelope: Envelope, app_secret: bytes | None) -> WebhookPayloa
     body: Any = envelope.body
     if isinstance(body, str):
         if app_secret is not None:
-            verify_signature(body.encode(), envelope.header(SIGNATURE_HEADER), app_secret)
+            # surrogatepass: a body Meta cannot have signed still gets a signature verdict.
+            raw = body.encode("utf-8", "surrogatepass")
+            verify_signature(raw, envelope.header(SIGNATURE_HEADER), app_secret)
         try:
             body = json.loads(body)
         except (ValueError, RecursionError) as exc:
@@ -134,7 +136,8 @@ def _split_messages_value(
     value = _validated(Value, raw_value, "invalid messages value")
     phone_number_id = value.metadata.phone_number_id if value.metadata else None
     business = phone_number_id or "-"  # Meta always sends metadata; never key on "None"
-    context = {k: v for k, v in value.raw().items() if k not in ("messages", "statuses", "errors")}
+    # Events carry the dicts as received: validation checks types, it does not rewrite values.
+    context = {k: v for k, v in raw_value.items() if k not in ("messages", "statuses", "errors")}
     base = {
         **common,
         "field": "messages",
@@ -144,7 +147,9 @@ def _split_messages_value(
         "value_context": context,
     }
     contacts = value.contacts or []
-    for message in value.messages or []:
+    for message, raw_message in zip(
+        value.messages or [], raw_value.get("messages") or [], strict=True
+    ):
         contact = contacts[0] if contacts else None
         customer = (
             message.from_
@@ -156,25 +161,27 @@ def _split_messages_value(
             conversation_key=f"{business}:{customer or '-'}",
             kind=EventKind.MESSAGE,
             wa_id=customer,
-            payload=message.raw(),
+            payload=raw_message,
             **base,
         )
-    for status in value.statuses or []:
+    for status, raw_status in zip(
+        value.statuses or [], raw_value.get("statuses") or [], strict=True
+    ):
         customer = status.recipient_id or status.recipient_user_id
         yield WebhookEvent(
             event_key=f"{status.id}:{status.status}",
             conversation_key=f"{business}:{customer or '-'}",
             kind=EventKind.STATUS,
             wa_id=customer,
-            payload=status.raw(),
+            payload=raw_status,
             **base,
         )
-    for error in value.errors or []:
+    for raw_error in raw_value.get("errors") or []:
         yield WebhookEvent(
-            event_key="error:" + content_hash(phone_number_id, error.raw()),
+            event_key="error:" + content_hash(phone_number_id, raw_error),
             conversation_key=f"{business}:-",
             kind=EventKind.ERROR,
-            payload=error.raw(),
+            payload=raw_error,
             **base,
         )
     if not (value.messages or value.statuses or value.errors):

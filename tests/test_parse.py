@@ -1152,3 +1152,32 @@ def test_rebuilt_message_of_a_username_user_parses_back() -> None:
 def test_rebuilt_change_envelope_parses_back_to_the_same_key() -> None:
     (event,) = [e for e in events(_mixed_webhook()) if e.kind is EventKind.CHANGE]
     assert _rebuilt(event).event_key == event.event_key
+
+
+def test_payloads_pass_on_exactly_as_received() -> None:
+    message = {
+        "from": WA_ID,
+        "id": "wamid.loc",
+        "type": "location",
+        "location": {"latitude": "37.48", "longitude": "-122.14"},
+    }
+    audio = {
+        "from": WA_ID,
+        "id": "wamid.voice",
+        "type": "audio",
+        "audio": {"id": "m", "voice": "true"},
+    }
+    out = parse(wrap(body(("messages", value(messages=[message, audio], contacts=[sender()])))))
+    assert [e.payload for e in out if isinstance(e, WebhookEvent)] == [message, audio]
+
+
+def test_a_body_with_a_lone_surrogate_is_a_bad_signature() -> None:
+    raw = json.dumps(
+        {
+            "id": "w",
+            "headers": {"X-Hub-Signature-256": "sha256=" + "0" * 64},
+            "body": '{"object": "\ud800"}',
+        }
+    ).encode()
+    (letter,) = parse_record(raw, None, b"secret")
+    assert isinstance(letter, DeadLetter) and letter.error_class is ErrorClass.BAD_SIGNATURE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -85,15 +86,15 @@ class WebhookEvent(BaseModel):
 
     def single_event_envelope(self) -> dict[str, Any]:
         """An envelope carrying just this event, for the DLQ when the original was too big."""
-        value = dict(self.value_context)
+        value = copy.deepcopy(self.value_context)
         if self.kind is EventKind.MESSAGE:
-            value["messages"] = [self.payload]
+            value["messages"] = [copy.deepcopy(self.payload)]
         elif self.kind is EventKind.STATUS:
-            value["statuses"] = [self.payload]
+            value["statuses"] = [copy.deepcopy(self.payload)]
         elif self.kind is EventKind.ERROR:
-            value["errors"] = [self.payload]
+            value["errors"] = [copy.deepcopy(self.payload)]
         else:
-            value = self.payload
+            value = copy.deepcopy(self.payload)
         entry: dict[str, Any] = {
             "id": self.entry_id,
             "changes": [{"field": self.field, "value": value}],
