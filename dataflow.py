@@ -15,19 +15,17 @@ from typing import cast
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaError
 from bytewax.dataflow import Dataflow, Stream
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from operators.completions import CompletionSource
 from operators.conversation import conversation_builder, route_key
-from operators.inbound import InboundSource, consumer_error, is_message
+from operators.inbound import consumer_error, inbound_source, is_message
 from operators.parse import is_event, parse_batch
 from sinks.kafka_sink import KafkaOutcomeSink
 from sinks.records import Topics, to_record
 from wa_worker.breaker import BREAKER
 from wa_worker.models.records import DeadLetter
-from wa_worker.offsets import POSITIONS
 from wa_worker.runtime import IoRuntime
-from wa_worker.settings import StartOffset, load_settings_or_exit
+from wa_worker.settings import load_settings_or_exit
 from wa_worker.shutdown import DRAIN
 from wa_worker.startup import require_kafka_topics, start_process
 
@@ -47,24 +45,8 @@ topics = Topics(
 
 flow = Dataflow("wa-worker")
 
-inbound = op.input(
-    "inbound",
-    flow,
-    InboundSource(
-        book=POSITIONS,
-        drain=DRAIN,
-        hold=BREAKER.is_open,
-        admin_config=settings.admin_config(),
-        brokers=settings.broker_list,
-        topics=[settings.kafka_inbound_topic],
-        starting_offset=OFFSET_BEGINNING
-        if settings.kafka_start_offset is StartOffset.EARLIEST
-        else OFFSET_END,
-        add_config=settings.consumer_config(),
-        batch_size=settings.kafka_batch_size,
-        raise_on_errors=False,
-    ),
-)
+# Input stops during a drain and while the handler's circuit is open.
+inbound = op.input("inbound", flow, inbound_source(settings, DRAIN, hold=BREAKER.is_open))
 readable = op.branch("readable", inbound, is_message)
 unreadable = op.flat_map(
     "consumer-errors",

@@ -14,11 +14,13 @@ from typing import Any, TypeGuard
 
 from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.inputs import StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 from confluent_kafka.admin import AdminClient
 
 from wa_worker import metrics
 from wa_worker.models.records import DeadLetter, ErrorClass, SourcePosition
-from wa_worker.offsets import PositionBook
+from wa_worker.offsets import POSITIONS, PositionBook
+from wa_worker.settings import Settings, StartOffset
 from wa_worker.shutdown import Drain
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,22 @@ class InboundSource(KafkaSource):
 
 def is_message(item: InboundItem) -> TypeGuard[KafkaSourceMessage[bytes | None, bytes | None]]:
     return isinstance(item, KafkaSourceMessage)
+
+
+def inbound_source(settings: Settings, drain: Drain, hold: Callable[[], bool]) -> InboundSource:
+    earliest = settings.kafka_start_offset is StartOffset.EARLIEST
+    return InboundSource(
+        book=POSITIONS,
+        drain=drain,
+        hold=hold,
+        admin_config=settings.admin_config(),
+        brokers=settings.broker_list,
+        topics=[settings.kafka_inbound_topic],
+        starting_offset=OFFSET_BEGINNING if earliest else OFFSET_END,
+        add_config=settings.consumer_config(),
+        batch_size=settings.kafka_batch_size,
+        raise_on_errors=False,
+    )
 
 
 def consumer_error(error: KafkaError[bytes | None, bytes | None]) -> list[DeadLetter]:
