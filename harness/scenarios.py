@@ -39,7 +39,7 @@ class Scale:
     fuzz: int
 
 
-SHORT = Scale(webhooks=300, rate=60, outage_s=6, fuzz=10_000)
+SHORT = Scale(webhooks=300, rate=60, outage_s=10, fuzz=10_000)
 
 
 @dataclass

@@ -257,3 +257,64 @@ def test_sigterm_drains_and_exits_zero_and_nothing_is_lost(
         f"\nSIGTERM: exit 0 after {took:.1f}s; {len(first_run)} events before, "
         f"{len(expected) - len(first_run)} after the restart; duplicates 0"
     )
+
+
+def _two_free_ports() -> int:
+    """A port P with P + 1 free too (process N serves on HEALTH_PORT + N)."""
+    import socket
+
+    while True:
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+
+
+def test_two_processes_count_every_event_once_between_them(
+    stack: Stack, topics: Topics, tmp_path: Path, worker_env: dict[str, str]
+) -> None:
+    """A two-process cluster on one host: health ports HEALTH_PORT + process id, and the
+    processes' counters add up to what was sent (nothing lost or counted twice)."""
+    records = [
+        (
+            f"w{i}".encode(),
+            conversation_webhook(f"w{i}", f"3166{i:04d}", [f"wamid.c{i}.0", f"wamid.c{i}.1"]),
+        )
+        for i in range(60)
+    ]
+    records += [(b"again", conversation_webhook("again", "31660000", ["wamid.c0.0"]))] * 4
+    produce(stack.brokers, topics.inbound, records)
+    health = _two_free_ports()
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    processes = [
+        WorkerProcess(
+            {**worker_env, "HEALTH_PORT": str(health)},
+            tmp_path / "recovery",
+            tmp_path / f"process-{i}.log",
+            cluster_args=("-i", str(i), "-a", addresses),
+            recovery_partitions=2,
+        )
+        for i in range(2)
+    ]
+    processes[0].start()
+    processes[1].start()
+    try:
+        processed = read_topic(
+            stack.brokers, topics.processed, until=lambda rs: len(rs) >= 120, timeout_s=90
+        )
+        time.sleep(1)
+        texts = [_wait_for(f"http://127.0.0.1:{health + i}/metrics").text for i in range(2)]
+    finally:
+        # A cluster drains together: signal every process, then wait.
+        for process in processes:
+            process.send(signal.SIGTERM)
+        codes = [process.wait(timeout_s=30) for process in processes]
+    assert codes == [0, 0], [p.log()[-2000:] for p in processes]
+    assert Counter(r.header("wa-event-key") for r in processed).most_common(1)[0][1] == 1
+    assert len(processed) == 120
+    per_process = [_metric(t, "wa_events_processed_total") for t in texts]
+    assert sum(per_process) == 120 and all(n > 0 for n in per_process), per_process
+    assert sum(_metric(t, "wa_events_duplicates_total") for t in texts) == 4

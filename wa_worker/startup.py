@@ -78,7 +78,10 @@ def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -
     )
     process_id = bytewax_process_id()
     if port := health_port(settings, process_id):
-        health.serve(health.HealthApp(health.Probes(settings), DRAIN, paused_reason), port)
+        try:
+            health.serve(health.HealthApp(health.Probes(settings), DRAIN, paused_reason), port)
+        except OSError as exc:
+            _exit(f"HEALTH_PORT: cannot listen on :{port} for process {process_id} ({exc})")
         log.info("health and metrics on :%d (/health /livez /readyz /metrics)", port)
     OffsetReporter(
         POSITIONS,

@@ -13,25 +13,33 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class WorkerProcess:
     def __init__(
-        self, env: dict[str, str], recovery_dir: Path, log_path: Path, workers: int = 1
+        self,
+        env: dict[str, str],
+        recovery_dir: Path,
+        log_path: Path,
+        workers: int = 1,
+        cluster_args: tuple[str, ...] = (),
+        recovery_partitions: int = 1,
     ) -> None:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.recovery_dir = recovery_dir
         self.log_path = log_path
         self.workers = workers
+        self.cluster_args = cluster_args  # e.g. ("-i", "0", "-a", "host:port;host:port")
+        self.recovery_partitions = max(recovery_partitions, workers)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self) -> WorkerProcess:
-        if not self.recovery_dir.exists():
-            self.recovery_dir.mkdir(parents=True)
+        if not any(self.recovery_dir.glob("part-*")):
+            self.recovery_dir.mkdir(parents=True, exist_ok=True)
             subprocess.run(
                 [
                     sys.executable,
                     "-m",
                     "bytewax.recovery",
                     str(self.recovery_dir),
-                    str(max(self.workers, 1)),
+                    str(self.recovery_partitions),
                 ],
                 check=True,
                 cwd=ROOT,
@@ -51,6 +59,7 @@ class WorkerProcess:
                 "1",
                 "-b",
                 "0",
+                *self.cluster_args,
             ],
             cwd=ROOT,
             env=self.env,
@@ -69,17 +78,24 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait(10)
 
-    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 30) -> int | None:
+    def send(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout_s: float = 30) -> int | None:
+        """The exit code; killed (and None-safe) when it does not exit in time."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
         return self.proc.returncode
+
+    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 30) -> int | None:
+        self.send(sig)
+        return self.wait(timeout_s)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
