@@ -101,6 +101,7 @@ class Pending:
     last_error: str | None = None
     last_status_code: int | None = None
     retry_waiting: bool = False  # a retry is scheduled and not yet started
+    trial: bool = False  # the call is the open circuit breaker's probe
 
 
 @dataclass
@@ -179,6 +180,7 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         head = self._head()
         if head is None or head.due_at is None or head.due_at > self._now() or self._paused():
             return
+        trial = head.phase is Phase.HANDLE and self._gate.is_open()
         if head.phase is Phase.HANDLE and not self._gate.admit_call():
             return
         head.due_at = None
@@ -190,6 +192,7 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             self._submit.claim(key, head.event.event_key, head.token, self._lease_ms(0.0))
         else:
             head.attempts += 1
+            head.trial = trial
             self._submit.handle(key, head.event, head.token)
 
     def _current(self, event_key: str, token: str) -> Pending | None:
@@ -236,6 +239,13 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             )
             return
         now = self._now()
+        if result.status is HandleStatus.TRANSIENT and head.trial:
+            # A failed probe of a handler known to be down: not this event's fault, so it
+            # costs no attempt; the event waits for the breaker like the others.
+            head.attempts -= 1
+            head.trial = False
+            head.due_at = now + PAUSED_RECHECK
+            return
         head.first_failure_at = head.first_failure_at or now
         head.last_error, head.last_status_code = result.error, result.status_code
         if result.status is HandleStatus.PERMANENT:

@@ -227,3 +227,41 @@ def test_an_open_breaker_holds_handler_calls_without_spending_attempts() -> None
     gate.open = False
     logic.on_notify()
     assert len(submit.handles) == 1 and gate.admitted == 1
+
+
+def test_a_failed_breaker_probe_costs_the_event_no_attempt() -> None:
+    submit, clock, gate = FakeSubmitter(), Clock(), ClosedGate()
+    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 1), 30_000, 10.0)
+    logic = ConversationLogic(
+        lambda e: e.conversation_key, submit, policy, None, clock, handler_gate=gate
+    )
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    token = submit.claims[0][1]
+    logic.on_batch([claimed("wamid.a", token)])
+
+    class TrialGate(ClosedGate):
+        def admit_call(self) -> bool:
+            return True  # the breaker grants this head the probe
+
+    logic._gate = TrialGate()  # still open: the call is a trial
+    for _ in range(5):  # five failed probes would exhaust MAX_RETRIES=1 many times over
+        clock.now = logic.notify_at() or clock.now
+        logic.on_notify()
+        out, _ = logic.on_batch([HandleResult("wamid.a", token, HandleStatus.TRANSIENT)])
+        assert out == []
+    assert len(submit.handles) == 5
+    logic._gate = OpenGateForTest()
+    clock.now = logic.notify_at() or clock.now
+    logic.on_notify()
+    out, _ = logic.on_batch([HandleResult("wamid.a", token, HandleStatus.OK)])
+    (done,) = out
+    assert isinstance(done, Processed) and done.attempts == 1
+
+
+class OpenGateForTest:
+    def is_open(self) -> bool:
+        return False
+
+    def admit_call(self) -> bool:
+        return True
