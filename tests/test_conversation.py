@@ -6,7 +6,7 @@ import pickle
 from datetime import UTC, datetime, timedelta
 
 from operators.backoff import BackoffPolicy
-from operators.conversation import ConversationLogic, ConversationPolicy
+from operators.conversation import ConversationLogic, ConversationPolicy, OpenGate
 from operators.parse import parse_record
 from tests.support.webhooks import conversation_webhook
 from wa_worker.models.completions import ClaimResult, ClaimStatus, HandleResult, HandleStatus
@@ -251,17 +251,9 @@ def test_a_failed_breaker_probe_costs_the_event_no_attempt() -> None:
         out, _ = logic.on_batch([HandleResult("wamid.a", token, HandleStatus.TRANSIENT)])
         assert out == []
     assert len(submit.handles) == 5
-    logic._gate = OpenGateForTest()
+    logic._gate = OpenGate()  # the handler answers again: breaker closed
     clock.now = logic.notify_at() or clock.now
     logic.on_notify()
     out, _ = logic.on_batch([HandleResult("wamid.a", token, HandleStatus.OK)])
     (done,) = out
     assert isinstance(done, Processed) and done.attempts == 1
-
-
-class OpenGateForTest:
-    def is_open(self) -> bool:
-        return False
-
-    def admit_call(self) -> bool:
-        return True
