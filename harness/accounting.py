@@ -24,18 +24,6 @@ class Report:
     poison_missing: int = 0
     note: str = ""
 
-    COLUMNS = (
-        "scenario",
-        "sent",
-        "unique",
-        "processed",
-        "dead_lettered",
-        "lost",
-        "duplicates_on_processed",
-        "duplicate_handler_successes",
-        "restarts",
-    )
-
 
 def account(
     scenario: str,

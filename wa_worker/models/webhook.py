@@ -13,11 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Tolerant(BaseModel):
+    # Validation only: events carry the dicts as received, so nothing is dumped back.
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
-
-    def raw(self) -> dict[str, Any]:
-        """The payload as received (unknown fields included), for passing on."""
-        return self.model_dump(by_alias=True, exclude_unset=True, mode="json")
 
 
 class ErrorData(Tolerant):
