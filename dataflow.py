@@ -22,6 +22,7 @@ from operators.inbound import consumer_error, inbound_source, is_message
 from operators.parse import is_event, parse_batch
 from sinks.kafka_sink import KafkaOutcomeSink
 from sinks.records import Topics, to_record
+from wa_worker.backlog import BACKLOG
 from wa_worker.breaker import BREAKER
 from wa_worker.models.records import DeadLetter
 from wa_worker.runtime import IoRuntime
@@ -45,8 +46,14 @@ topics = Topics(
 
 flow = Dataflow("wa-worker")
 
-# Input stops during a drain and while the handler's circuit is open.
-inbound = op.input("inbound", flow, inbound_source(settings, DRAIN, hold=BREAKER.is_open))
+# Input stops during a drain, while the handler's circuit is open, and while the process
+# holds MAX_EVENTS_IN_PROGRESS unfinished events.
+BACKLOG.configure(settings.max_events_in_progress)
+inbound = op.input(
+    "inbound",
+    flow,
+    inbound_source(settings, DRAIN, hold=lambda: BREAKER.is_open() or BACKLOG.full()),
+)
 readable = op.branch("readable", inbound, is_message)
 unreadable = op.flat_map(
     "consumer-errors",
@@ -63,7 +70,9 @@ completions = op.input("completions", flow, CompletionSource(runtime, DRAIN))
 handled = op.stateful_batch(
     "handle",
     op.merge("events-and-results", by_conversation, completions),
-    conversation_builder(settings, runtime, paused=lambda: DRAIN.draining, handler_gate=BREAKER),
+    conversation_builder(
+        settings, runtime, paused=lambda: DRAIN.draining, handler_gate=BREAKER, backlog=BACKLOG
+    ),
 )
 
 outcomes = op.merge("outcomes", op.key_rm("unkey", handled), invalid, unreadable)

@@ -61,12 +61,29 @@ class WorkSubmitter(Protocol):
 
     def claim(self, route_key: str, event_key: str, token: str, lease_ms: int) -> None: ...
     def handle(self, route_key: str, event: WebhookEvent, token: str) -> None: ...
+    def handle_inline(self, event: WebhookEvent, token: str) -> HandleResult | None:
+        """The result right away when the handler needs no I/O (the default pass-through)."""
+        ...
+
     def record_attempts(self, event_key: str, token: str, attempts: int, lease_ms: int) -> None: ...
 
 
 class HandlerGate(Protocol):
     def is_open(self) -> bool: ...
     def admit_call(self) -> bool: ...
+
+
+class Counter(Protocol):
+    def add(self, count: int = 1) -> None: ...
+    def done(self, count: int = 1) -> None: ...
+
+
+class _Uncounted:
+    def add(self, count: int = 1) -> None:
+        pass
+
+    def done(self, count: int = 1) -> None:
+        pass
 
 
 class OpenGate:
@@ -119,6 +136,7 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         clock: Clock = lambda: datetime.now(UTC),
         paused: Callable[[], bool] = lambda: False,
         handler_gate: HandlerGate | None = None,
+        backlog: Counter | None = None,
     ) -> None:
         self._route_key = route_key
         self._submit = submit
@@ -126,7 +144,9 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         self._now = clock
         self._paused = paused  # draining: start nothing new
         self._gate = handler_gate or OpenGate()  # the handler's circuit breaker
+        self._backlog = backlog or _Uncounted()  # events taken in and not finished, per process
         self._state = ConversationState()
+        self._queued: set[str] = set()  # event keys in the queue, for duplicate checks
         if resume is not None:
             # Work in flight at the snapshot was lost with the old process, or finished after
             # it. Claim again first, with the same token: an event since marked done is then
@@ -136,6 +156,8 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
                 replace(p, phase=Phase.CLAIM, due_at=p.due_at or now) for p in resume.queue
             ]
             metrics.RETRIES_PENDING.inc(sum(p.retry_waiting for p in self._state.queue))
+            self._queued = {p.event.event_key for p in self._state.queue}
+            self._backlog.add(len(self._state.queue))
 
     def on_batch(self, values: list[WebhookEvent | Completion]) -> tuple[Iterable[Outcome], bool]:
         out: list[Outcome] = []
@@ -146,12 +168,13 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
                 self._on_claim(value, out)
             else:
                 self._on_handled(value, out)
-        self._pump()
+        self._pump(out)
         return out, not self._state.queue
 
     def on_notify(self) -> tuple[Iterable[Outcome], bool]:
-        self._pump()
-        return [], not self._state.queue
+        out: list[Outcome] = []
+        self._pump(out)
+        return out, not self._state.queue
 
     def notify_at(self) -> datetime | None:
         head = self._head()
@@ -170,30 +193,43 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         return self._state.queue[0] if self._state.queue else None
 
     def _enqueue(self, event: WebhookEvent) -> None:
-        if any(p.event.event_key == event.event_key for p in self._state.queue):
+        if event.event_key in self._queued:
             metrics.DUPLICATES.inc()
             return
+        self._queued.add(event.event_key)
         self._state.queue.append(Pending(event=event, token=new_token(), due_at=self._now()))
+        self._backlog.add()
 
-    def _pump(self) -> None:
-        """Start the head's next piece of work when it is due."""
-        head = self._head()
-        if head is None or head.due_at is None or head.due_at > self._now() or self._paused():
-            return
-        trial = head.phase is Phase.HANDLE and self._gate.is_open()
-        if head.phase is Phase.HANDLE and not self._gate.admit_call():
-            return
-        head.due_at = None
-        if head.retry_waiting:
-            head.retry_waiting = False
-            metrics.RETRIES_PENDING.dec()
-        key = self._route_key(head.event)
-        if head.phase is Phase.CLAIM:
-            self._submit.claim(key, head.event.event_key, head.token, self._lease_ms(0.0))
-        else:
+    def _pop_head(self) -> Pending:
+        head = self._state.queue.pop(0)
+        self._queued.discard(head.event.event_key)
+        self._backlog.done()
+        return head
+
+    def _pump(self, out: list[Outcome]) -> None:
+        """Start the head's next piece of work when it is due. A handler that answers inline
+        finishes the head here, and the next event's claim starts in the same pass."""
+        while (head := self._head()) is not None:
+            if head.due_at is None or head.due_at > self._now() or self._paused():
+                return
+            trial = head.phase is Phase.HANDLE and self._gate.is_open()
+            if head.phase is Phase.HANDLE and not self._gate.admit_call():
+                return
+            head.due_at = None
+            if head.retry_waiting:
+                head.retry_waiting = False
+                metrics.RETRIES_PENDING.dec()
+            key = self._route_key(head.event)
+            if head.phase is Phase.CLAIM:
+                self._submit.claim(key, head.event.event_key, head.token, self._lease_ms(0.0))
+                return
             head.attempts += 1
             head.trial = trial
-            self._submit.handle(key, head.event, head.token)
+            result = self._submit.handle_inline(head.event, head.token)
+            if result is None:
+                self._submit.handle(key, head.event, head.token)
+                return
+            self._on_handled(result, out)
 
     def _current(self, event_key: str, token: str) -> Pending | None:
         head = self._head()
@@ -213,7 +249,7 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
                 self._dead_letter(head, ErrorClass.RETRIES_EXHAUSTED, out)
         elif result.status is ClaimStatus.DONE:
             metrics.DUPLICATES.inc()
-            self._state.queue.pop(0)
+            self._pop_head()
         else:
             wait_s = poll_delay_s(head.polls)
             if result.status is ClaimStatus.BUSY:
@@ -228,7 +264,7 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         if head is None:
             return
         if result.status is HandleStatus.OK:
-            self._state.queue.pop(0)
+            self._pop_head()
             out.append(
                 Processed(
                     event=head.event,
@@ -263,7 +299,7 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             )
 
     def _dead_letter(self, head: Pending, error_class: ErrorClass, out: list[Outcome]) -> None:
-        self._state.queue.pop(0)
+        self._pop_head()
         if error_class is ErrorClass.RETRIES_EXHAUSTED:
             last = head.last_error or "attempts were counted by an earlier run (kept in Redis)"
             reason = f"gave up after {head.attempts} attempts: {last}"
@@ -304,6 +340,7 @@ def conversation_builder(
     runtime: Callable[[], WorkSubmitter],
     paused: Callable[[], bool] = lambda: False,
     handler_gate: HandlerGate | None = None,
+    backlog: Counter | None = None,
 ) -> Callable[[ConversationState | None], ConversationLogic]:
     policy = ConversationPolicy(
         backoff=BackoffPolicy(
@@ -319,7 +356,13 @@ def conversation_builder(
 
     def build(resume: ConversationState | None) -> ConversationLogic:
         return ConversationLogic(
-            key, runtime(), policy, resume, paused=paused, handler_gate=handler_gate
+            key,
+            runtime(),
+            policy,
+            resume,
+            paused=paused,
+            handler_gate=handler_gate,
+            backlog=backlog,
         )
 
     return build

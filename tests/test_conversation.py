@@ -14,7 +14,8 @@ from wa_worker.models.records import DeadLetter, ErrorClass, Processed, WebhookE
 
 
 class FakeSubmitter:
-    def __init__(self) -> None:
+    def __init__(self, inline: bool = False) -> None:
+        self.inline = inline  # answer handler calls at once, like the pass-through handler
         self.claims: list[tuple[str, str]] = []
         self.handles: list[tuple[str, str]] = []
         self.records: list[tuple[str, int]] = []
@@ -27,6 +28,11 @@ class FakeSubmitter:
 
     def record_attempts(self, event_key: str, token: str, attempts: int, lease_ms: int) -> None:
         self.records.append((event_key, attempts))
+
+    def handle_inline(self, event: WebhookEvent, token: str) -> HandleResult | None:
+        if not self.inline:
+            return None
+        return HandleResult(event.event_key, token, HandleStatus.OK, result={"inline": True})
 
 
 class Clock:
@@ -46,10 +52,29 @@ def events(*wamids: str) -> list[WebhookEvent]:
     return parsed  # type: ignore[return-value]
 
 
-def make(max_retries: int = 3, resume=None, clock: Clock | None = None):
-    submit, clock = FakeSubmitter(), clock or Clock()
+class Backlog:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self, count: int = 1) -> None:
+        self.count += count
+
+    def done(self, count: int = 1) -> None:
+        self.count -= count
+
+
+def make(
+    max_retries: int = 3,
+    resume=None,
+    clock: Clock | None = None,
+    inline: bool = False,
+    backlog: Backlog | None = None,
+):
+    submit, clock = FakeSubmitter(inline), clock or Clock()
     policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, max_retries), 30_000, 10.0)
-    logic = ConversationLogic(lambda e: e.conversation_key, submit, policy, resume, clock)
+    logic = ConversationLogic(
+        lambda e: e.conversation_key, submit, policy, resume, clock, backlog=backlog
+    )
     return logic, submit, clock
 
 
@@ -257,3 +282,32 @@ def test_a_failed_breaker_probe_costs_the_event_no_attempt() -> None:
     out, _ = logic.on_batch([HandleResult("wamid.a", token, HandleStatus.OK)])
     (done,) = out
     assert isinstance(done, Processed) and done.attempts == 1
+
+
+def test_an_inline_handler_finishes_the_head_and_claims_the_next_in_the_same_pass() -> None:
+    backlog = Backlog()
+    logic, submit, _ = make(inline=True, backlog=backlog)
+    first, second = events("wamid.1", "wamid.2")
+    logic.on_batch([first, second])
+    assert backlog.count == 2
+    out, discard = logic.on_batch([claimed("wamid.1", submit.claims[0][1])])
+    assert [(o.event.event_key, o.attempts, o.result) for o in out] == [
+        ("wamid.1", 1, {"inline": True})
+    ]
+    assert submit.handles == [] and [k for k, _ in submit.claims] == ["wamid.1", "wamid.2"]
+    assert not discard and backlog.count == 1
+    out, discard = logic.on_batch([claimed("wamid.2", submit.claims[1][1])])
+    assert [o.event.event_key for o in out] == ["wamid.2"]
+    assert discard and backlog.count == 0
+
+
+def test_backlog_counts_resumed_events_and_drops_duplicates_and_done_ones() -> None:
+    backlog = Backlog()
+    logic, submit, clock = make(backlog=backlog)
+    a, b = events("wamid.1", "wamid.2")
+    logic.on_batch([a, b, a])  # the second `a` is a redelivery already queued
+    assert backlog.count == 2
+    resumed, _, _ = make(resume=logic.snapshot(), clock=clock, backlog=backlog)
+    assert backlog.count == 4  # a new process counts what it resumed
+    resumed.on_batch([ClaimResult("wamid.1", submit.claims[0][1], ClaimStatus.DONE)])
+    assert backlog.count == 3

@@ -122,3 +122,14 @@ def test_forget_lets_an_event_be_processed_again(
     assert _claims(stack, redis_prefix, [ClaimRequest("wamid.f", "t2", 5000)]) == [
         (ClaimStatus.CLAIMED, 0, 0)
     ]
+
+
+def test_batches_larger_than_one_script_call_keep_their_order(
+    stack: Stack, redis_prefix: str
+) -> None:
+    keys = [f"big-{i}" for i in range(2_500)]
+    _claims(stack, redis_prefix, [], dones=[(k, "processed") for k in keys[::2]])
+    replies = _claims(stack, redis_prefix, [ClaimRequest(k, "t", 1_000) for k in keys])
+    assert [status for status, _, _ in replies] == [
+        ClaimStatus.DONE if i % 2 == 0 else ClaimStatus.CLAIMED for i in range(2_500)
+    ]

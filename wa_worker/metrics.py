@@ -36,6 +36,10 @@ CONSUMER_LAG = Gauge(
     "Inbound records not yet read: high watermark minus the worker's position",
     ["topic", "partition"],
 )
+EVENTS_IN_PROGRESS = Gauge(
+    "wa_events_in_progress",
+    "Events read from Kafka without an outcome yet (input waits at MAX_EVENTS_IN_PROGRESS)",
+)
 RETRIES_PENDING = Gauge("wa_retries_pending", "Events waiting for their next handler attempt")
 CONSUMER_ERRORS = Counter(
     "wa_consumer_errors_total",

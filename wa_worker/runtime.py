@@ -27,7 +27,7 @@ from wa_worker import metrics
 from wa_worker.breaker import BREAKER
 from wa_worker.dedupe import AsyncDedupeStore, AttemptRecord, ClaimRequest, DedupeKeys, DoneMark
 from wa_worker.errors import PermanentError, TransientError
-from wa_worker.handlers import Handler, build_handler
+from wa_worker.handlers import Handler, build_handler, passthrough
 from wa_worker.models.completions import (
     ClaimResult,
     ClaimStatus,
@@ -126,6 +126,13 @@ class IoRuntime:
 
     def handle(self, route_key: str, event: WebhookEvent, token: str) -> None:
         self._post(self._start_handler, route_key, event, token, outstanding=1)
+
+    def handle_inline(self, event: WebhookEvent, token: str) -> HandleResult | None:
+        """The pass-through handler answers at once: no task, no hop through the loop."""
+        if self._handler is not passthrough:
+            return None
+        metrics.HANDLER_LATENCY.observe(0.0)
+        return HandleResult(event.event_key, token, HandleStatus.OK, result=None, latency_s=0.0)
 
     def _post(self, fn: Callable[..., None], *args: Any, outstanding: int = 0) -> None:
         self._inbox.append((fn, args))

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     handler_callable: str | None = None
     handler_timeout_ms: int = Field(10_000, ge=1)
     handler_concurrency: int = Field(64, ge=1, le=10_000)
+    # Events read and not yet finished, per process; input waits at this many (bounds memory).
+    max_events_in_progress: int = Field(20_000, ge=100)
     handler_ordered: bool = True
     handler_health_url: str | None = None
     breaker_enabled: bool = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -60,6 +61,19 @@ def health_port(settings: Settings, process_id: int) -> int:
     return settings.health_port + process_id if settings.health_port else 0
 
 
+# The hot path allocates many short-lived, acyclic objects (records, events, results) that
+# reference counting frees; with CPython's default gen-0 threshold of 700 the cyclic collector
+# ran every few hundred events and took ~14 % of the dataflow thread (py-spy --native).
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Move everything loaded at start-up out of the collector's view and collect rarely."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -> None:
     secret = settings.wa_app_secret.get_secret_value() if settings.wa_app_secret else None
     logs.configure(
@@ -90,6 +104,7 @@ def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -
         settings.offsets_report_interval_s,
     ).start()
     logs.start_summary(settings.log_summary_interval_s, health.worker_metrics)
+    tune_gc()
 
 
 def _exit(message: str) -> None:
