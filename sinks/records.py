@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 
+from wa_worker import jsonbytes
 from wa_worker.models.records import DeadLetter, Outcome, Processed
 
 
@@ -76,7 +76,7 @@ def processed_record(outcome: Processed, topic: str) -> KafkaRecord:
     return KafkaRecord(
         topic=topic,
         key=event.conversation_key.encode(),
-        value=json.dumps(value, separators=(",", ":"), default=str).encode(),
+        value=jsonbytes.dumps(value),
         headers=headers,
         done=(event.event_key, "processed"),
         received_at=event.received_at,

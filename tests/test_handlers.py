@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 
 import httpx
@@ -65,3 +66,11 @@ def test_http_handler_sends_the_event_with_its_idempotency_key() -> None:
     assert seen[0].headers["Idempotency-Key"] == "wamid.x"
     assert b'"event_key":"wamid.x"' in seen[0].content.replace(b" ", b"")
     assert len(handler._clients) == 2  # 16 connections over clients of 8
+
+
+def test_json_bytes_fall_back_for_what_orjson_refuses() -> None:
+    from wa_worker import jsonbytes
+
+    assert jsonbytes.dumps({"a": [1, "é"]}) == '{"a":[1,"é"]}'.encode()
+    big = {"n": 2**70, "s": "\ud800"}  # both can come out of json.loads on Meta's payloads
+    assert json.loads(jsonbytes.dumps(big)) == big

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from wa_worker import jsonbytes
 from wa_worker.errors import ConfigError, PermanentError, TransientError
 from wa_worker.models.records import WebhookEvent
 from wa_worker.settings import Settings
@@ -90,8 +91,9 @@ class HttpHandler:
         try:
             response = await next(self._next).post(
                 self._url,
-                json=event.for_handler(),
+                content=jsonbytes.dumps(event.for_handler()),
                 headers={
+                    "Content-Type": "application/json",
                     "Idempotency-Key": header_safe(event.event_key),
                     "X-WA-Event-Kind": event.kind.value,
                 },
