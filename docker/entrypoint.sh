@@ -66,30 +66,34 @@ init_recovery() {
         return
     fi
     mkdir -p "$RECOVERY_DIR" || fail "RECOVERY_DIR: cannot create $RECOVERY_DIR (mount a writable volume there)"
-    if [ "${RECOVERY_PER_PROCESS:-false}" != true ]; then
-        "$PYTHON" -m bytewax.recovery "$RECOVERY_DIR" "$RECOVERY_PARTITIONS"
-        echo "entrypoint: created $RECOVERY_PARTITIONS recovery partitions in $RECOVERY_DIR"
-        return
+    id=0
+    step=1
+    if [ "${RECOVERY_PER_PROCESS:-false}" = true ]; then
+        step=${BYTEWAX_PROCESSES:-}
+        is_count "$step" || fail "RECOVERY_PER_PROCESS=true needs BYTEWAX_PROCESSES (got '$step')"
+        id=$(process_id)
+        case $id in '' | *[!0-9]*) fail "cannot tell this process's id (got '$id')" ;; esac
+        # A process owning no partition would recreate the whole set on every start.
+        [ "$RECOVERY_PARTITIONS" -ge "$step" ] ||
+            fail "RECOVERY_PARTITIONS ($RECOVERY_PARTITIONS) must be >= BYTEWAX_PROCESSES ($step)"
     fi
-    processes=${BYTEWAX_PROCESSES:-}
-    is_count "$processes" || fail "RECOVERY_PER_PROCESS=true needs BYTEWAX_PROCESSES (got '$processes')"
-    id=$(process_id)
-    case $id in '' | *[!0-9]*) fail "cannot tell this process's id (got '$id')" ;; esac
-    # A process owning no partition would recreate the whole set on every start.
-    [ "$RECOVERY_PARTITIONS" -ge "$processes" ] ||
-        fail "RECOVERY_PARTITIONS ($RECOVERY_PARTITIONS) must be >= BYTEWAX_PROCESSES ($processes)"
-    # Created all together (each partition records the total), then this process keeps its share.
+    # Created all together (each partition records the total), then this process takes its
+    # share. `ln` never replaces a partition that another pod sharing the volume put there first.
     scratch=$(mktemp -d "$RECOVERY_DIR/.init.XXXXXX")
     "$PYTHON" -m bytewax.recovery "$scratch" "$RECOVERY_PARTITIONS"
     i=$id
     kept=""
     while [ "$i" -lt "$RECOVERY_PARTITIONS" ]; do
-        mv "$scratch/part-$i.sqlite3" "$RECOVERY_DIR/"
-        kept="$kept $i"
-        i=$((i + processes))
+        if ln "$scratch/part-$i.sqlite3" "$RECOVERY_DIR/part-$i.sqlite3" 2>/dev/null; then
+            kept="$kept $i"
+        elif [ ! -e "$RECOVERY_DIR/part-$i.sqlite3" ]; then
+            rm -rf "$scratch"
+            fail "RECOVERY_DIR: cannot create partition files in $RECOVERY_DIR"
+        fi
+        i=$((i + step))
     done
     rm -rf "$scratch"
-    echo "entrypoint: process $id of $processes keeps recovery partitions$kept of $RECOVERY_PARTITIONS"
+    echo "entrypoint: created recovery partitions$kept (of $RECOVERY_PARTITIONS) in $RECOVERY_DIR"
 }
 
 # Addresses of a StatefulSet's pods through its headless Service's stable DNS names.
