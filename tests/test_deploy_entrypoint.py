@@ -82,6 +82,25 @@ def test_helm_chart_recovery_variables_are_honoured(tmp_path: Path) -> None:
     assert _partitions(recovery) == {0: 2, 1: 2}
 
 
+def test_pods_sharing_one_volume_initialise_it_together(tmp_path: Path) -> None:
+    """The Helm chart mounts one claim into every pod, whose init containers start at once."""
+    recovery = tmp_path / "shared"
+    env = _env(RECOVERY_DIR=str(recovery), RECOVERY_PARTITIONS="6")
+    runs = [
+        subprocess.Popen(
+            ["sh", str(ENTRYPOINT), "init-recovery"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    assert [run.wait(60) for run in runs] == [0, 0, 0]
+    # No scratch directories left (listed before _partitions opens the files: that adds -wal).
+    assert sorted(p.name for p in recovery.iterdir()) == [f"part-{i}.sqlite3" for i in range(6)]
+    assert _partitions(recovery) == dict.fromkeys(range(6), 6)
+
+
 @pytest.mark.parametrize("ordinal, kept", [(0, {0: 5, 2: 5, 4: 5}), (1, {1: 5, 3: 5})])
 def test_per_process_volumes_keep_their_share_of_partitions(
     tmp_path: Path, ordinal: int, kept: dict[int, int]
