@@ -1,20 +1,42 @@
-# The worker image. Kafka and Redis are external (KAFKA_BROKERS, REDIS_URL).
-FROM python:3.11-slim
+# syntax=docker/dockerfile:1
+# The worker image. Kafka and Redis are external (KAFKA_BROKERS, REDIS_URL); see deploy/README.md.
 
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 RECOVERY_DIR=/var/lib/wa-worker/recovery
-WORKDIR /app
-
+# --- build: install the project and its dependencies into a virtualenv ---
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY dataflow.py ./
 COPY wa_worker ./wa_worker
 COPY operators ./operators
 COPY sinks ./sinks
-COPY dataflow.py ./
-RUN pip install . && useradd --system --uid 10001 wa && mkdir -p /var/lib/wa-worker \
-    && chown wa /var/lib/wa-worker
+RUN /opt/venv/bin/pip install .
 
-USER wa
-# Recovery snapshots must outlive the container: mount a volume here.
+# --- runtime: the virtualenv, the entrypoint scripts, a non-root user ---
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH \
+    HEALTH_PORT=4900
+RUN groupadd --system --gid 10001 wa \
+    && useradd --system --uid 10001 --gid wa --no-create-home --home-dir /nonexistent wa \
+    && mkdir -p /var/lib/wa-worker/recovery \
+    && chown -R 10001:10001 /var/lib/wa-worker
+COPY --from=build /opt/venv /opt/venv
+# Bytewax's Helm chart and waxctl run `sh ./entrypoint.sh` (and `./entrypoint-recovery.sh` in
+# the init container) from the image's working directory: the scripts live there.
+WORKDIR /app
+COPY docker/entrypoint.sh docker/entrypoint-recovery.sh docker/healthcheck.py ./
+RUN chmod 0755 entrypoint.sh entrypoint-recovery.sh && chmod 0644 healthcheck.py
+
+# Numeric, so Kubernetes' runAsNonRoot can verify it.
+USER 10001:10001
+# Recovery snapshots must outlive the container (RECOVERY_DIR defaults below it).
 VOLUME ["/var/lib/wa-worker"]
-EXPOSE 4900
-# `wa-worker run` execs bytewax.run, so SIGTERM reaches the dataflow process.
-ENTRYPOINT ["wa-worker", "run"]
+# 4900: /livez /readyz /health /metrics; 2101: Bytewax cluster traffic between processes.
+EXPOSE 4900 2101
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "/app/healthcheck.py", "/livez"]
+# exec form, and the script execs the worker: SIGTERM reaches the dataflow, which drains.
+ENTRYPOINT ["/app/entrypoint.sh"]

@@ -57,8 +57,14 @@ def bytewax_process_id(argv: list[str] | None = None) -> int:
 
 
 def health_port(settings: Settings, process_id: int) -> int:
-    """Process N of a cluster serves on HEALTH_PORT + N, so processes on one host never clash."""
-    return settings.health_port + process_id if settings.health_port else 0
+    """Process N of a cluster serves on HEALTH_PORT + N, so processes on one host never clash.
+
+    A Kubernetes pod (BYTEWAX_POD_NAME set) has a host of its own: every pod serves on
+    HEALTH_PORT, so one probe and one metrics port fit all pods of the StatefulSet.
+    """
+    if not settings.health_port or "BYTEWAX_POD_NAME" in os.environ:
+        return settings.health_port
+    return settings.health_port + process_id
 
 
 # The hot path allocates many short-lived, acyclic objects (records, events, results) that
