@@ -329,30 +329,11 @@ def _kafka_ready(port: int) -> bool:
 
 def create_topics(brokers: str, names: list[str], partitions: int, timeout_s: float = 30) -> None:
     """Create missing topics sized for Meta's 3 MB payloads; wait until each has a leader."""
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+    from wa_worker.topics import TopicSpec, ensure_topics
 
-    admin = AdminClient({"bootstrap.servers": brokers})
-    existing = admin.list_topics(timeout=10).topics
-    new = [
-        NewTopic(n, partitions, 1, config={"max.message.bytes": str(MAX_MESSAGE_BYTES)})
-        for n in names
-        if n not in existing
-    ]
-    if new:
-        for future in admin.create_topics(new, operation_timeout=timeout_s).values():
-            future.result()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        topics = admin.list_topics(timeout=5).topics
-        if all(
-            n in topics
-            and topics[n].partitions
-            and all(p.leader >= 0 for p in topics[n].partitions.values())
-            for n in names
-        ):
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"topics {names} have no leader after {timeout_s}s")
+    config = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+    specs = [TopicSpec(n, partitions, 1, config) for n in names]
+    ensure_topics({"bootstrap.servers": brokers}, specs, timeout_s)
 
 
 def _wait(
