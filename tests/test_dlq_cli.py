@@ -112,7 +112,7 @@ def test_list_show_and_redrive_an_event_once(
 
         # redrive --dry-run publishes nothing and resets nothing.
         dry = cli(worker_env, "dlq", "redrive", "--class", "handler_permanent", "--dry-run")
-        assert "would re-drive 1 records" in dry.stdout and "1 reset" in dry.stdout
+        assert "would re-drive 1 records" in dry.stdout and "1 to reset" in dry.stdout
         assert len(read_topic(stack.brokers, topics.inbound)) == 2
 
         accept["bad"] = True

@@ -66,7 +66,7 @@ def dlq_list(
     shown = records[-limit:] if limit > 0 else records
     if as_json:
         for record in shown:
-            typer.echo(json.dumps(record.summary()))
+            typer.echo(json.dumps(_redacted_summary(record, _secrets(settings))))
     else:
         stdout_console().print(_table(shown, _secrets(settings)))
     by_class = Counter(r.error_class for r in records)
@@ -75,6 +75,15 @@ def dlq_list(
 
 
 dlq_app.command("inspect", hidden=True, help="Alias of `dlq list`.")(dlq_list)
+
+
+def _redacted_summary(record: dlq.DeadLetterRecord, secrets: tuple[str, ...]) -> dict[str, Any]:
+    """Reasons may quote the handler's reply, phone numbers included: masked like log lines.
+    (Only the reason: offsets and ids are digits too, and must stay as they are.)"""
+    summary = record.summary()
+    if "error-reason" in summary:
+        summary["error-reason"] = redact(summary["error-reason"], secrets)
+    return summary
 
 
 def _table(records: list[dlq.DeadLetterRecord], secrets: tuple[str, ...]) -> Table:
@@ -100,9 +109,7 @@ def dlq_show(
         record, others = _find(settings, ref)
     secrets = () if show_body else _secrets(settings)
     envelope: Any = _original(record.value) if show_body else redact_envelope(record.value, secrets)
-    summary = record.summary()
-    if not show_body:
-        summary = {k: redact(v, secrets) if isinstance(v, str) else v for k, v in summary.items()}
+    summary = record.summary() if show_body else _redacted_summary(record, secrets)
     if as_json:
         typer.echo(json.dumps({**summary, "envelope": envelope}))
     else:
@@ -161,7 +168,8 @@ def dlq_redrive(
         markers = _reset_markers(settings, keys, dry_run)
         states = Counter(markers.values())
         report = (
-            f"markers: {states[MarkerState.DEAD_LETTERED]} reset (processed again), "
+            f"markers: {states[MarkerState.DEAD_LETTERED]} {'to reset' if dry_run else 'reset'}"
+            " (processed again), "
             f"{states[MarkerState.PROCESSED]} already processed (will be duplicates), "
             f"{states[MarkerState.IN_FLIGHT]} in flight, {states[MarkerState.ABSENT]} absent"
         )
