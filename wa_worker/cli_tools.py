@@ -11,7 +11,7 @@ from wa_worker import capture as capturing
 from wa_worker.cli_support import failures_reported, progress, stdout_console, when
 from wa_worker.settings import load_settings_or_exit
 from wa_worker.topic_reader import ReadRequest, parse_offset_specs
-from wa_worker.topics import ensure_topics, worker_topics
+from wa_worker.topics import DLQ_RETENTION_DAYS, RETENTION_DAYS, ensure_topics, worker_topics
 
 topics_app = typer.Typer(help="Create the worker's Kafka topics.", no_args_is_help=True)
 
@@ -60,8 +60,10 @@ def capture(
 def topics_create(
     partitions: int = typer.Option(3, min=1, help="partitions of each topic (grown if larger)"),
     replication_factor: int = typer.Option(1, min=1, help="replicas of each partition"),
-    retention_days: float = typer.Option(3.0, min=0.01, help="inbound and processed retention"),
-    dlq_retention_days: float = typer.Option(14.0, min=0.01, help="DLQ retention"),
+    retention_days: float = typer.Option(
+        RETENTION_DAYS, min=0.01, help="inbound and processed retention"
+    ),
+    dlq_retention_days: float = typer.Option(DLQ_RETENTION_DAYS, min=0.01, help="DLQ retention"),
 ) -> None:
     """Create the inbound, processed and DLQ topics named in the settings (idempotent: existing
     topics are reported, and grown when --partitions is larger)."""

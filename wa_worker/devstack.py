@@ -336,6 +336,15 @@ def create_topics(brokers: str, names: list[str], partitions: int, timeout_s: fl
     ensure_topics({"bootstrap.servers": brokers}, specs, timeout_s)
 
 
+def _create_worker_topics(brokers: str, partitions: int) -> None:
+    from wa_worker.settings import load_settings
+    from wa_worker.topics import DLQ_RETENTION_DAYS, RETENTION_DAYS, ensure_topics, worker_topics
+
+    settings = load_settings(kafka_brokers=brokers)
+    specs = worker_topics(settings, partitions, 1, RETENTION_DAYS, DLQ_RETENTION_DAYS)
+    ensure_topics(settings.admin_config(), specs)
+
+
 def _wait(
     ready: Callable[[], bool],
     timeout_s: float,
@@ -357,21 +366,23 @@ def _say(message: str) -> None:
     print(f"devstack: {message}", file=sys.stderr)
 
 
-DEFAULT_TOPICS = ["whatsapp.webhook.inbound", "whatsapp.webhook.processed", "whatsapp.webhook.dlq"]
-
-
 @app.command()
 def up(
     kafka_port: int = typer.Option(9092, help="0 picks a free port"),
     redis_port: int = typer.Option(6379, help="0 picks a free port"),
     partitions: int = typer.Option(3, help="partitions of each created topic"),
-    topic: list[str] = typer.Option(DEFAULT_TOPICS, help="topics to create (repeatable)"),
+    topic: list[str] = typer.Option(
+        [], help="topics to create (repeatable; default: the settings' three, as `topics create`)"
+    ),
 ) -> None:
     """Start what is not running; print KAFKA_BROKERS=… and REDIS_URL=… for `eval`."""
     started = time.monotonic()
     rport = start_redis(redis_port)
     kport = start_kafka(kafka_port)
-    create_topics(f"127.0.0.1:{kport}", topic, partitions)
+    if topic:
+        create_topics(f"127.0.0.1:{kport}", topic, partitions)
+    else:
+        _create_worker_topics(f"127.0.0.1:{kport}", partitions)
     _say(
         f"Kafka on 127.0.0.1:{kport}, Redis on 127.0.0.1:{rport} "
         f"(ready in {time.monotonic() - started:.1f}s; logs in {_state_dir()})"

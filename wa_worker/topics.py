@@ -20,6 +20,9 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from wa_worker.settings import Settings
 
 DAY_MS = 86_400_000
+# Inbound and processed records are replayable for a few days; dead letters wait for people.
+RETENTION_DAYS = 3.0
+DLQ_RETENTION_DAYS = 14.0
 # Shown for existing topics, so a too small limit or a short retention is noticed.
 WATCHED_CONFIGS = ("max.message.bytes", "retention.ms")
 
