@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,6 +94,30 @@ def test_capture_by_time_splits_at_the_given_moment(
     assert sorted(e["id"] for e in lines(late)) == [f"late{i}" for i in range(7)]
     recent = tmp_path / "recent.jsonl"
     assert "captured 12 records" in capture(worker_env, recent, "--since", "10m")
+
+
+def test_capture_ends_at_the_end_it_saw_while_records_keep_coming(
+    stack: Stack, topics: Topics, tmp_path: Path, worker_env: dict[str, str]
+) -> None:
+    produce(stack.brokers, topics.inbound, webhooks("before", 20))
+    stop = threading.Event()
+
+    def keep_producing() -> None:
+        n = 0
+        while not stop.is_set():
+            produce(stack.brokers, topics.inbound, webhooks(f"during{n}-", 5))
+            n += 1
+
+    producer = threading.Thread(target=keep_producing, daemon=True)
+    producer.start()
+    try:
+        summary = capture(worker_env, tmp_path / "moving.jsonl")  # returns: it does not follow
+    finally:
+        stop.set()
+        producer.join(30)
+    captured = int(summary.split()[1])
+    assert captured >= 20
+    assert captured < len(read_topic(stack.brokers, topics.inbound))
 
 
 def test_capture_of_a_missing_topic_fails_with_one_line(

@@ -173,6 +173,8 @@ def dlq_redrive(
             f"{states[MarkerState.PROCESSED]} already processed (will be duplicates), "
             f"{states[MarkerState.IN_FLIGHT]} in flight, {states[MarkerState.ABSENT]} absent"
         )
+        if states[MarkerState.IN_FLIGHT]:
+            report += " (a worker holds those right now: re-drive them again in a minute)"
         skipped = len(chosen) - len(records)
         if skipped:
             report += f"; {skipped} older dead letters of the same events skipped"

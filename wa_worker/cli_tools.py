@@ -42,12 +42,17 @@ def capture(
             from_offsets=parse_offset_specs(from_offset) or None,
             to_offsets=parse_offset_specs(to_offset) or None,
         )
+        # Written aside and renamed at the end: a failed capture leaves no half file behind.
         partial = output.with_name(output.name + ".partial")
-        with progress(f"capturing {name}") as bar, partial.open("w") as out:
-            summary = capturing.capture(
-                settings, name, request, out, on_planned=bar.set_total, on_record=bar.advance
-            )
-        partial.replace(output)  # a failed capture leaves no half file under the real name
+        try:
+            with progress(f"capturing {name}") as bar, partial.open("w") as out:
+                summary = capturing.capture(
+                    settings, name, request, out, on_planned=bar.set_total, on_record=bar.advance
+                )
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.replace(output)
     ranges = ", ".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(summary.offsets.items())) or "-"
     typer.echo(
         f"captured {summary.records} records from {name} into {output}: "
