@@ -102,8 +102,10 @@ def dlq_show(
     show_body: bool = typer.Option(False, "--show-body", help="the envelope unredacted"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object"),
 ) -> None:
-    """One dead letter with all its context headers and its envelope (redacted by default:
-    keys and structure stay, message texts, names and phone numbers are masked)."""
+    """One dead letter with all its context headers and its envelope.
+
+    The envelope is redacted unless --show-body: keys and structure stay, message texts, names
+    and phone numbers are masked."""
     settings = load_settings_or_exit()
     with failures_reported():
         record, others = _find(settings, ref)
@@ -154,10 +156,11 @@ def dlq_redrive(
     ref: list[str] = typer.Option([], "--ref", help="only this PARTITION:OFFSET (repeatable)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="show what would be re-driven"),
 ) -> None:
-    """Publish the chosen dead letters' envelopes to the inbound topic again (headers
-    wa-redrive-of, wa-redrive-at). Markers of events whose last outcome was the DLQ are reset so
-    the worker processes them again; events processed since stay done (the worker drops the
-    re-drive as a duplicate), as do the other events of the same webhook."""
+    """Publish the chosen dead letters' envelopes to the inbound topic again.
+
+    Headers wa-redrive-of and wa-redrive-at mark them. Markers of events whose last outcome was
+    the DLQ are reset so the worker processes them again; events processed since stay done (the
+    worker drops the re-drive as a duplicate), as do the other events of the same webhook."""
     settings = load_settings_or_exit()
     with failures_reported():
         chosen = _selected(

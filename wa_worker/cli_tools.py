@@ -29,9 +29,10 @@ def capture(
     ),
     partition: list[int] = typer.Option([], help="only this partition (repeatable)"),
 ) -> None:
-    """Save envelopes from a topic as JSON lines, for `wa-worker replay` elsewhere. Reads up to
-    the end the topic had when the capture started. Records that are not envelopes are saved
-    as received (JSON as is, other bytes as a JSON string) and counted."""
+    """Save envelopes from a topic as JSON lines, for `wa-worker replay` elsewhere.
+
+    Reads up to the end the topic had when the capture started. Records that are not envelopes
+    are saved as received (JSON as is, other bytes as a JSON string) and counted."""
     settings = load_settings_or_exit()
     name = topic or settings.kafka_inbound_topic
     with failures_reported():
@@ -70,8 +71,9 @@ def topics_create(
     ),
     dlq_retention_days: float = typer.Option(DLQ_RETENTION_DAYS, min=0.01, help="DLQ retention"),
 ) -> None:
-    """Create the inbound, processed and DLQ topics named in the settings (idempotent: existing
-    topics are reported, and grown when --partitions is larger)."""
+    """Create the inbound, processed and DLQ topics named in the settings.
+
+    Idempotent: existing topics are reported, and grown when --partitions is larger."""
     settings = load_settings_or_exit()
     specs = worker_topics(
         settings, partitions, replication_factor, retention_days, dlq_retention_days
