@@ -16,6 +16,7 @@ from wa_worker.dedupe import (
     DedupeAdmin,
     DedupeKeys,
     DoneMark,
+    MarkerState,
 )
 from wa_worker.models.completions import ClaimStatus
 
@@ -114,14 +115,29 @@ def test_unreachable_redis_raises_for_the_batch() -> None:
     raise AssertionError("expected a RedisError")
 
 
-def test_forget_lets_an_event_be_processed_again(
+def test_redrive_reset_clears_only_dead_lettered_markers(
     stack: Stack, redis_prefix: str, redis_client: redis.Redis
 ) -> None:
-    _claims(stack, redis_prefix, [ClaimRequest("wamid.f", "t", 5000)], dones=[("wamid.f", "dlq")])
-    assert DedupeAdmin(redis_client, DedupeKeys(redis_prefix, DAY_MS)).forget(["wamid.f"]) == 1
-    assert _claims(stack, redis_prefix, [ClaimRequest("wamid.f", "t2", 5000)]) == [
-        (ClaimStatus.CLAIMED, 0, 0)
-    ]
+    _claims(
+        stack,
+        redis_prefix,
+        [ClaimRequest(k, "t", 5000) for k in ("wamid.d", "wamid.p", "wamid.c")],
+        dones=[("wamid.d", "dlq"), ("wamid.p", "processed")],
+    )
+    admin = DedupeAdmin(redis_client, DedupeKeys(redis_prefix, DAY_MS))
+    keys = ["wamid.d", "wamid.p", "wamid.c", "wamid.new"]
+    expected = {
+        "wamid.d": MarkerState.DEAD_LETTERED,
+        "wamid.p": MarkerState.PROCESSED,
+        "wamid.c": MarkerState.IN_FLIGHT,
+        "wamid.new": MarkerState.ABSENT,
+    }
+    assert admin.reset_dead_lettered(keys, dry_run=True) == expected
+    assert admin.reset_dead_lettered(keys) == expected
+    # Only the dead-lettered event may be claimed again, with a fresh attempt budget.
+    replies = _claims(stack, redis_prefix, [ClaimRequest(k, "t2", 5000) for k in keys[:3]])
+    assert [r[0] for r in replies] == [ClaimStatus.CLAIMED, ClaimStatus.DONE, ClaimStatus.BUSY]
+    assert admin.reset_dead_lettered(["wamid.d"])["wamid.d"] is MarkerState.IN_FLIGHT
 
 
 def test_batches_larger_than_one_script_call_keep_their_order(

@@ -1,21 +1,26 @@
-"""`wa-worker dlq inspect | redrive` and `wa-worker replay`, on the real stack."""
+"""`wa-worker dlq list | show | redrive` and `wa-worker replay`, on the real stack."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from tests.conftest import Stack, Topics
 from tests.support.handler_server import HandlerServer, Reply
 from tests.support.kafka import produce, read_topic
 from tests.support.webhooks import conversation_webhook, messages_value, payload, text_message
 from tests.support.worker import ROOT, WorkerProcess
+from wa_worker.devstack import free_port
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -31,7 +36,27 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def test_inspect_then_redrive_a_rejected_event(
+def rows(env: dict[str, str], *args: str) -> list[dict[str, Any]]:
+    listing = cli(env, "dlq", "list", "--json", *args)
+    return [json.loads(line) for line in listing.stdout.splitlines()]
+
+
+def duplicates(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    found = re.search(r"^wa_events_duplicates_total (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float = 60) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_list_show_and_redrive_an_event_once(
     stack: Stack,
     topics: Topics,
     start_worker: Callable[..., WorkerProcess],
@@ -47,27 +72,92 @@ def test_inspect_then_redrive_a_rejected_event(
     produce(
         stack.brokers,
         topics.inbound,
-        [(b"w1", conversation_webhook("w1", "31612", ["wamid.good", "wamid.bad"]))],
+        [
+            (b"w1", conversation_webhook("w1", "31612345678", ["wamid.good", "wamid.bad"])),
+            (b"junk", b"{not json"),
+        ],
     )
+    port = free_port()
     with HandlerServer(plan) as handler:
-        start_worker(HANDLER_URL=handler.url)
-        read_topic(stack.brokers, topics.dlq, until=lambda rs: len(rs) >= 1, timeout_s=60)
+        start_worker(HANDLER_URL=handler.url, HEALTH_PORT=str(port))
+        read_topic(stack.brokers, topics.dlq, until=lambda rs: len(rs) >= 2, timeout_s=60)
 
-        listing = cli(worker_env, "dlq", "inspect", "--json")
-        (row,) = [json.loads(line) for line in listing.stdout.splitlines()]
-        assert row["event-key"] == "wamid.bad" and row["error-class"] == "handler_permanent"
-        assert "unknown customer" in row["error-reason"]
-        assert "1 dead letters" in listing.stderr
+        # list: filters by class, reason and time; the table carries the reason.
+        every = rows(worker_env)
+        assert Counter(r["error-class"] for r in every) == {
+            "handler_permanent": 1,
+            "invalid_json": 1,
+        }
+        (bad,) = rows(worker_env, "--class", "handler_permanent")
+        assert bad["event-key"] == "wamid.bad" and "unknown customer" in bad["error-reason"]
+        assert rows(worker_env, "--reason", "UNKNOWN CUSTOMER") == [bad]
+        assert len(rows(worker_env, "--since", "1h")) == 2
+        assert rows(worker_env, "--until", "1h") == []
+        table = cli(worker_env, "dlq", "list", "--reason", "customer")
+        assert "unknown customer" in table.stdout and "wamid.bad" in table.stdout
+        assert "1 dead letters" in table.stderr
+        assert "handler_permanent" in cli(worker_env, "dlq", "inspect").stdout  # old name
 
-        assert "would re-drive 1" in cli(worker_env, "dlq", "redrive", "--dry-run").stdout
+        # show: every context header; the body redacted unless asked for.
+        ref = f"{bad['partition']}:{bad['offset']}"
+        shown = cli(worker_env, "dlq", "show", ref).stdout
+        assert "unknown customer" in shown and "source-offset" in shown
+        assert "msg wamid.bad" not in shown and "31612345678" not in shown
+        assert "***5678" in shown
+        full = json.loads(
+            cli(worker_env, "dlq", "show", "wamid.bad", "--json", "--show-body").stdout
+        )
+        assert full["offset"] == bad["offset"]
+        assert "msg wamid.bad" in json.dumps(full["envelope"])
+
+        # redrive --dry-run publishes nothing and resets nothing.
+        dry = cli(worker_env, "dlq", "redrive", "--class", "handler_permanent", "--dry-run")
+        assert "would re-drive 1 records" in dry.stdout and "1 to reset" in dry.stdout
+        assert len(read_topic(stack.brokers, topics.inbound)) == 2
+
         accept["bad"] = True
-        cli(worker_env, "dlq", "redrive", "--class", "handler_permanent")
+        first = cli(worker_env, "dlq", "redrive", "--class", "handler_permanent")
+        assert "re-drove 1 records" in first.stdout and "1 reset" in first.stdout
         processed = read_topic(
             stack.brokers, topics.processed, until=lambda rs: len(rs) >= 2, timeout_s=60
         )
-    keys = Counter(r.header("wa-event-key") for r in processed)
-    assert keys == {"wamid.good": 1, "wamid.bad": 1}  # the good one was not processed again
+        assert Counter(r.header("wa-event-key") for r in processed) == {
+            "wamid.good": 1,
+            "wamid.bad": 1,
+        }
+        # wamid.good rode along in the re-driven webhook and was dropped as a duplicate.
+        assert wait_until(lambda: duplicates(port) >= 1)
+
+        # The same dead letter again: the event is done now, so the worker drops it.
+        second = cli(worker_env, "dlq", "redrive", "--ref", ref)
+        assert "1 already processed" in second.stdout and "0 reset" in second.stdout
+        assert wait_until(lambda: duplicates(port) >= 3)  # good and bad, once more each
+        processed = read_topic(stack.brokers, topics.processed)
+
+    assert Counter(r.header("wa-event-key") for r in processed) == {
+        "wamid.good": 1,
+        "wamid.bad": 1,
+    }
     assert [c.event_key for c in handler.calls].count("wamid.good") == 1
+    assert [c.status for c in handler.calls_for("wamid.bad")] == [422, 200]
+    redriven = [r for r in read_topic(stack.brokers, topics.inbound) if r.header("wa-redrive-of")]
+    assert [r.header("wa-redrive-of") for r in redriven] == [
+        f"{topics.dlq}/{ref.replace(':', '/')}"
+    ] * 2
+    assert all(r.key == b"w1" and r.header("wa-redrive-at") for r in redriven)
+
+
+def test_show_reports_a_missing_record_clearly(worker_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "wa_worker.cli", "dlq", "show", "0:99"],
+        cwd=ROOT,
+        env={**os.environ, **worker_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "no dead letter 0:99" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_replay_captured_webhooks(

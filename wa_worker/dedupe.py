@@ -5,7 +5,7 @@ One hash per event key (`<prefix>evt:<event key>`), living for the dedupe window
     token       the claimant's random token (a resumed run keeps it: its claim stays its own)
     attempts    handler calls made so far (survives a lost recovery directory)
     lease_until epoch ms; after it a claim left by a crashed run may be taken over
-    outcome     "processed" or "dlq", once done
+    outcome     "processed" or "dlq", once done (a DLQ re-drive resets only "dlq" markers)
 
 The lease lives in a field rather than the key's TTL so the attempt count outlives it.
 Every call takes a batch and makes one pipelined round trip, one script call per kind.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import redis
@@ -179,15 +180,49 @@ def _claim_reply(reply: Sequence[Any]) -> ClaimReply:
     return ClaimReply(ClaimStatus(status), int(reply[1]), int(reply[2]))
 
 
+class MarkerState(StrEnum):
+    """What an event's marker says, as seen by a DLQ re-drive."""
+
+    ABSENT = "absent"  # never seen, or the dedupe window passed: the worker will process it
+    DEAD_LETTERED = "dead_lettered"  # done with outcome dlq: reset, so it is processed again
+    PROCESSED = "processed"  # done with outcome processed: a re-drive is a duplicate
+    IN_FLIGHT = "in_flight"  # claimed by a worker right now: left alone
+
+
+# Deletes the marker only when the event's last outcome was the DLQ (ARGV[1] == "1"; "0" only
+# looks). Atomic per key, so a worker finishing the event meanwhile is never undone.
+RESET_DEAD_LETTERED_LUA = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'outcome')
+if not h[1] then return 'absent' end
+if h[1] ~= 'done' then return 'in_flight' end
+if h[2] ~= 'dlq' then return 'processed' end
+if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
+return 'dead_lettered'
+"""
+
+
 class DedupeAdmin:
     """Operator actions on the dedupe keys (the CLI's DLQ re-drive)."""
 
     def __init__(self, client: redis.Redis, keys: DedupeKeys) -> None:
         self._client = client
         self._keys = keys
+        self._reset = client.register_script(RESET_DEAD_LETTERED_LUA)
 
-    def forget(self, event_keys: Sequence[str]) -> int:
-        """Remove markers so the events can be processed again (DLQ re-drive)."""
+    def reset_dead_lettered(
+        self, event_keys: Sequence[str], dry_run: bool = False
+    ) -> dict[str, MarkerState]:
+        """Let dead-lettered events be processed again; events processed since (for instance
+        after an earlier re-drive) stay done. One pipelined round trip for the batch."""
         if not event_keys:
-            return 0
-        return int(self._client.delete(*(self._keys.key(k) for k in event_keys)))
+            return {}
+        with self._client.pipeline(transaction=False) as pipe:
+            for event_key in event_keys:
+                self._reset(
+                    keys=[self._keys.key(event_key)], args=["0" if dry_run else "1"], client=pipe
+                )
+            replies: list[Any] = pipe.execute()
+        return {
+            key: MarkerState(r.decode() if isinstance(r, bytes) else str(r))
+            for key, r in zip(event_keys, replies, strict=True)
+        }

@@ -329,30 +329,20 @@ def _kafka_ready(port: int) -> bool:
 
 def create_topics(brokers: str, names: list[str], partitions: int, timeout_s: float = 30) -> None:
     """Create missing topics sized for Meta's 3 MB payloads; wait until each has a leader."""
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+    from wa_worker.topics import TopicSpec, ensure_topics
 
-    admin = AdminClient({"bootstrap.servers": brokers})
-    existing = admin.list_topics(timeout=10).topics
-    new = [
-        NewTopic(n, partitions, 1, config={"max.message.bytes": str(MAX_MESSAGE_BYTES)})
-        for n in names
-        if n not in existing
-    ]
-    if new:
-        for future in admin.create_topics(new, operation_timeout=timeout_s).values():
-            future.result()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        topics = admin.list_topics(timeout=5).topics
-        if all(
-            n in topics
-            and topics[n].partitions
-            and all(p.leader >= 0 for p in topics[n].partitions.values())
-            for n in names
-        ):
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"topics {names} have no leader after {timeout_s}s")
+    config = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+    specs = [TopicSpec(n, partitions, 1, config) for n in names]
+    ensure_topics({"bootstrap.servers": brokers}, specs, timeout_s)
+
+
+def _create_worker_topics(brokers: str, partitions: int) -> None:
+    from wa_worker.settings import load_settings
+    from wa_worker.topics import DLQ_RETENTION_DAYS, RETENTION_DAYS, ensure_topics, worker_topics
+
+    settings = load_settings(kafka_brokers=brokers)
+    specs = worker_topics(settings, partitions, 1, RETENTION_DAYS, DLQ_RETENTION_DAYS)
+    ensure_topics(settings.admin_config(), specs)
 
 
 def _wait(
@@ -376,21 +366,23 @@ def _say(message: str) -> None:
     print(f"devstack: {message}", file=sys.stderr)
 
 
-DEFAULT_TOPICS = ["whatsapp.webhook.inbound", "whatsapp.webhook.processed", "whatsapp.webhook.dlq"]
-
-
 @app.command()
 def up(
     kafka_port: int = typer.Option(9092, help="0 picks a free port"),
     redis_port: int = typer.Option(6379, help="0 picks a free port"),
     partitions: int = typer.Option(3, help="partitions of each created topic"),
-    topic: list[str] = typer.Option(DEFAULT_TOPICS, help="topics to create (repeatable)"),
+    topic: list[str] = typer.Option(
+        [], help="topics to create (repeatable; default: the settings' three, as `topics create`)"
+    ),
 ) -> None:
     """Start what is not running; print KAFKA_BROKERS=… and REDIS_URL=… for `eval`."""
     started = time.monotonic()
     rport = start_redis(redis_port)
     kport = start_kafka(kafka_port)
-    create_topics(f"127.0.0.1:{kport}", topic, partitions)
+    if topic:
+        create_topics(f"127.0.0.1:{kport}", topic, partitions)
+    else:
+        _create_worker_topics(f"127.0.0.1:{kport}", partitions)
     _say(
         f"Kafka on 127.0.0.1:{kport}, Redis on 127.0.0.1:{rport} "
         f"(ready in {time.monotonic() - started:.1f}s; logs in {_state_dir()})"

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, Producer
 
+from wa_worker import topic_reader
 from wa_worker.settings import Settings
+from wa_worker.timespec import from_ms
+
+OutRecord = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 
 
 @dataclass(frozen=True)
@@ -22,80 +25,103 @@ class DeadLetterRecord:
     key: bytes | None
     value: bytes
     headers: dict[str, str]
+    timestamp_ms: int | None = None  # when it was dead-lettered (the record's Kafka time)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.partition}:{self.offset}"
 
     @property
     def event_key(self) -> str | None:
         return self.headers.get("wa-event-key")
 
     @property
+    def webhook_id(self) -> str | None:
+        return self.headers.get("wa-webhook-id")
+
+    @property
     def error_class(self) -> str:
         return self.headers.get("wa-error-class", "")
 
+    @property
+    def reason(self) -> str:
+        return self.headers.get("wa-error-reason", "")
+
+    @property
+    def at(self) -> datetime | None:
+        return from_ms(self.timestamp_ms)
+
     def summary(self) -> dict[str, Any]:
+        at = self.at
         return {
             "partition": self.partition,
             "offset": self.offset,
+            "dead-lettered-at": at.isoformat() if at else None,
             **{k.removeprefix("wa-"): v for k, v in self.headers.items()},
             "bytes": len(self.value),
         }
 
 
-def read_dead_letters(settings: Settings) -> Iterator[DeadLetterRecord]:
-    """Every record on the DLQ topic, oldest first per partition (reads, commits nothing)."""
-    consumer = Consumer(
-        {
-            **settings.consumer_config(),
-            "bootstrap.servers": settings.kafka_brokers,
-            "group.id": f"wa-worker-dlq-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters a command works on; every given criterion must hold."""
+
+    error_classes: frozenset[str] = field(default_factory=frozenset)
+    reason: str | None = None  # case-insensitive part of wa-error-reason
+    event_key: str | None = None
+    webhook_id: str | None = None
+    refs: frozenset[str] = field(default_factory=frozenset)  # "partition:offset"
+
+    def matches(self, record: DeadLetterRecord) -> bool:
+        return (
+            (not self.error_classes or record.error_class in self.error_classes)
+            and (self.reason is None or self.reason.lower() in record.reason.lower())
+            and (self.event_key is None or record.event_key == self.event_key)
+            and (self.webhook_id is None or record.webhook_id == self.webhook_id)
+            and (not self.refs or record.ref in self.refs)
+        )
+
+
+def read_dead_letters(
+    settings: Settings, request: topic_reader.ReadRequest | None = None
+) -> Iterator[DeadLetterRecord]:
+    """The DLQ records in range (all by default), up to the end seen when reading started."""
     topic = settings.kafka_dlq_topic
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        remaining = set(partitions)
-        while remaining:
-            msg = consumer.poll(5.0)
-            if msg is None:
-                break
-            error = msg.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    remaining.discard(msg.partition() or 0)
-                    continue
-                raise RuntimeError(f"reading {topic}: {error}")
-            raw_headers = msg.headers() or []
-            pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
-            headers = {
-                k: v.decode(errors="replace") if isinstance(v, bytes) else str(v or "")
-                for k, v in pairs
-            }
-            yield DeadLetterRecord(
-                msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value() or b"", headers
-            )
-    finally:
-        consumer.close()
+    with topic_reader.consumer(settings) as client:
+        ranges = topic_reader.plan(client, topic, request or topic_reader.ReadRequest())
+        for record in topic_reader.read(client, topic, ranges):
+            yield from_topic_record(record)
+
+
+def from_topic_record(record: topic_reader.TopicRecord) -> DeadLetterRecord:
+    headers = {k: v.decode(errors="replace") for k, v in record.headers}
+    return DeadLetterRecord(
+        record.partition, record.offset, record.key, record.value, headers, record.timestamp_ms
+    )
 
 
 def select(
-    records: Iterable[DeadLetterRecord],
-    error_class: str | None = None,
-    event_key: str | None = None,
-    webhook_id: str | None = None,
+    records: Iterable[DeadLetterRecord], where: DeadLetterFilter | None = None
 ) -> list[DeadLetterRecord]:
-    return [
-        r
-        for r in records
-        if (error_class is None or r.error_class == error_class)
-        and (event_key is None or r.event_key == event_key)
-        and (webhook_id is None or r.headers.get("wa-webhook-id") == webhook_id)
-    ]
+    """Matching records, oldest first (by dead-letter time, then partition and offset)."""
+    chosen = [r for r in records if where is None or where.matches(r)]
+    return sorted(chosen, key=lambda r: (r.timestamp_ms or 0, r.partition, r.offset))
+
+
+def latest_per_event(records: list[DeadLetterRecord]) -> list[DeadLetterRecord]:
+    """One record per event key (its newest dead letter); records without one are all kept.
+    An event dead-lettered twice needs one re-drive, not two."""
+    latest: dict[str, DeadLetterRecord] = {}
+    for record in records:
+        if record.event_key:
+            latest[record.event_key] = record
+    return [r for r in records if not r.event_key or latest[r.event_key] is r]
 
 
 def publish(
-    settings: Settings, records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+    settings: Settings,
+    records: Iterable[OutRecord],
+    on_sent: Callable[[], None] | None = None,
 ) -> int:
     """Write envelopes to the inbound topic; raise unless Kafka acknowledged every one."""
     producer = Producer(settings.producer_config())
@@ -105,11 +131,22 @@ def publish(
     def on_delivery(err: KafkaError | None, _msg: object) -> None:
         if err is not None:
             failures.append(str(err))
+        elif on_sent is not None:
+            on_sent()
 
     for key, value, headers in records:
-        producer.produce(
-            settings.kafka_inbound_topic, value, key, headers=list(headers), on_delivery=on_delivery
-        )
+        while True:
+            try:
+                producer.produce(
+                    settings.kafka_inbound_topic,
+                    value,
+                    key,
+                    headers=list(headers),
+                    on_delivery=on_delivery,
+                )
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                producer.poll(0.05)
         count += 1
         producer.poll(0)
     remaining = producer.flush(settings.kafka_flush_timeout_s)
@@ -121,13 +158,20 @@ def publish(
 
 
 def redrive_records(
-    records: list[DeadLetterRecord],
-) -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
-    """The DLQ records as inbound records again, marked with where they came from."""
-    return [
-        (r.key, r.value, [("wa-redriven-from", f"{r.partition}:{r.offset}".encode())])
-        for r in records
-    ]
+    records: list[DeadLetterRecord], dlq_topic: str, at: datetime | None = None
+) -> list[OutRecord]:
+    """The DLQ records as inbound records again (keyed by webhook id, as the edge does), marked
+    with the dead letter they come from and when they were re-driven."""
+    when = (at or datetime.now(UTC)).isoformat(timespec="milliseconds").encode()
+    out: list[OutRecord] = []
+    for r in records:
+        key = r.webhook_id.encode() if r.webhook_id else r.key
+        headers = [
+            ("wa-redrive-of", f"{dlq_topic}/{r.partition}/{r.offset}".encode()),
+            ("wa-redrive-at", when),
+        ]
+        out.append((key, r.value, headers))
+    return out
 
 
 def captured_envelopes(path: Path) -> Iterator[tuple[bytes, bytes]]:

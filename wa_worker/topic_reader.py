@@ -1,0 +1,197 @@
+"""Read a bounded part of a topic without joining a group: per partition the offsets
+[start, end), where end is at most the high watermark seen when the read was planned, so a read
+never waits for records that are still arriving."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Message, TopicPartition
+
+from wa_worker.errors import ConfigError
+from wa_worker.settings import Settings
+from wa_worker.timespec import to_ms
+
+# Offsets per partition; the key None applies to every partition without its own entry.
+OffsetSpec = Mapping[int | None, int]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRecord:
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value.decode(errors="replace")
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRange:
+    start: int
+    end: int  # exclusive
+
+    @property
+    def size(self) -> int:
+        return max(self.end - self.start, 0)
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    partitions: frozenset[int] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    from_offsets: OffsetSpec | None = None
+    to_offsets: OffsetSpec | None = None  # exclusive
+
+
+def parse_offset_specs(values: list[str]) -> dict[int | None, int]:
+    """`N` (every partition) or `P:N` (partition P), as given to --from-offset/--to-offset."""
+    specs: dict[int | None, int] = {}
+    for value in values:
+        partition, sep, offset = value.rpartition(":")
+        try:
+            number = int(offset)
+            specs[int(partition) if sep else None] = number
+        except ValueError:
+            raise ValueError(f"{value!r} is not an offset: use N or PARTITION:N") from None
+        if number < 0:
+            raise ValueError(f"{value!r}: offsets are not negative")
+    return specs
+
+
+def clamp(
+    low: int, high: int, starts: tuple[int | None, ...], ends: tuple[int | None, ...]
+) -> OffsetRange:
+    """The narrowest range inside the watermarks [low, high) that every bound allows."""
+    start = max([low, *(s for s in starts if s is not None)])
+    end = min([high, *(e for e in ends if e is not None)])
+    return OffsetRange(start, max(start, end))
+
+
+def _spec(spec: OffsetSpec | None, partition: int) -> int | None:
+    if spec is None:
+        return None
+    return spec.get(partition, spec.get(None))
+
+
+@contextmanager
+def consumer(settings: Settings) -> Iterator[Consumer]:
+    """A consumer that commits nothing and reports the end of each partition."""
+    client = Consumer(
+        {
+            **settings.consumer_config(),
+            "bootstrap.servers": settings.kafka_brokers,
+            "group.id": f"wa-worker-tool-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def plan(
+    client: Consumer, topic: str, request: ReadRequest, timeout_s: float = 10
+) -> dict[int, OffsetRange]:
+    """The range to read of each partition (time bounds via offsets_for_times)."""
+    meta = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        raise ConfigError(f"topic {topic!r} does not exist on the cluster")
+    partitions = sorted(meta.partitions)
+    if request.partitions is not None:
+        unknown = request.partitions - set(partitions)
+        if unknown:
+            raise ValueError(f"{topic} has partitions {partitions}, not {sorted(unknown)}")
+        partitions = sorted(request.partitions)
+    since = _times(client, topic, partitions, request.since, timeout_s)
+    until = _times(client, topic, partitions, request.until, timeout_s)
+    ranges: dict[int, OffsetRange] = {}
+    for p in partitions:
+        low, high = client.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+        ranges[p] = clamp(
+            low,
+            high,
+            (_spec(request.from_offsets, p), since.get(p)),
+            (_spec(request.to_offsets, p), until.get(p)),
+        )
+    return ranges
+
+
+def _times(
+    client: Consumer, topic: str, partitions: list[int], when: datetime | None, timeout_s: float
+) -> dict[int, int | None]:
+    """First offset at or after `when` per partition; None (no bound) when there is none yet."""
+    if when is None:
+        return {}
+    found = client.offsets_for_times(
+        [TopicPartition(topic, p, to_ms(when)) for p in partitions], timeout=timeout_s
+    )
+    # -1: no record that late, so the bound is the end of the partition (the watermark).
+    return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in found}
+
+
+def read(
+    client: Consumer, topic: str, ranges: Mapping[int, OffsetRange], idle_timeout_s: float = 15
+) -> Iterator[TopicRecord]:
+    """Records of each range in offset order per partition. Stops at each range's end, at the
+    end of a partition, or after `idle_timeout_s` without a record (a lost broker)."""
+    open_ranges = {p: r for p, r in ranges.items() if r.size}
+    if not open_ranges:
+        return
+    client.assign([TopicPartition(topic, p, r.start) for p, r in open_ranges.items()])
+    last_seen = time.monotonic()
+    while open_ranges:
+        msg = client.poll(0.5)
+        if msg is None:
+            if time.monotonic() - last_seen > idle_timeout_s:
+                raise TimeoutError(
+                    f"no record from {topic} for {idle_timeout_s:.0f}s; "
+                    f"partitions {sorted(open_ranges)} not read to their end"
+                )
+            continue
+        last_seen = time.monotonic()
+        partition, offset = msg.partition() or 0, msg.offset() or 0
+        error = msg.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                open_ranges.pop(partition, None)
+                continue
+            raise RuntimeError(f"reading {topic}: {error}")
+        wanted = open_ranges.get(partition)
+        if wanted is None or offset >= wanted.end:
+            open_ranges.pop(partition, None)
+            continue
+        if offset + 1 >= wanted.end:
+            open_ranges.pop(partition)
+        yield _record(msg, partition, offset)
+
+
+def _record(msg: Message, partition: int, offset: int) -> TopicRecord:
+    kind, ms = msg.timestamp()
+    raw = msg.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    headers = tuple(
+        (str(k), v if isinstance(v, bytes) else str(v or "").encode()) for k, v in pairs
+    )
+    return TopicRecord(
+        partition,
+        offset,
+        None if kind == TIMESTAMP_NOT_AVAILABLE else ms,
+        msg.key(),
+        msg.value() or b"",
+        headers,
+    )
