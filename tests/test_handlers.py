@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
 
 from operators.parse import parse_record
+from tests.support.handler_server import HandlerServer, Reply
 from tests.support.webhooks import conversation_webhook
 from wa_worker.errors import PermanentError, TransientError
 from wa_worker.handlers import HttpHandler, classify_response, header_safe, parse_retry_after
@@ -51,21 +53,35 @@ def test_header_safe_keeps_wamids_and_encodes_the_rest() -> None:
     assert header_safe("wamid.é\n").isascii()
 
 
-def test_http_handler_sends_the_event_with_its_idempotency_key() -> None:
-    seen: list[httpx.Request] = []
+def test_http_handler_sends_the_event_and_classifies_replies() -> None:
+    def plan(event: dict[str, Any], attempt: int) -> Reply:
+        statuses = {"wamid.ok": 200, "wamid.busy": 503, "wamid.bad": 422, "wamid.slow": 200}
+        delay = 2.0 if event["event_key"] == "wamid.slow" else 0.0
+        return Reply(statuses[event["event_key"]], {"seen": event["event_key"]}, delay_s=delay)
 
-    def peer(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json={"ok": True})
+    events = parse_record(
+        conversation_webhook("w1", "3161", ["wamid.ok", "wamid.busy", "wamid.bad", "wamid.slow"]),
+        None,
+    )
 
-    (event,) = parse_record(conversation_webhook("w1", "3161", ["wamid.x"]), None)
-    handler = HttpHandler("http://handler/events", timeout_s=1, concurrency=16)
-    for client in handler._clients:
-        client._transport = httpx.MockTransport(peer)
-    assert asyncio.run(handler(event)) == {"ok": True}  # type: ignore[arg-type]
-    assert seen[0].headers["Idempotency-Key"] == "wamid.x"
-    assert b'"event_key":"wamid.x"' in seen[0].content.replace(b" ", b"")
-    assert len(handler._clients) == 2  # 16 connections over clients of 8
+    async def call_all(url: str) -> list[object]:
+        handler = HttpHandler(url, timeout_s=0.5, concurrency=4)
+        try:
+            return await asyncio.gather(
+                *(handler(e) for e in events),  # type: ignore[arg-type]
+                return_exceptions=True,
+            )
+        finally:
+            await handler.aclose()
+
+    with HandlerServer(plan) as server:
+        ok, busy, bad, slow = asyncio.run(call_all(server.url))
+        calls = {c.event_key: c for c in server.calls}
+    assert ok == {"seen": "wamid.ok"}
+    assert isinstance(busy, TransientError) and busy.status_code == 503
+    assert isinstance(bad, PermanentError) and bad.status_code == 422
+    assert isinstance(slow, TransientError) and "timed out" in str(slow)
+    assert calls["wamid.ok"].idempotency_key == "wamid.ok"
 
 
 def test_json_bytes_fall_back_for_what_orjson_refuses() -> None:

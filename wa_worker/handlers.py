@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-import itertools
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from wa_worker import jsonbytes
 from wa_worker.errors import ConfigError, PermanentError, TransientError
@@ -74,22 +74,21 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 
 class HttpHandler:
-    # httpcore's pool slows down sharply with many connections in one client (measured: 64
-    # connections gave 129 calls/s against a 50 ms peer; 8 clients of 8 gave 1,072/s), so the
-    # connections are spread over small clients, used in turn.
-    CONNECTIONS_PER_CLIENT = 8
+    # httpx's API over aiohttp's connection pool (httpx-aiohttp). Measured here against a local
+    # peer: httpx's own pool cost ~870 µs of CPU per call (and slowed sharply with many
+    # connections in one client), the aiohttp transport ~225 µs, which is what lets one process
+    # keep a thousand 50 ms calls a second in flight.
 
     def __init__(self, url: str, timeout_s: float, concurrency: int) -> None:
         self._url = url
-        shards = -(-concurrency // self.CONNECTIONS_PER_CLIENT)
-        per_client = -(-concurrency // shards)
-        limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
-        self._clients = [httpx.AsyncClient(timeout=timeout_s, limits=limits) for _ in range(shards)]
-        self._next = itertools.cycle(self._clients)
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self._client = httpx.AsyncClient(
+            timeout=timeout_s, transport=AiohttpTransport(limits=limits)
+        )
 
     async def __call__(self, event: WebhookEvent) -> Any:
         try:
-            response = await next(self._next).post(
+            response = await self._client.post(
                 self._url,
                 content=jsonbytes.dumps(event.for_handler()),
                 headers={
@@ -105,8 +104,7 @@ class HttpHandler:
         return classify_response(response)
 
     async def aclose(self) -> None:
-        for client in self._clients:
-            await client.aclose()
+        await self._client.aclose()
 
 
 class CallableHandler:
