@@ -1,4 +1,4 @@
-"""`wa-worker dlq inspect | redrive` and `wa-worker replay`, on the real stack."""
+"""`wa-worker dlq inspect | redrive` and `wa-worker publish`, on the real stack."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_inspect_then_redrive_a_rejected_event(
     assert [c.event_key for c in handler.calls].count("wamid.good") == 1
 
 
-def test_replay_captured_webhooks(
+def test_publish_captured_webhooks(
     stack: Stack,
     topics: Topics,
     tmp_path: Path,
@@ -81,7 +81,7 @@ def test_replay_captured_webhooks(
     bare = payload(messages_value(messages=[text_message("wamid.r1", "3161")], wa_id="3161"))
     enveloped = json.loads(conversation_webhook("w-r2", "3162", ["wamid.r2"]))
     capture.write_text(json.dumps(bare) + "\n\n" + json.dumps(enveloped) + "\n")
-    assert "replayed 2 webhooks" in cli(worker_env, "replay", str(capture)).stdout
+    assert "published 2 webhooks" in cli(worker_env, "publish", str(capture)).stdout
     start_worker()
     processed = read_topic(
         stack.brokers, topics.processed, until=lambda rs: len(rs) >= 2, timeout_s=60
