@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -66,6 +67,8 @@ class OutcomeTally:
     dead_lettered: Counter[str] = field(default_factory=Counter)
     dead_lettered_events: int = 0  # dead letters of single events (not whole bad records)
 
+    on_count: Callable[[int], None] = lambda records: None  # e.g. a progress bar
+
     def count(self, record: KafkaRecord) -> None:
         attempts = next((int(v) for k, v in record.headers if k == "wa-attempts"), 0)
         self.retried_events += attempts > 1
@@ -96,6 +99,7 @@ class _FilePartition(StatelessSinkPartition[KafkaRecord]):
                     os.fsync(out.fileno())
         for record in items:
             self._tally.count(record)
+        self._tally.on_count(len(items))
         self._marks.mark_done([r.done for r in items if r.done is not None])
 
     def close(self) -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import bytewax.operators as op
@@ -117,11 +119,12 @@ def replay_file(
         settings.breaker_enabled,
     )
     counts, tally, tracker = LineCounts(), OutcomeTally(), FinishTracker()
-    task = progress.add_task("replay", total=count_lines(path)) if progress else None
-
-    def advance(lines: int) -> None:
-        if progress is not None and task is not None:
-            progress.advance(task, lines)
+    advance: Callable[[int], None] = _ignore
+    if progress is not None:
+        lines_task = progress.add_task("lines   ", total=count_lines(path))
+        records_task = progress.add_task("outcomes", total=None)
+        advance = partial(progress.advance, lines_task)
+        tally.on_count = partial(progress.advance, records_task)
 
     before = _counters()
     started = time.monotonic()
@@ -164,6 +167,10 @@ def replay_file(
         handler_calls=after.handler_calls - before.handler_calls,
         elapsed_s=round(time.monotonic() - started, 3),
     )
+
+
+def _ignore(_count: int) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -253,7 +260,6 @@ def replay_command(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("lines"),
             TimeElapsedColumn(),
             console=err,
             disable=not show_progress,

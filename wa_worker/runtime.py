@@ -95,6 +95,7 @@ class IoRuntime:
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout_s)
         self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout_s)  # stopped when this returns: a second close is a no-op
 
     async def _shutdown(self) -> None:
         self._drain_inbox()
