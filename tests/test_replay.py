@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from operators.file_source import line_record
 from sinks.file_sink import FileRecord
 from tests.conftest import Stack
 from tests.support.handler_server import HandlerServer, Reply
@@ -229,3 +230,17 @@ def test_replay_is_reachable_as_a_module_and_prints_a_summary_table(
     assert "dedupe in in-process memory; --in-memory" in result.stderr
     for row in ("lines read", "events", "processed", "duplicates", "dead-lettered", "elapsed"):
         assert row in result.stdout
+
+
+def test_line_records_wrap_bare_bodies_byte_for_byte(tmp_path: Path) -> None:
+    source = tmp_path / "day.jsonl"
+    bare = b'{"object": "whatsapp_business_account", "entry": [], "n": 12345678901234567890.10}'
+    value, kind = line_record(bare, 7, source)
+    assert kind == "bare"
+    wrapped = json.loads(value)
+    assert wrapped["id"] == "replay-day-7" and wrapped["headers"] == {}
+    assert value.endswith(b'"body": ' + bare + b"}")  # the body's bytes are untouched
+    enveloped = b'{"id": "w1", "body": {"object": "x"}}'
+    assert line_record(enveloped, 1, source) == (enveloped, "envelope")
+    assert line_record(b'{"id": "w1"}', 1, source) == (b'{"id": "w1"}', "envelope")
+    assert line_record(b"{oops", 1, source) == (b"{oops", "not_json")

@@ -24,6 +24,7 @@ import bytewax.operators as op
 import redis
 import typer
 from bytewax.dataflow import Dataflow
+from bytewax.errors import BytewaxRuntimeError
 from bytewax.testing import run_main
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
@@ -265,8 +266,11 @@ def replay_command(
             disable=not show_progress,
         ) as progress:
             summary = replay_file(path, out, settings, dedupe, progress if show_progress else None)
-    except KeyboardInterrupt:
-        err.print("replay: interrupted; outputs hold what was finished")
+    except (KeyboardInterrupt, BytewaxRuntimeError) as exc:
+        # Bytewax reports Ctrl-C as a runtime error "signal received".
+        if isinstance(exc, BytewaxRuntimeError) and "signal received" not in str(exc):
+            raise
+        err.print("replay: interrupted; the output files hold the outcomes written so far")
         raise typer.Exit(130) from None
     if as_json:
         sys.stdout.write(summary.model_dump_json() + "\n")
