@@ -6,25 +6,22 @@ Kafka inbound ─→ parse & split ─┬─→ events ─→ key by conversatio
                                 └─→ dead letters (bad input) ──────────────┬─────┘ outcomes
                                                                            ↓
                                                     processed topic  |  DLQ topic (+ mark done)
+
+The steps between the inputs and the output live in operators/pipeline.py, shared with
+`wa-worker replay` (the same operators on a file, offline).
 """
 
 from __future__ import annotations
 
-from typing import cast
-
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaError
-from bytewax.dataflow import Dataflow, Stream
+from bytewax.dataflow import Dataflow
 
 from operators.completions import CompletionSource
-from operators.conversation import conversation_builder, route_key
-from operators.inbound import consumer_error, inbound_source, is_message
-from operators.parse import is_event, parse_batch
+from operators.inbound import inbound_source
+from operators.pipeline import outcome_records
 from sinks.kafka_sink import KafkaOutcomeSink
-from sinks.records import Topics, to_record
 from wa_worker.backlog import BACKLOG
 from wa_worker.breaker import BREAKER
-from wa_worker.models.records import DeadLetter
 from wa_worker.runtime import IoRuntime
 from wa_worker.settings import load_settings_or_exit
 from wa_worker.shutdown import DRAIN
@@ -39,11 +36,6 @@ def runtime() -> IoRuntime:
     return IoRuntime.instance(settings)
 
 
-secret = settings.wa_app_secret.get_secret_value().encode() if settings.wa_app_secret else None
-topics = Topics(
-    settings.kafka_processed_topic, settings.kafka_dlq_topic, settings.kafka_inbound_topic
-)
-
 flow = Dataflow("wa-worker")
 
 # Input stops during a drain, while the handler's circuit is open, and while the process
@@ -54,29 +46,17 @@ inbound = op.input(
     flow,
     inbound_source(settings, DRAIN, hold=lambda: BREAKER.is_open() or BACKLOG.full()),
 )
-readable = op.branch("readable", inbound, is_message)
-unreadable = op.flat_map(
-    "consumer-errors",
-    cast(Stream[KafkaError[bytes | None, bytes | None]], readable.falses),
-    consumer_error,
-)
-
-parsed = op.flat_map_batch("parse", readable.trues, parse_batch(secret))
-split = op.branch("valid", parsed, is_event)
-invalid = cast(Stream[DeadLetter], split.falses)  # parse yields events or dead letters
-
-by_conversation = op.key_on("by-conversation", split.trues, route_key(settings.handler_ordered))
 completions = op.input("completions", flow, CompletionSource(runtime, DRAIN))
-handled = op.stateful_batch(
-    "handle",
-    op.merge("events-and-results", by_conversation, completions),
-    conversation_builder(
-        settings, runtime, paused=lambda: DRAIN.draining, handler_gate=BREAKER, backlog=BACKLOG
-    ),
+# parse & split, key by conversation, claim · handle · retry, outcomes (operators/pipeline.py)
+records = outcome_records(
+    inbound,
+    completions,
+    settings,
+    runtime,
+    paused=lambda: DRAIN.draining,  # draining: conversations start no new work
+    handler_gate=BREAKER,
+    backlog=BACKLOG,
 )
-
-outcomes = op.merge("outcomes", op.key_rm("unkey", handled), invalid, unreadable)
-records = op.map("to-records", outcomes, lambda outcome: to_record(outcome, topics))
 op.output(
     "kafka-out",
     records,

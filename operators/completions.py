@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable
+from typing import Protocol
 
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 
 from wa_worker.models.completions import Completion
 from wa_worker.runtime import IoRuntime
-from wa_worker.shutdown import Drain
 
 _MAX_BATCH = 5000
 
 
+class EndSignal(Protocol):
+    """When the source may end: the worker's drain (`wa_worker.shutdown.Drain`), or a replay's
+    `operators.finish.FinishTracker` once every event has its outcome."""
+
+    @property
+    def draining(self) -> bool: ...
+
+    def expired(self) -> bool: ...
+
+
 class _CompletionPartition(StatelessSourcePartition[tuple[str, Completion]]):
-    def __init__(self, runtime: IoRuntime, drain: Drain) -> None:
+    def __init__(self, runtime: IoRuntime, drain: EndSignal) -> None:
         self._runtime = runtime
         self._completions = runtime.completions
         self._drain = drain
@@ -43,7 +53,7 @@ class CompletionSource(DynamicSource[tuple[str, Completion]]):
     """Each worker drains the process's shared queue; the keyed exchange that follows routes
     every result to the worker owning its conversation (the one that started the work)."""
 
-    def __init__(self, runtime: Callable[[], IoRuntime], drain: Drain) -> None:
+    def __init__(self, runtime: Callable[[], IoRuntime], drain: EndSignal) -> None:
         self._runtime = runtime  # started lazily, in the process that runs the partition
         self._drain = drain
 

@@ -1,4 +1,4 @@
-"""`wa-worker dlq list | show | redrive` and `wa-worker replay`, on the real stack."""
+"""`wa-worker dlq list | show | redrive` and `wa-worker publish`, on the real stack."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def test_show_reports_a_missing_record_clearly(worker_env: dict[str, str]) -> No
     assert "no dead letter 0:99" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_replay_captured_webhooks(
+def test_publish_captured_webhooks(
     stack: Stack,
     topics: Topics,
     tmp_path: Path,
@@ -171,7 +171,7 @@ def test_replay_captured_webhooks(
     bare = payload(messages_value(messages=[text_message("wamid.r1", "3161")], wa_id="3161"))
     enveloped = json.loads(conversation_webhook("w-r2", "3162", ["wamid.r2"]))
     capture.write_text(json.dumps(bare) + "\n\n" + json.dumps(enveloped) + "\n")
-    assert "replayed 2 webhooks" in cli(worker_env, "replay", str(capture)).stdout
+    assert "published 2 webhooks" in cli(worker_env, "publish", str(capture)).stdout
     start_worker()
     processed = read_topic(
         stack.brokers, topics.processed, until=lambda rs: len(rs) >= 2, timeout_s=60

@@ -12,6 +12,7 @@ import typer
 from wa_worker import dlq
 from wa_worker.cli_dlq import dlq_app
 from wa_worker.cli_tools import capture, topics_app
+from wa_worker.replay import replay_command
 from wa_worker.settings import load_settings_or_exit
 
 app = typer.Typer(
@@ -68,17 +69,20 @@ def run(ctx: typer.Context) -> None:
     os.execv(sys.executable, argv)
 
 
+app.command("replay")(replay_command)  # offline: the dataflow on a file (wa_worker/replay.py)
+
+
 @app.command()
-def replay(
+def publish(
     path: Path = typer.Argument(
         ..., exists=True, dir_okay=False, help="JSON lines: envelopes or bare Meta payloads"
     ),
 ) -> None:
-    """Publish captured webhooks to the inbound topic, for local replay."""
+    """Publish captured webhooks to the inbound topic, to feed a running worker."""
     settings = load_settings_or_exit()
     envelopes = list(dlq.captured_envelopes(path))
     count = dlq.publish(settings, ((key, value, []) for key, value in envelopes))
-    typer.echo(f"replayed {count} webhooks into {settings.kafka_inbound_topic}")
+    typer.echo(f"published {count} webhooks into {settings.kafka_inbound_topic}")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis
 import redis.asyncio as aioredis
 
 from wa_worker import metrics
 from wa_worker.models.completions import ClaimStatus
+from wa_worker.settings import Settings
 
 _NOW_MS = """
 local t = redis.call('TIME')
@@ -115,6 +116,33 @@ class DedupeKeys:
 
     def key(self, event_key: str) -> str:
         return f"{self.prefix}evt:{event_key}"
+
+
+class DedupeStore(Protocol):
+    """What the I/O runtime needs: Redis (`AsyncDedupeStore`) or, offline, in process memory
+    (`wa_worker.memory_dedupe.MemoryDedupeStore`)."""
+
+    async def run_batch(
+        self,
+        claims: Sequence[ClaimRequest],
+        records: Sequence[AttemptRecord] = (),
+        dones: Sequence[DoneMark] = (),
+    ) -> list[ClaimReply]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def dedupe_keys(settings: Settings) -> DedupeKeys:
+    return DedupeKeys(settings.redis_key_prefix, int(settings.dedupe_ttl_days * 86_400_000))
+
+
+def redis_store(settings: Settings) -> AsyncDedupeStore:
+    """The store on REDIS_URL (created inside the runtime's event loop)."""
+    timeout = settings.redis_timeout_ms / 1000
+    client = aioredis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    return AsyncDedupeStore(client, dedupe_keys(settings))
 
 
 class AsyncDedupeStore:

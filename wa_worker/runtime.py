@@ -21,11 +21,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar
 
-import redis.asyncio as aioredis
-
 from wa_worker import metrics
 from wa_worker.breaker import BREAKER
-from wa_worker.dedupe import AsyncDedupeStore, AttemptRecord, ClaimRequest, DedupeKeys, DoneMark
+from wa_worker.dedupe import AttemptRecord, ClaimRequest, DedupeStore, DoneMark, redis_store
 from wa_worker.errors import PermanentError, TransientError
 from wa_worker.handlers import Handler, build_handler, passthrough
 from wa_worker.models.completions import (
@@ -42,16 +40,23 @@ log = logging.getLogger(__name__)
 
 _MAX_REDIS_BATCH = 2000
 _DONE_RETRY_S = 1.0
+StoreFactory = Callable[[Settings], DedupeStore]
 
 
 class IoRuntime:
     _instance: ClassVar[IoRuntime | None] = None
     _instance_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, settings: Settings, handler: Handler | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        handler: Handler | None = None,
+        store_factory: StoreFactory = redis_store,
+    ) -> None:
         self.completions: queue.SimpleQueue[tuple[str, Completion]] = queue.SimpleQueue()
         self._settings = settings
         self._handler = handler or build_handler(settings)
+        self._store_factory = store_factory  # Redis, or in-process memory for offline replay
         self._timeout_s = settings.handler_timeout_ms / 1000
         self._outstanding = 0  # claims and calls submitted, result not yet on `completions`
         self._lock = threading.Lock()
@@ -74,14 +79,7 @@ class IoRuntime:
             return cls._instance
 
     async def _setup(self) -> None:
-        timeout = self._settings.redis_timeout_ms / 1000
-        client = aioredis.from_url(
-            self._settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        keys = DedupeKeys(
-            self._settings.redis_key_prefix, int(self._settings.dedupe_ttl_days * 86_400_000)
-        )
-        self._store = AsyncDedupeStore(client, keys)
+        self._store = self._store_factory(self._settings)
         self._claims: list[tuple[str, ClaimRequest]] = []
         self._records: list[AttemptRecord] = []
         self._dones: list[DoneMark] = []
@@ -97,6 +95,7 @@ class IoRuntime:
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout_s)
         self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout_s)  # stopped when this returns: a second close is a no-op
 
     async def _shutdown(self) -> None:
         self._drain_inbox()
