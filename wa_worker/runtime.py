@@ -86,6 +86,7 @@ class IoRuntime:
         self._redis_wake = asyncio.Event()
         self._handler_slots = asyncio.Semaphore(self._settings.handler_concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
+        self._redis_turn = asyncio.Lock()  # one batch at a time; shutdown waits its turn
         self._batcher = asyncio.create_task(self._redis_batches())
 
     def close(self, timeout_s: float = 3.0) -> None:
@@ -99,9 +100,13 @@ class IoRuntime:
 
     async def _shutdown(self) -> None:
         self._drain_inbox()
+        # Stop the batcher between batches: cancelling it mid-batch would lose the done
+        # markers it holds (the next run would then wait out their leases and redo them).
+        async with self._redis_turn:
+            self._batcher.cancel()
         if self._claims or self._records or self._dones:
             await self._run_redis_batch()
-        for task in [self._batcher, *self._inflight]:
+        for task in self._inflight:
             task.cancel()
         await self._store.aclose()
 
@@ -176,7 +181,8 @@ class IoRuntime:
                     self._redis_wake.wait(), _DONE_RETRY_S if self._dones else None
                 )
             self._redis_wake.clear()
-            await self._run_redis_batch()
+            async with self._redis_turn:
+                await self._run_redis_batch()
 
     async def _run_redis_batch(self) -> None:
         claims, self._claims = self._claims[:_MAX_REDIS_BATCH], self._claims[_MAX_REDIS_BATCH:]
