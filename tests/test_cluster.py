@@ -32,6 +32,7 @@ from tests.support.kafka import Record, produce, read_topic
 from tests.support.webhooks import conversation_webhook
 from tests.support.worker import WorkerProcess
 from wa_worker.devstack import free_port
+from wa_worker.startup import in_bytewax_cluster
 
 PARTITIONS = 4
 PARSE_ERROR_CLASSES = {"invalid_json", "invalid_envelope", "invalid_payload"}
@@ -423,3 +424,66 @@ def test_a_killed_process_stops_the_cluster_which_resumes_on_fewer_workers(
             assert killed_at - first_ok[call.event_key] < 10, call
         first_ok.setdefault(call.event_key, call.at)
     assert _executions(tmp_path / "recovery") == [4, 3]
+
+
+def test_a_second_signal_to_one_process_stops_the_whole_cluster(
+    stack: Stack, topics: Topics, tmp_path: Path, worker_env: dict[str, str]
+) -> None:
+    """A second SIGTERM aborts a process, also in a cluster (Bytewax's teardown there waits for
+    the other processes to hang up, so it used to hang, and the others waited for it); the
+    others then stop too, and a restart of the cluster loses nothing."""
+    traffic = _traffic(600, conversations=100, poison=4, seed=37)
+    produce(stack.brokers, topics.inbound, traffic.records)
+
+    def plan(event: dict[str, Any], attempt: int) -> Reply:
+        return Reply(200, {}, delay_s=0.05)
+
+    with HandlerServer(plan) as handler:
+        env = {**worker_env, "HANDLER_URL": handler.url, "CLAIM_LEASE_MS": "3000"}
+        cluster = _cluster(env, tmp_path)
+        try:
+            for process in cluster:
+                process.start()
+            deadline = time.monotonic() + 60
+            while len(handler.calls) < 200:
+                assert time.monotonic() < deadline, cluster[0].log()[-3000:]
+                time.sleep(0.05)
+            cluster[1].send(signal.SIGTERM)  # a drain alone: it waits for the others
+            time.sleep(1)
+            cluster[1].send(signal.SIGTERM)
+            stopped = time.monotonic()
+            codes = [process.wait(timeout_s=30) for process in cluster]
+            took = time.monotonic() - stopped
+            assert "aborting without drain" in cluster[1].log()
+            for process in cluster:
+                process.start()
+            processed, dlq = _settle(
+                stack.brokers, topics, traffic.unique_events, traffic.poison, timeout_s=120
+            )
+        finally:
+            for process in cluster:
+                process.send(signal.SIGTERM)
+            final = [process.wait(timeout_s=30) for process in cluster]
+        calls = list(handler.calls)
+
+    assert took < 20, (took, codes)  # killed at 30 s otherwise
+    assert codes[1] == 128 + signal.SIGTERM and codes[0] not in (0, None), codes
+    assert final == [0, 0], [p.log()[-2000:] for p in cluster]
+    report = account(
+        "abort", len(traffic.records), traffic.unique_events, traffic.poison, processed, dlq,
+        calls, restarts=1,
+    )  # fmt: skip
+    assert report.lost == 0 and report.processed == report.unique, report
+    assert report.duplicates_on_processed <= report.unique * 0.05, report
+
+
+def test_cluster_membership_is_read_the_way_bytewax_run_reads_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("BYTEWAX_ADDRESSES", "BYTEWAX_HOSTFILE_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    assert not in_bytewax_cluster(["dataflow", "-w", "2", "-r", "dir", "-s", "1", "-b", "0"])
+    assert in_bytewax_cluster(["dataflow", "-i", "0", "-a", "h:1;h:2"])
+    assert in_bytewax_cluster(["dataflow", "--addresses=h:1;h:2"])
+    monkeypatch.setenv("BYTEWAX_HOSTFILE_PATH", "/etc/bytewax/hosts")
+    assert in_bytewax_cluster(["dataflow"])
