@@ -58,12 +58,20 @@ def stack() -> Iterator[Stack]:
 
 
 @pytest.fixture
-def topics(stack: Stack) -> Topics:
+def topic_partitions() -> int:
+    """Partitions of each test topic; a test module overrides this fixture to change it."""
+    return 3
+
+
+@pytest.fixture
+def topics(stack: Stack, topic_partitions: int) -> Topics:
     from wa_worker.devstack import create_topics
 
     run = uuid.uuid4().hex[:10]
     names = Topics(f"t{run}.inbound", f"t{run}.processed", f"t{run}.dlq")
-    create_topics(stack.brokers, [names.inbound, names.processed, names.dlq], partitions=3)
+    create_topics(
+        stack.brokers, [names.inbound, names.processed, names.dlq], partitions=topic_partitions
+    )
     return names
 
 

@@ -11,7 +11,9 @@ A second signal aborts at once.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from types import FrameType
@@ -42,12 +44,19 @@ class Drain:
     def expired(self) -> bool:
         return time.monotonic() >= self._deadline
 
-    def install_signal_handlers(self, timeout_s: float) -> None:
+    def install_signal_handlers(self, timeout_s: float, in_cluster: bool = False) -> None:
         self.timeout_s = timeout_s
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             if self.draining:
                 log.warning("second %s: aborting without drain", signal.Signals(signum).name)
+                if in_cluster:
+                    # Bytewax's teardown after an interrupt would close this process's
+                    # connections cleanly and wait for the other processes to hang up, which
+                    # they never do: all would hang. Exiting at once drops the connections like
+                    # a crash, so the others stop too (and all resume from the last snapshot).
+                    sys.stderr.flush()
+                    os._exit(128 + signum)
                 raise KeyboardInterrupt
             self.start(signal.Signals(signum).name)
 

@@ -56,6 +56,15 @@ def bytewax_process_id(argv: list[str] | None = None) -> int:
     return 0
 
 
+def in_bytewax_cluster(argv: list[str] | None = None) -> bool:
+    """Is this process one of several (addresses given the ways `bytewax.run` takes them)?"""
+    args = sys.argv[1:] if argv is None else argv
+    addressed = any(a in ("-a", "--addresses") or a.startswith("--addresses=") for a in args)
+    return addressed or any(
+        name in os.environ for name in ("BYTEWAX_ADDRESSES", "BYTEWAX_HOSTFILE_PATH")
+    )
+
+
 def health_port(settings: Settings, process_id: int) -> int:
     """Process N of a cluster serves on HEALTH_PORT + N, so processes on one host never clash.
 
@@ -88,7 +97,7 @@ def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -
         settings.log_redact,
         (secret,) if secret else (),
     )
-    DRAIN.install_signal_handlers(settings.drain_timeout_s)
+    DRAIN.install_signal_handlers(settings.drain_timeout_s, in_bytewax_cluster())
     BREAKER.configure(
         settings.breaker_window,
         settings.breaker_failure_ratio,
