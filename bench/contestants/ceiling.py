@@ -16,7 +16,7 @@ def main() -> None:
     delivered = Deliveries()
     consumed = 0
     while consumed < args.expect:
-        for msg in source.consume(1000, 0.1):
+        for msg in source.consume(1000, 0.005):
             if readable(msg):
                 produce(sink, args.processed, msg.value() or b"", msg.key(), None, delivered)
                 consumed += 1

@@ -41,7 +41,7 @@ def main() -> None:
     delivered = Deliveries()
     consumed = 0
     while consumed < args.expect:
-        batch = [m for m in source.consume(BATCH, 0.1) if readable(m)]
+        batch = [m for m in source.consume(BATCH, 0.005) if readable(m)]
         if not batch:
             continue
         consumed += len(batch)
