@@ -1,4 +1,4 @@
-.PHONY: run test lint stack-down
+.PHONY: run test lint stack-down bench bench-smoke
 
 # Start local Kafka + Redis and run the worker on them.
 run:
@@ -15,3 +15,10 @@ lint:
 
 stack-down:
 	scripts/devstack down
+
+# The side-by-side benchmark (README "Benchmark"); bench-smoke is the seconds-scale CI run.
+bench:
+	.venv/bin/python -m bench
+
+bench-smoke:
+	.venv/bin/python -m bench --smoke

@@ -20,6 +20,7 @@ class WorkerProcess:
         workers: int = 1,
         cluster_args: tuple[str, ...] = (),
         recovery_partitions: int = 1,
+        snapshot_interval_s: int = 1,
     ) -> None:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.recovery_dir = recovery_dir
@@ -27,6 +28,7 @@ class WorkerProcess:
         self.workers = workers
         self.cluster_args = cluster_args  # e.g. ("-i", "0", "-a", "host:port;host:port")
         self.recovery_partitions = max(recovery_partitions, workers)
+        self.snapshot_interval_s = snapshot_interval_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -56,7 +58,7 @@ class WorkerProcess:
                 "-r",
                 str(self.recovery_dir),
                 "-s",
-                "1",
+                str(self.snapshot_interval_s),
                 "-b",
                 "0",
                 *self.cluster_args,

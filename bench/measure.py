@@ -1,0 +1,158 @@
+"""One contestant run: throughput on pre-loaded records, latency at a paced rate, or the
+worker's memory soak. Each uses fresh topics and a fresh Redis prefix, deleted afterwards."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.launch import Running, launch
+from bench.models import Contestant, Latency, RunFigures
+from bench.observer import Observer
+from bench.procstats import Sampler
+from bench.stack import Stack, bench_producer, create_topics, delete_topics, load, send
+from bench.workload import Workload
+
+WARMUP_RECORDS = 20
+START_TIMEOUT_S = 120  # the first output may wait for start-up (imports, recovery, metadata)
+
+
+class ContestantFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Context:
+    stack: Stack
+    workload: Workload
+    logs: Path
+    stall_s: float
+    handler_urls: dict[int, str]
+
+    def url(self, contestant: Contestant) -> str | None:
+        return self.handler_urls[contestant.handler_ms] if contestant.handler_ms else None
+
+
+def throughput(ctx: Context, contestant: Contestant, run_dir: Path) -> RunFigures:
+    started = time.perf_counter()
+    topics = create_topics(ctx.stack.brokers)
+    try:
+        records = ctx.workload.records[: contestant.events]  # the same bytes for everyone
+        load(ctx.stack.brokers, topics.inbound, records)
+        expected = ctx.workload.outputs(len(records), contestant.dedupes)
+        running = launch(contestant, ctx.stack, topics, len(records), run_dir, ctx.url(contestant))
+        with Sampler(running.pids) as sampler:
+            observer = Observer(ctx.stack.brokers, topics.processed, sampler)
+            observer.target = expected
+            observer.start()
+            try:
+                await_outputs(observer, expected, running, ctx.stall_s)
+                peak_kb = sampler.take().hwm_kb
+                finish(running, observer, expected)
+            finally:
+                running.kill()
+                observer.stop()
+        first, final, rate = (
+            observer.first_sample,
+            observer.final_sample,
+            observer.rate(len(records)),
+        )
+        if first is None or final is None or rate is None:
+            raise ContestantFailed(f"too few outputs to measure; logs: {running.where()}")
+        return RunFigures(
+            rate=rate,
+            cpu_s_per_10k=(final.cpu_s - first.cpu_s) / len(records) * 10_000,
+            peak_rss_mb=peak_kb / 1024,
+            seconds=time.perf_counter() - started,
+        )
+    finally:
+        delete_topics(ctx.stack.brokers, topics)
+
+
+def latency(
+    ctx: Context, contestant: Contestant, rate: float, duration_s: float, run_dir: Path
+) -> Latency:
+    """Paced input at `rate` records/s for `duration_s`, after a warm-up; latency is the time
+    from a webhook's produce call to its output's arrival, both clocked here."""
+    topics = create_topics(ctx.stack.brokers)
+    try:
+        warmup = list(ctx.workload.stream(WARMUP_RECORDS))
+        paced = list(ctx.workload.stream(max(int(rate * duration_s), WARMUP_RECORDS)))
+        running = launch(
+            contestant,
+            ctx.stack,
+            topics,
+            len(warmup) + len(paced),
+            run_dir,
+            ctx.url(contestant),
+        )
+        producer = bench_producer(ctx.stack.brokers, linger_ms=0)
+        observer = Observer(ctx.stack.brokers, topics.processed, track_ids=True).start()
+        try:
+            for record in warmup:
+                send(producer, topics.inbound, record)
+            producer.flush(30)
+            warm_out = ctx.workload.outputs(len(warmup), contestant.dedupes)
+            await_outputs(observer, warm_out, running, ctx.stall_s)
+            sent: dict[bytes, float] = {}
+            began = time.perf_counter()
+            done = 0
+            while done < len(paced):
+                due = min(len(paced), int((time.perf_counter() - began) * rate) + 1)
+                for record in paced[done:due]:
+                    sent.setdefault(record.key, time.perf_counter())
+                    send(producer, topics.inbound, record)
+                done = due
+                producer.poll(0)
+                time.sleep(0.001)
+            producer.flush(30)
+            total = warm_out + ctx.workload.outputs(len(paced), contestant.dedupes)
+            await_outputs(observer, total, running, ctx.stall_s)
+            finish(running, observer, total)
+        finally:
+            running.kill()
+            observer.stop()
+        received = observer.received
+        waits = sorted((received[k] - t) * 1000 for k, t in sent.items() if k in received)
+        return Latency(
+            rate=rate,
+            sent=len(paced),
+            p50_ms=statistics.median(waits),
+            p99_ms=waits[min(len(waits) - 1, int(len(waits) * 0.99))],
+        )
+    finally:
+        delete_topics(ctx.stack.brokers, topics)
+
+
+def await_outputs(observer: Observer, expected: int, running: Running, stall_s: float) -> None:
+    """Until `expected` outputs arrived; fails on a crash or when outputs stop coming."""
+    while observer.count < expected:
+        check(observer, running, stall_s, f"{observer.count} of {expected} outputs")
+        time.sleep(0.02)
+
+
+def check(observer: Observer, running: Running, stall_s: float, where: str) -> None:
+    """Raises when the contestant died, or no output came for `stall_s` (longer at start)."""
+    problem = running.failed_exit()
+    quiet = time.perf_counter() - observer.last_progress
+    limit = stall_s if observer.count else max(stall_s, START_TIMEOUT_S)
+    if problem is None and quiet > limit:
+        problem = f"no new output for {quiet:.0f}s"
+    if problem:
+        raise ContestantFailed(f"{problem} ({where}); logs: {running.where()}")
+
+
+def finish(running: Running, observer: Observer, expected: int) -> None:
+    problem = running.finish()
+    time.sleep(0.3)  # a stray duplicate would show up by now
+    if problem is None and observer.count != expected:
+        problem = f"wrote {observer.count} outputs, expected {expected}"
+    if problem:
+        raise ContestantFailed(f"{problem}; logs: {running.where()}")
+
+
+def progress(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)

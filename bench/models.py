@@ -1,0 +1,82 @@
+"""What the bench measures, as data: contestants, per-run figures and the suite's results."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Kind(StrEnum):
+    CEILING = "ceiling"
+    TUNED = "tuned"
+    NAIVE = "naive"
+    WORKER = "worker"
+
+
+class Contestant(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    letter: str  # A, B, C or D
+    label: str
+    kind: Kind
+    events: int  # inbound records per throughput run
+    handler_ms: int | None = None  # None: no handler call (the worker's pass-through)
+    processes: int = 1
+    concurrency: int | None = None  # the worker's HANDLER_CONCURRENCY; None: its default
+
+    @property
+    def dedupes(self) -> bool:
+        return self.kind is not Kind.CEILING
+
+
+class RunFigures(BaseModel):
+    rate: float  # inbound records per second
+    cpu_s_per_10k: float
+    peak_rss_mb: float
+    seconds: float  # wall time of the run, start-up included
+
+
+class Latency(BaseModel):
+    rate: float  # the paced input rate, records/s
+    sent: int
+    p50_ms: float
+    p99_ms: float
+
+
+class Row(BaseModel):
+    contestant: Contestant
+    runs: list[RunFigures] = []
+    latency: Latency | None = None
+    failure: str | None = None  # what went wrong, with the log's path
+
+    @property
+    def rate(self) -> float | None:
+        rates = sorted(r.rate for r in self.runs)
+        return rates[len(rates) // 2] if rates else None
+
+    def median(self, field: str) -> float | None:
+        values = sorted(getattr(r, field) for r in self.runs)
+        return values[len(values) // 2] if values else None
+
+
+class Soak(BaseModel):
+    events: int
+    rss_mb_at_10pct: float
+    rss_mb_at_end: float
+    rate: float | None = None
+    failure: str | None = None
+
+    @property
+    def change_pct(self) -> float:
+        return (self.rss_mb_at_end / self.rss_mb_at_10pct - 1) * 100
+
+
+class Results(BaseModel):
+    mode: str
+    events: int
+    runs: int
+    machine: str
+    rows: list[Row]
+    soak: Soak | None = None
+    seconds: float = 0.0

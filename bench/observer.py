@@ -1,0 +1,91 @@
+"""Reads a contestant's processed topic as records arrive: counts them, keeps the first and
+last broker timestamps and, for latency runs, when each webhook id was first seen."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+from confluent_kafka import Consumer, TopicPartition
+
+from bench.procstats import Sample, Sampler
+
+
+class Observer:
+    def __init__(
+        self, brokers: str, topic: str, sampler: Sampler | None = None, track_ids: bool = False
+    ) -> None:
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": brokers,
+                "group.id": f"bench-observer-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 5,  # latency runs: do not let the broker hold records back
+                "fetch.min.bytes": 1,
+                "log_level": 0,
+            }
+        )
+        partitions = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self._consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        self._sampler = sampler
+        self._track_ids = track_ids
+        self.count = 0
+        self.first_ts_ms: int | None = None
+        self.last_ts_ms: int | None = None
+        self.first_seen: float | None = None  # perf_counter
+        self.last_progress = time.perf_counter()
+        self.received: dict[bytes, float] = {}  # webhook id -> perf_counter when first seen
+        self.target: int | None = None  # the output count at which to take the final sample
+        self.first_sample: Sample | None = None
+        self.final_sample: Sample | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Observer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = self._consumer.consume(1000, 0.05)
+            if not batch:
+                continue
+            now = time.perf_counter()
+            for msg in batch:
+                if msg.error() is not None:
+                    continue
+                self.count += 1
+                stamp = msg.timestamp()[1]
+                if self.first_ts_ms is None or stamp < self.first_ts_ms:
+                    self.first_ts_ms = stamp
+                if self.last_ts_ms is None or stamp > self.last_ts_ms:
+                    self.last_ts_ms = stamp
+                if self._track_ids:
+                    self.received.setdefault(_webhook_id(msg.headers(), msg.key()), now)
+            self.last_progress = now
+            if self.first_seen is None:
+                self.first_seen = now
+                self.first_sample = self._sampler.take() if self._sampler else None
+            if self.target is not None and self.final_sample is None and self.count >= self.target:
+                self.final_sample = self._sampler.take() if self._sampler else None
+
+    def rate(self, inbound: int) -> float | None:
+        """Inbound records per second over the span of the output's broker timestamps."""
+        if self.first_ts_ms is None or self.last_ts_ms is None:
+            return None
+        span = (self.last_ts_ms - self.first_ts_ms) / 1000
+        return inbound / span if span > 0 else None
+
+
+def _webhook_id(headers: object, key: bytes | None) -> bytes:
+    """The worker and the tuned loop name the webhook in a header; the ceiling keeps the key."""
+    for name, value in headers if isinstance(headers, list) else []:
+        if name == "wa-webhook-id" and isinstance(value, bytes):
+            return value
+    return key or b""

@@ -1,0 +1,156 @@
+"""The bench's output: one table, the ratios of the worker to A, B and C, the targets, JSON,
+and a PNG when matplotlib is installed (the `bench` extra)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.models import Kind, Results, Row
+
+_COLUMNS = (
+    f"{'contestant':<44}{'events':>8}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
+    f"{'CPU s/10k':>11}{'peak RSS MB':>13}"
+)
+
+
+def table(results: Results) -> str:
+    lines = [_COLUMNS, "-" * len(_COLUMNS)]
+    for row in results.rows:
+        c = row.contestant
+        lines.append(
+            f"{c.label:<44}{c.events:>8}{_num(row.rate, 0, 11)}"
+            f"{_num(row.latency.p50_ms if row.latency else None, 1, 9)}"
+            f"{_num(row.latency.p99_ms if row.latency else None, 1, 9)}"
+            f"{_num(row.median('cpu_s_per_10k'), 2, 11)}{_num(row.median('peak_rss_mb'), 0, 13)}"
+        )
+        if row.failure:
+            lines.append(f"    FAILED: {row.failure}")
+    return "\n".join(lines)
+
+
+def ratios(results: Results) -> str:
+    """events/s of each worker row over A, B (pass-through rows) and C with the same handler."""
+    lines = ["ratios (events/s)"]
+    for row in _rows(results, lambda r: r.contestant.kind is Kind.WORKER):
+        parts = []
+        for letter in ("A", "B", "C"):
+            other = _peer(results, row, letter)
+            if other is not None and row.rate and other.rate:
+                parts.append(f"D/{letter} {row.rate / other.rate:6.2f}")
+        lines.append(f"  {row.contestant.label:<44}{'   '.join(parts) or '-'}")
+    return "\n".join(lines)
+
+
+def targets(results: Results) -> str:
+    lines = ["targets"]
+    worker, tuned, naive = _one(results, "D", None), _one(results, "B", None), _one(results, "C")
+    lines.append(_ratio_target("worker >= 0.5 x B (default handler)", worker, tuned, 0.5))
+    lines.append(_ratio_target("worker >= 5 x C (default handler)", worker, naive, 5.0))
+    for row in _rows(
+        results,
+        lambda r: (
+            r.contestant.kind is Kind.WORKER
+            and r.contestant.handler_ms == 50
+            and r.contestant.processes == 1
+        ),
+    ):
+        ok = row.rate is not None and row.rate >= 1000
+        lines.append(
+            _line(
+                f"{row.contestant.label} >= 1,000 events/s per process",
+                ok,
+                f"{row.rate:,.0f} events/s" if row.rate else "no figure",
+            )
+        )
+    p99 = worker.latency.p99_ms if worker and worker.latency else None
+    lines.append(
+        _line(
+            "worker p99 < 50 ms at half its peak (default handler)",
+            p99 is not None and p99 < 50,
+            f"p99 {p99:.1f} ms" if p99 is not None else "no figure",
+        )
+    )
+    soak = results.soak
+    if soak is None:
+        lines.append(
+            "  [ -- ] memory flat (±10 %) from 10 % to 100 % of a soak: not run "
+            "(python -m bench --soak 1000000)"
+        )
+    elif soak.failure:
+        lines.append(_line("memory flat (±10 %) in the soak", False, soak.failure))
+    else:
+        lines.append(
+            _line(
+                f"memory flat (±10 %) from {soak.events // 10:,} to {soak.events:,} events",
+                abs(soak.change_pct) <= 10,
+                f"VmRSS {soak.rss_mb_at_10pct:.0f} MB -> {soak.rss_mb_at_end:.0f} MB "
+                f"({soak.change_pct:+.1f} %)",
+            )
+        )
+    return "\n".join(lines)
+
+
+def plot(results: Results, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in results.rows if r.rate]
+    labels = [r.contestant.label for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 0.45 * len(rows) + 2))
+    left.barh(labels, [r.rate or 0 for r in rows], color="tab:blue")
+    left.set_xscale("log")
+    left.set_xlabel("events/s (median, log scale)")
+    left.invert_yaxis()
+    heights = [(r.latency.p50_ms, r.latency.p99_ms) if r.latency else (0.0, 0.0) for r in rows]
+    positions = range(len(rows))
+    right.barh([p - 0.2 for p in positions], [h[0] for h in heights], 0.4, label="p50")
+    right.barh([p + 0.2 for p in positions], [h[1] for h in heights], 0.4, label="p99")
+    right.set_yticks(list(positions), [""] * len(rows))
+    right.set_xscale("log")
+    right.set_xlabel("end-to-end latency at half of peak, ms (log scale)")
+    right.invert_yaxis()
+    right.legend()
+    fig.suptitle(f"wa-worker bench ({results.mode}, {results.machine})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _ratio_target(name: str, worker: Row | None, other: Row | None, factor: float) -> str:
+    if not (worker and other and worker.rate and other.rate):
+        return _line(name, False, "no figure")
+    ratio = worker.rate / other.rate
+    return _line(name, ratio >= factor, f"{ratio:.2f} x ({worker.rate:,.0f} vs {other.rate:,.0f})")
+
+
+def _line(name: str, ok: bool, detail: str) -> str:
+    return f"  [{'met ' if ok else 'MISS'}] {name}: {detail}"
+
+
+def _rows(results: Results, keep: Callable[[Row], bool]) -> list[Row]:
+    return [r for r in results.rows if keep(r)]
+
+
+def _one(results: Results, letter: str, handler_ms: int | None = None) -> Row | None:
+    """The row of a letter with that handler, one process, default concurrency."""
+    for row in results.rows:
+        c = row.contestant
+        if (c.letter, c.handler_ms, c.processes, c.concurrency) == (letter, handler_ms, 1, None):
+            return row
+    return None
+
+
+def _peer(results: Results, row: Row, letter: str) -> Row | None:
+    if letter in "AB" and row.contestant.handler_ms is not None:
+        return None  # A and B make no handler call
+    return _one(results, letter, row.contestant.handler_ms)
+
+
+def _num(value: float | None, digits: int, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width},.{digits}f}"

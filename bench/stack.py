@@ -1,0 +1,161 @@
+"""The bench's Kafka and Redis (the project's devstack, in `.stack/bench`), fresh topics per
+run, loading records, and the Go handler peer."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from bench.workload import Record
+from wa_worker import devstack
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / ".stack" / "bench"
+PARTITIONS = 3
+
+
+@dataclass(frozen=True)
+class Stack:
+    brokers: str
+    redis_url: str
+
+
+@dataclass(frozen=True)
+class RunTopics:
+    """One contestant run's topics and Redis key prefix, none shared with any other run."""
+
+    tag: str
+    inbound: str
+    processed: str
+    dlq: str
+
+    @property
+    def redis_prefix(self) -> str:
+        return f"bench{self.tag}:"
+
+
+def start_stack() -> Stack:
+    kafka, redis_server = devstack.services(BENCH_DIR)
+    redis_port = devstack.start_redis(0, service=redis_server)
+    kafka_port = devstack.start_kafka(0, service=kafka)
+    return Stack(f"127.0.0.1:{kafka_port}", f"redis://127.0.0.1:{redis_port}/0")
+
+
+def stop_stack() -> None:
+    for service in devstack.services(BENCH_DIR):
+        service.stop()
+
+
+def create_topics(brokers: str) -> RunTopics:
+    tag = uuid.uuid4().hex[:8]
+    topics = RunTopics(tag, f"b{tag}.inbound", f"b{tag}.processed", f"b{tag}.dlq")
+    size = {"max.message.bytes": str(devstack.MAX_MESSAGE_BYTES)}
+    # Output timestamps are the broker's append times: the throughput clock is the broker's.
+    appended = {**size, "message.timestamp.type": "LogAppendTime"}
+    admin = _admin(brokers)
+    new = [
+        NewTopic(topics.inbound, PARTITIONS, 1, config=size),
+        NewTopic(topics.processed, PARTITIONS, 1, config=appended),
+        NewTopic(topics.dlq, PARTITIONS, 1, config=appended),
+    ]
+    for future in admin.create_topics(new, operation_timeout=30).values():
+        future.result()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = admin.list_topics(timeout=5).topics
+        if all(
+            len(found[t.topic].partitions) == PARTITIONS
+            and all(p.leader >= 0 for p in found[t.topic].partitions.values())
+            for t in new
+            if t.topic in found
+        ) and all(t.topic in found for t in new):
+            return topics
+        time.sleep(0.1)
+    raise RuntimeError(f"topics of run {tag} have no leaders after 30s")
+
+
+def _admin(brokers: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": brokers, "log_level": 0})
+
+
+def delete_topics(brokers: str, topics: RunTopics) -> None:
+    """Keeps the broker small over a long bench (a soak writes a gigabyte)."""
+    admin = _admin(brokers)
+    futures = admin.delete_topics([topics.inbound, topics.processed, topics.dlq])
+    for future in futures.values():
+        with contextlib.suppress(Exception):
+            future.result(30)
+
+
+def bench_producer(brokers: str, linger_ms: int = 5) -> Producer:
+    return Producer(
+        {
+            "bootstrap.servers": brokers,
+            "enable.idempotence": True,
+            "linger.ms": linger_ms,
+            "message.max.bytes": devstack.MAX_MESSAGE_BYTES,
+            "log_level": 0,
+        }
+    )
+
+
+def load(brokers: str, topic: str, records: Iterable[Record]) -> int:
+    producer = bench_producer(brokers, linger_ms=20)
+    failures: list[str] = []
+
+    def on_delivery(err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    sent = 0
+    for record in records:
+        send(producer, topic, record, on_delivery)
+        sent += 1
+    if producer.flush(60) or failures:
+        raise RuntimeError(f"loading {topic} failed: {failures[:3]}")
+    return sent
+
+
+def send(
+    producer: Producer,
+    topic: str,
+    record: Record,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+) -> None:
+    while True:
+        try:
+            producer.produce(topic, record.value, record.key, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+@contextlib.contextmanager
+def handler_peer(delay_ms: int) -> Iterator[str]:
+    """bench/handler_peer.go, answering after `delay_ms`: a Python server would be the
+    bottleneck. Yields its URL."""
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = Path(tmp) / "handler_peer"
+        subprocess.run(
+            ["go", "build", "-o", str(binary), "handler_peer.go"],
+            cwd=Path(__file__).parent,
+            check=True,
+        )
+        proc = subprocess.Popen(
+            [str(binary), "-delay", f"{delay_ms}ms"], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None
+            yield proc.stdout.readline().strip()
+        finally:
+            proc.terminate()
+            proc.wait(10)

@@ -1,0 +1,86 @@
+"""Which rows the bench runs, and running them: throughput runs, then a latency run at half
+of the row's own median rate."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from bench.measure import ContestantFailed, Context, latency, progress, throughput
+from bench.models import Contestant, Kind, Row
+from bench.stack import handler_peer
+
+HTTP_DELAYS_MS = (5, 50)
+HIGH_CONCURRENCY = 256  # the documented higher HANDLER_CONCURRENCY for the 50 ms row
+
+
+@dataclass(frozen=True)
+class Plan:
+    events: int
+    runs: int
+    latency_s: float
+    naive_events: int  # C without a handler call: about 1 ms per record
+    naive_http_events: dict[int, int]  # C with a sequential HTTP call, per delay
+
+
+FULL = Plan(30_000, 3, 10.0, 10_000, {5: 1_500, 50: 300})
+SMOKE = Plan(400, 1, 2.0, 400, {5: 100, 50: 30})
+
+
+def contestants(plan: Plan, events: int) -> list[Contestant]:
+    def row(letter: str, label: str, kind: Kind, count: int = events, **kw: int) -> Contestant:
+        return Contestant(letter=letter, label=label, kind=kind, events=count, **kw)
+
+    rows = [
+        row("A", "A ceiling", Kind.CEILING),
+        row("B", "B tuned loop", Kind.TUNED),
+        row("C", "C naive port", Kind.NAIVE, min(events, plan.naive_events)),
+        row("D", "D worker", Kind.WORKER),
+        row("D", "D worker, 2 processes", Kind.WORKER, processes=2),
+    ]
+    for ms in HTTP_DELAYS_MS:
+        naive = min(events, plan.naive_http_events[ms])
+        rows.append(row("C", f"C naive, HTTP {ms} ms", Kind.NAIVE, naive, handler_ms=ms))
+        rows.append(row("D", f"D worker, HTTP {ms} ms", Kind.WORKER, handler_ms=ms))
+    rows.append(
+        row(
+            "D",
+            f"D worker, HTTP 50 ms, concurrency {HIGH_CONCURRENCY}",
+            Kind.WORKER,
+            handler_ms=50,
+            concurrency=HIGH_CONCURRENCY,
+        )
+    )
+    return rows
+
+
+def run_rows(ctx: Context, plan: Plan, rows: list[Contestant]) -> list[Row]:
+    results = []
+    for number, contestant in enumerate(rows):
+        row = Row(contestant=contestant)
+        results.append(row)
+        slug = f"{number:02d}-{contestant.kind.value}-{contestant.handler_ms or 0}ms"
+        try:
+            for run in range(plan.runs):
+                progress(f"{contestant.label}: run {run + 1} of {plan.runs}")
+                figures = throughput(ctx, contestant, ctx.logs / f"{slug}-run{run + 1}")
+                row.runs.append(figures)
+                progress(f"  {figures.rate:,.0f} events/s")
+            rate = row.rate
+            assert rate is not None
+            progress(f"{contestant.label}: latency at {rate / 2:,.0f} records/s")
+            row.latency = latency(ctx, contestant, rate / 2, plan.latency_s, ctx.logs / slug)
+            progress(f"  p50 {row.latency.p50_ms:.1f} ms, p99 {row.latency.p99_ms:.1f} ms")
+        except ContestantFailed as exc:
+            row.failure = str(exc)
+            progress(f"{contestant.label} FAILED: {exc}")
+    return results
+
+
+@contextlib.contextmanager
+def handler_peers(rows: list[Contestant]) -> Iterator[dict[int, str]]:
+    """A Go peer per handler delay the rows need."""
+    delays = sorted({c.handler_ms for c in rows if c.handler_ms})
+    with contextlib.ExitStack() as stack:
+        yield {ms: stack.enter_context(handler_peer(ms)) for ms in delays}
