@@ -3,6 +3,7 @@
     python -m bench                 # full table (~30k events, 3 runs per row)
     python -m bench --smoke         # seconds-scale: every row once, tiny counts (CI)
     python -m bench --soak          # also the worker's memory soak, 100k -> 1M events
+    python -m bench --only soak --soak   # the memory soak alone
 
 Runs on a real local Kafka and Redis (`.stack/bench`); see README "Benchmark".
 """
@@ -38,7 +39,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny counts, one run per row")
     parser.add_argument("--events", type=int, help=f"records per run (default {FULL.events:,})")
     parser.add_argument("--runs", type=int, help=f"runs per row (default {FULL.runs})")
-    parser.add_argument("--only", default="", help="letters to run, e.g. A,B,D")
+    parser.add_argument(
+        "--only", default="", help="letters to run, e.g. A,B,D; `soak` for the memory soak alone"
+    )
     parser.add_argument(
         "--soak",
         type=int,
@@ -83,7 +86,7 @@ def main() -> int:
                 machine=machine,
                 rows=run_rows(ctx, plan, rows),
             )
-            if soak_events and (not only or "D" in only):
+            if soak_events and (not only or only & {"D", "SOAK"}):
                 results.soak = _soak(ctx, soak_events, logs / "soak")
     finally:
         kill_all()

@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import count
+from itertools import accumulate, count
 
 BASE_TAG = b"R0000"
 _WORDS = [
@@ -57,10 +57,15 @@ class Record:
 @dataclass(frozen=True)
 class Workload:
     records: list[Record]
+    # originals among the first i records, for i in 0..len: the soak asks after every record
+    _originals: list[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_originals", [0, *accumulate(r.original for r in self.records)])
 
     @property
     def unique(self) -> int:
-        return sum(r.original for r in self.records)
+        return self._originals[-1]
 
     def outputs(self, sent: int, dedupes: bool) -> int:
         """Outputs expected after the first `sent` records of a stream (a deduping contestant
@@ -68,7 +73,7 @@ class Workload:
         if not dedupes:
             return sent
         passes, rest = divmod(sent, len(self.records))
-        return passes * self.unique + sum(r.original for r in self.records[:rest])
+        return passes * self.unique + self._originals[rest]
 
     def stream(self, limit: int) -> Iterator[Record]:
         """`limit` records of new webhooks: the base set again and again under fresh tags."""

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -13,23 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Stack, Topics
+from tests.support.cli import run_cli
 from tests.support.kafka import produce, read_topic
 from tests.support.webhooks import conversation_webhook, messages_value, payload, text_message
-from tests.support.worker import ROOT
 from wa_worker.dlq import captured_envelopes
 
 
 def capture(env: dict[str, str], out: Path, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "wa_worker.cli", "capture", str(out), *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return run_cli(env, "capture", str(out), *args).stdout
 
 
 def lines(path: Path) -> list[Any]:
@@ -123,14 +111,8 @@ def test_capture_ends_at_the_end_it_saw_while_records_keep_coming(
 def test_capture_of_a_missing_topic_fails_with_one_line(
     tmp_path: Path, worker_env: dict[str, str]
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "wa_worker.cli", "capture", str(tmp_path / "x.jsonl")],
-        cwd=ROOT,
-        env={**os.environ, **worker_env, "KAFKA_INBOUND_TOPIC": "no.such.topic"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = {**worker_env, "KAFKA_INBOUND_TOPIC": "no.such.topic"}
+    result = run_cli(env, "capture", str(tmp_path / "x.jsonl"), check=False)
     assert result.returncode == 1
     assert "'no.such.topic' does not exist" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "x.jsonl").exists()

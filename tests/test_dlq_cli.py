@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,24 +14,16 @@ from typing import Any
 import httpx
 
 from tests.conftest import Stack, Topics
+from tests.support.cli import run_cli
 from tests.support.handler_server import HandlerServer, Reply
 from tests.support.kafka import produce, read_topic
 from tests.support.webhooks import conversation_webhook, messages_value, payload, text_message
-from tests.support.worker import ROOT, WorkerProcess
+from tests.support.worker import WorkerProcess
 from wa_worker.devstack import free_port
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "wa_worker.cli", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result
+    return run_cli(env, *args)
 
 
 def rows(env: dict[str, str], *args: str) -> list[dict[str, Any]]:
@@ -148,14 +138,7 @@ def test_list_show_and_redrive_an_event_once(
 
 
 def test_show_reports_a_missing_record_clearly(worker_env: dict[str, str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "wa_worker.cli", "dlq", "show", "0:99"],
-        cwd=ROOT,
-        env={**os.environ, **worker_env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli(worker_env, "dlq", "show", "0:99", check=False)
     assert result.returncode == 1
     assert "no dead letter 0:99" in result.stderr and "Traceback" not in result.stderr
 

@@ -16,6 +16,7 @@ import pytest
 from operators.file_source import line_record
 from sinks.file_sink import FileRecord
 from tests.conftest import Stack
+from tests.support.cli import run_cli
 from tests.support.handler_server import HandlerServer, Reply
 from tests.support.webhooks import (
     conversation_webhook,
@@ -55,15 +56,9 @@ def write_capture(path: Path) -> tuple[set[str], dict[str, int]]:
 
 
 def replay(env: dict[str, str], path: Path, out: Path, *args: str) -> tuple[dict[str, Any], str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "wa_worker", "replay", str(path), "-o", str(out), "--json", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=180,
+    result = run_cli(
+        env, "replay", str(path), "-o", str(out), "--json", *args, module="wa_worker", timeout=180
     )
-    assert result.returncode == 0, result.stderr
     return json.loads(result.stdout), result.stderr
 
 

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterable
 
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # type: ignore[attr-defined]
 
 from tests.conftest import Stack
-from tests.support.worker import ROOT
+from tests.support.cli import run_cli
 
 
 def topics_create(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "wa_worker.cli", "topics", "create", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return run_cli(env, "topics", "create", *args).stdout
 
 
 def test_topics_create_is_idempotent_and_grows_partitions(stack: Stack) -> None:

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 
 from wa_worker import metrics
+from wa_worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,15 @@ class CircuitBreaker:
         self._min_calls = min_calls
         self._probe_interval_s = probe_interval_s
         self._enabled = enabled
+
+    def configure_from(self, settings: Settings) -> None:
+        self.configure(
+            settings.breaker_window,
+            settings.breaker_failure_ratio,
+            settings.breaker_min_calls,
+            settings.breaker_probe_interval_ms / 1000,
+            settings.breaker_enabled,
+        )
 
     def is_open(self) -> bool:
         return self._open

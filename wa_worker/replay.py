@@ -112,13 +112,7 @@ def replay_file(
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in (PROCESSED_FILE, DLQ_FILE):
         (out_dir / name).write_bytes(b"")
-    BREAKER.configure(
-        settings.breaker_window,
-        settings.breaker_failure_ratio,
-        settings.breaker_min_calls,
-        settings.breaker_probe_interval_ms / 1000,
-        settings.breaker_enabled,
-    )
+    BREAKER.configure_from(settings)
     counts, tally, tracker = LineCounts(), OutcomeTally(), FinishTracker()
     advance: Callable[[int], None] = _ignore
     if progress is not None:

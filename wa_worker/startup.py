@@ -98,13 +98,7 @@ def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -
         (secret,) if secret else (),
     )
     DRAIN.install_signal_handlers(settings.drain_timeout_s, in_bytewax_cluster())
-    BREAKER.configure(
-        settings.breaker_window,
-        settings.breaker_failure_ratio,
-        settings.breaker_min_calls,
-        settings.breaker_probe_interval_ms / 1000,
-        settings.breaker_enabled,
-    )
+    BREAKER.configure_from(settings)
     process_id = bytewax_process_id()
     if port := health_port(settings, process_id):
         try:
