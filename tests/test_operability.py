@@ -318,3 +318,43 @@ def test_two_processes_count_every_event_once_between_them(
     per_process = [_metric(t, "wa_events_processed_total") for t in texts]
     assert sum(per_process) == 120 and all(n > 0 for n in per_process), per_process
     assert sum(_metric(t, "wa_events_duplicates_total") for t in texts) == 4
+
+
+def test_input_waits_while_the_process_holds_max_events_in_progress(
+    stack: Stack, topics: Topics, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    # 1,500 events over 500 conversations, a handler slower than the input: without the limit
+    # the source would read them all into the conversations' queues at once.
+    records = [
+        (
+            f"w{i}".encode(),
+            conversation_webhook(
+                f"w{i}", f"3166{i % 500:04d}", [f"wamid.bp{i}.{j}" for j in (0, 1)]
+            ),
+        )
+        for i in range(750)
+    ]
+    produce(stack.brokers, topics.inbound, records)
+    port = free_port()
+    limit, batch = 200, 20  # input can overshoot by one batch per partition (3 × 20 × 2 events)
+    with HandlerServer(lambda event, attempt: Reply(200, {}, delay_s=0.02)) as handler:
+        start_worker(
+            HEALTH_PORT=str(port),
+            HANDLER_URL=handler.url,
+            HANDLER_CONCURRENCY="16",
+            MAX_EVENTS_IN_PROGRESS=str(limit),
+            KAFKA_BATCH_SIZE=str(batch),
+        )
+        _wait_for(f"http://127.0.0.1:{port}/livez")
+        seen: list[float] = []
+        deadline = time.monotonic() + 120
+        while len(handler.calls) < 1500 and time.monotonic() < deadline:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            seen.append(_metric(text, "wa_events_in_progress"))
+            time.sleep(0.05)
+        processed = read_topic(
+            stack.brokers, topics.processed, until=lambda rs: len(rs) >= 1500, timeout_s=60
+        )
+    assert len({r.header("wa-event-key") for r in processed}) == 1500
+    assert max(seen) >= limit / 2  # the limit was reached, so it was tested
+    assert max(seen) <= limit + 3 * batch * 2
