@@ -90,3 +90,5 @@ def test_json_bytes_fall_back_for_what_orjson_refuses() -> None:
     assert jsonbytes.dumps({"a": [1, "é"]}) == '{"a":[1,"é"]}'.encode()
     big = {"n": 2**70, "s": "\ud800"}  # both can come out of json.loads on Meta's payloads
     assert json.loads(jsonbytes.dumps(big)) == big
+    odd = {"n": 2**70, "f": [float("inf"), float("nan")]}  # the fallback path, with non-finite
+    assert json.loads(jsonbytes.dumps(odd)) == {"n": 2**70, "f": [None, None]}

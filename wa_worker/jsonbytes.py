@@ -10,8 +10,15 @@ import orjson
 
 def dumps(value: Any) -> bytes:
     """Compact JSON bytes. Meta's payloads may hold what orjson rejects (integers beyond 64 bits,
-    lone surrogates decoded from escapes); those few go through the stdlib encoder."""
+    lone surrogates decoded from escapes, nesting deeper than 255); those few go through the
+    stdlib encoder, with NaN and infinities written as null, as orjson and pydantic write them."""
     try:
         return orjson.dumps(value, default=str)
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), default=str).encode()
+        pass
+    try:
+        text = json.dumps(value, separators=(",", ":"), default=str, allow_nan=False)
+    except ValueError:  # a non-finite float: round-trip it through null
+        loose = json.dumps(value, separators=(",", ":"), default=str)
+        text = json.dumps(json.loads(loose, parse_constant=lambda _: None), separators=(",", ":"))
+    return text.encode()

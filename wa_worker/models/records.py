@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import to_jsonable_python
 
 # Envelopes up to this size ride along with each of their events, so a DLQ record can carry
 # the untouched bytes; larger ones are rebuilt per event to keep state and snapshots small.
@@ -81,8 +82,26 @@ class WebhookEvent(BaseModel):
     envelope_raw: bytes | None = None
 
     def for_handler(self) -> dict[str, Any]:
-        """The JSON the handler receives: the event without transport baggage."""
-        return self.model_dump(mode="json", exclude={"envelope_raw", "envelope_headers", "source"})
+        """The JSON the handler receives: the event without transport baggage.
+
+        Built by hand rather than with `model_dump(mode="json")`, which walked every payload
+        dict on the hot path (a quarter of the record-building time). The payloads are JSON
+        as received, so they go out as they are; a test keeps this equal to model_dump."""
+        return {
+            "event_key": self.event_key,
+            "conversation_key": self.conversation_key,
+            "kind": self.kind.value,
+            "webhook_id": self.webhook_id,
+            "field": self.field,
+            "object": self.object,
+            "entry_id": self.entry_id,
+            "entry_time": self.entry_time,
+            "phone_number_id": self.phone_number_id,
+            "wa_id": self.wa_id,
+            "payload": self.payload,
+            "value_context": self.value_context,
+            "received_at": to_jsonable_python(self.received_at),
+        }
 
     def single_event_envelope(self) -> dict[str, Any]:
         """An envelope carrying just this event, for the DLQ when the original was too big."""
