@@ -76,6 +76,33 @@ def verify_signature(body: bytes, header: str | None, app_secret: bytes) -> None
         raise SignatureError(f"{SIGNATURE_HEADER} does not match the body")
 
 
+# Meta's payloads are a handful of levels deep. Much deeper JSON parses, but an event holding
+# it could not be pickled into a recovery snapshot (recursion limit) and would stop the worker
+# at every restart: it is dead-lettered here instead.
+MAX_JSON_DEPTH = 64
+
+
+def _check_depth(text: bytes | str, data: Any) -> None:
+    opened = (
+        text.count(b"{") + text.count(b"[")
+        if isinstance(text, bytes)
+        else (text.count("{") + text.count("["))
+    )
+    if opened <= MAX_JSON_DEPTH:  # cheap common case: too few brackets to be that deep
+        return
+    level: list[tuple[Any, int]] = [(data, 1)]
+    while level:
+        value, depth = level.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InputError(
+                f"JSON nested deeper than {MAX_JSON_DEPTH} levels", ErrorClass.INVALID_PAYLOAD
+            )
+        if isinstance(value, dict):
+            level.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            level.extend((v, depth + 1) for v in value)
+
+
 def _load_envelope(raw: bytes | None) -> Envelope:
     if not raw:
         raise InputError("empty record", ErrorClass.INVALID_ENVELOPE)
@@ -83,6 +110,7 @@ def _load_envelope(raw: bytes | None) -> Envelope:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise InputError(f"envelope is not JSON: {exc}"[:300], ErrorClass.INVALID_JSON) from exc
+    _check_depth(raw, data)
     try:
         return Envelope.model_validate(data)
     except ValidationError as exc:
@@ -96,10 +124,12 @@ def _load_payload(envelope: Envelope, app_secret: bytes | None) -> WebhookPayloa
             # surrogatepass: a body Meta cannot have signed still gets a signature verdict.
             raw = body.encode("utf-8", "surrogatepass")
             verify_signature(raw, envelope.header(SIGNATURE_HEADER), app_secret)
+        text = body
         try:
-            body = json.loads(body)
+            body = json.loads(text)
         except (ValueError, RecursionError) as exc:
             raise InputError(f"body is not JSON: {exc}"[:300], ErrorClass.INVALID_JSON) from exc
+        _check_depth(text, body)
     payload = _validated(WebhookPayload, body, "not a WhatsApp payload")
     if payload.object != WHATSAPP_OBJECT:
         raise InputError(

@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 
 from operators.parse import parse_record
-from tests.support.webhooks import envelope, signed_envelope
+from tests.support.webhooks import (
+    envelope,
+    messages_value,
+    payload,
+    signed_envelope,
+    text_message,
+)
 from wa_worker.models.records import (
     ENVELOPE_CARRY_LIMIT,
     DeadLetter,
@@ -1181,3 +1187,22 @@ def test_a_body_with_a_lone_surrogate_is_a_bad_signature() -> None:
     ).encode()
     (letter,) = parse_record(raw, None, b"secret")
     assert isinstance(letter, DeadLetter) and letter.error_class is ErrorClass.BAD_SIGNATURE
+
+
+@pytest.mark.parametrize("where", ["message", "body_string"])
+def test_json_nested_deeper_than_the_limit_is_dead_lettered(where: str) -> None:
+    from operators.parse import MAX_JSON_DEPTH
+
+    deep: dict[str, object] = {}
+    cur = deep
+    for _ in range(MAX_JSON_DEPTH):
+        cur["a"] = {}
+        cur = cur["a"]  # type: ignore[assignment]
+    message = text_message("wamid.deep", "3161")
+    message["extra"] = deep
+    body = payload(messages_value([message], wa_id="3161"))
+    raw = envelope("w", json.dumps(body) if where == "body_string" else body)
+    (out,) = parse_record(raw, None)
+    assert isinstance(out, DeadLetter)
+    assert out.error_class is ErrorClass.INVALID_PAYLOAD
+    assert f"deeper than {MAX_JSON_DEPTH}" in out.reason

@@ -11,6 +11,7 @@ import copy
 import hashlib
 import hmac
 import json
+import pickle
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,6 +66,7 @@ def check(raw: bytes | None, app_secret: bytes | None = None) -> list[WebhookEve
             assert isinstance(item.payload, dict)
             # for_handler is built by hand for speed: it must say what pydantic would (pydantic
             # itself gives up on nesting deeper than its limit; for_handler must not)
+            pickle.dumps(item)  # recovery snapshots and worker exchange pickle events
             sent = jsonbytes.dumps(item.for_handler())
             assert json.loads(sent)["event_key"] == item.event_key
             try:
