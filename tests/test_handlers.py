@@ -92,3 +92,36 @@ def test_json_bytes_fall_back_for_what_orjson_refuses() -> None:
     assert json.loads(jsonbytes.dumps(big)) == big
     odd = {"n": 2**70, "f": [float("inf"), float("nan")]}  # the fallback path, with non-finite
     assert json.loads(jsonbytes.dumps(odd)) == {"n": 2**70, "f": [None, None]}
+
+
+def test_runtime_close_writes_done_markers_and_closes_the_handler(
+    worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    from wa_worker.dedupe import dedupe_keys
+    from wa_worker.runtime import IoRuntime
+    from wa_worker.settings import load_settings_or_exit
+
+    for name, value in worker_env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings_or_exit()
+    closed: list[bool] = []
+
+    class Handler:
+        async def __call__(self, event: object) -> None:
+            return None
+
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    runtime = IoRuntime(settings, handler=Handler())
+    runtime.mark_done([("wamid.closing", "processed")])
+    runtime.close()
+    assert closed == [True]
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        key = dedupe_keys(settings).key("wamid.closing")
+        assert client.hget(key, "outcome") == b"processed"
+    finally:
+        client.close()

@@ -89,12 +89,21 @@ class IoRuntime:
         self._redis_turn = asyncio.Lock()  # one batch at a time; shutdown waits its turn
         self._batcher = asyncio.create_task(self._redis_batches())
 
-    def close(self, timeout_s: float = 3.0) -> None:
+    def close(self) -> None:
         """Write what is still queued for Redis (done markers above all), then stop the loop."""
         if not self._loop.is_running():
             return
-        with contextlib.suppress(Exception):
+        # Room for the batch in flight and the last one, each bounded by the Redis timeout.
+        timeout_s = 2 * self._settings.redis_timeout_ms / 1000 + 2.0
+        try:
             asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout_s)
+        except Exception as exc:  # noqa: BLE001  (exiting anyway: say what may be repeated)
+            log.warning(
+                "shutdown did not finish writing to Redis (%s): %d done markers not written; "
+                "their events may be handled again after their lease",
+                exc or type(exc).__name__,
+                len(self._dones),
+            )
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout_s)  # stopped when this returns: a second close is a no-op
 
@@ -109,6 +118,8 @@ class IoRuntime:
         for task in self._inflight:
             task.cancel()
         await self._store.aclose()
+        if (close_handler := getattr(self._handler, "aclose", None)) is not None:
+            await close_handler()  # the HTTP client's sessions, the callable's thread pool
 
     # Called from Bytewax worker threads: never block.
 
