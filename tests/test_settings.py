@@ -71,6 +71,25 @@ def test_handler_url_and_callable_are_exclusive(monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.parametrize(
+    ("env", "mentions"),
+    [
+        ({"BREAKER_MIN_CALLS": "30", "BREAKER_WINDOW": "20"}, "BREAKER_MIN_CALLS .30. must not"),
+        (
+            {"MAX_EVENTS_IN_PROGRESS": "100", "HANDLER_CONCURRENCY": "128"},
+            "MAX_EVENTS_IN_PROGRESS .100. is below HANDLER_CONCURRENCY",
+        ),
+    ],
+)
+def test_settings_that_contradict_each_other_are_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], mentions: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=mentions):
+        load_settings()
+
+
+@pytest.mark.parametrize(
     "argv", [["-m", "bytewax.run", "dataflow"], ["-m", "wa_worker.cli", "run"]]
 )
 def test_start_up_stops_with_one_line(argv: list[str]) -> None:

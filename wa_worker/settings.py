@@ -140,9 +140,20 @@ class Settings(BaseSettings):
         return value.upper()
 
     @model_validator(mode="after")
-    def _one_handler(self) -> Settings:
+    def _consistent(self) -> Settings:
         if self.handler_url and self.handler_callable:
             raise ValueError("HANDLER_URL and HANDLER_CALLABLE are exclusive: set one")
+        if self.breaker_min_calls > self.breaker_window:
+            # the window could never hold enough calls: the breaker would never open
+            raise ValueError(
+                f"BREAKER_MIN_CALLS ({self.breaker_min_calls}) must not exceed "
+                f"BREAKER_WINDOW ({self.breaker_window})"
+            )
+        if self.max_events_in_progress < self.handler_concurrency:
+            raise ValueError(
+                f"MAX_EVENTS_IN_PROGRESS ({self.max_events_in_progress}) is below "
+                f"HANDLER_CONCURRENCY ({self.handler_concurrency}): calls could never all be used"
+            )
         return self
 
     @property
