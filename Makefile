@@ -18,7 +18,9 @@ stack-down:
 
 # The side-by-side benchmark (README "Benchmark"); bench-smoke is the seconds-scale CI run.
 bench:
+	scripts/bootstrap
 	.venv/bin/python -m bench
 
 bench-smoke:
+	scripts/bootstrap
 	.venv/bin/python -m bench --smoke
