@@ -485,5 +485,7 @@ def test_cluster_membership_is_read_the_way_bytewax_run_reads_it(
     assert not in_bytewax_cluster(["dataflow", "-w", "2", "-r", "dir", "-s", "1", "-b", "0"])
     assert in_bytewax_cluster(["dataflow", "-i", "0", "-a", "h:1;h:2"])
     assert in_bytewax_cluster(["dataflow", "--addresses=h:1;h:2"])
+    assert in_bytewax_cluster(["dataflow", "-ah:1;h:2"])  # argparse's other spellings
+    assert in_bytewax_cluster(["dataflow", "--addr", "h:1;h:2"])
     monkeypatch.setenv("BYTEWAX_HOSTFILE_PATH", "/etc/bytewax/hosts")
     assert in_bytewax_cluster(["dataflow"])

@@ -41,11 +41,18 @@ def require_kafka_topics(settings: Settings, timeout_s: float = 15.0) -> None:
         )
 
 
-def bytewax_process_id(argv: list[str] | None = None) -> int:
-    """This process's index in a Bytewax cluster, found the way `bytewax.run` finds it."""
+def _cluster_args(argv: list[str] | None) -> argparse.Namespace:
+    """`-i` and `-a` parsed as `bytewax.run` parses them (abbreviations, `-a<x>`, `--x=y`)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("-i", "--process-id", type=int)
+    parser.add_argument("-a", "--addresses")
     known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return known
+
+
+def bytewax_process_id(argv: list[str] | None = None) -> int:
+    """This process's index in a Bytewax cluster, found the way `bytewax.run` finds it."""
+    known = _cluster_args(argv)
     if known.process_id is not None:
         return int(known.process_id)
     env = os.environ
@@ -58,8 +65,7 @@ def bytewax_process_id(argv: list[str] | None = None) -> int:
 
 def in_bytewax_cluster(argv: list[str] | None = None) -> bool:
     """Is this process one of several (addresses given the ways `bytewax.run` takes them)?"""
-    args = sys.argv[1:] if argv is None else argv
-    addressed = any(a in ("-a", "--addresses") or a.startswith("--addresses=") for a in args)
+    addressed = _cluster_args(argv).addresses is not None
     return addressed or any(
         name in os.environ for name in ("BYTEWAX_ADDRESSES", "BYTEWAX_HOSTFILE_PATH")
     )
