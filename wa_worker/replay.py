@@ -38,6 +38,7 @@ from operators.finish import FinishTracker
 from operators.pipeline import outcome_records
 from sinks.file_sink import DLQ_FILE, PROCESSED_FILE, FileOutcomeSink, OutcomeTally
 from wa_worker import logs
+from wa_worker.backlog import Backlog
 from wa_worker.breaker import BREAKER
 from wa_worker.dedupe import redis_store
 from wa_worker.health import mask_secrets
@@ -126,7 +127,15 @@ def replay_file(
     runtime = IoRuntime(settings, store_factory=dedupe.factory)
     try:
         flow = Dataflow("wa-replay")
-        source = FileSource(path, counts, tracker, hold=BREAKER.is_open, progress=advance)
+        # The file is read no faster than the handler keeps up, as the worker reads Kafka.
+        backlog = Backlog(settings.max_events_in_progress)
+        source = FileSource(
+            path,
+            counts,
+            tracker,
+            hold=lambda: BREAKER.is_open() or backlog.full(),
+            progress=advance,
+        )
         inbound = op.input("inbound", flow, source)
         completions = op.input("completions", flow, CompletionSource(lambda: runtime, tracker))
         records = outcome_records(
@@ -137,6 +146,7 @@ def replay_file(
             paused=lambda: False,  # unlike a drain, waiting retries run to their outcome
             handler_gate=BREAKER,
             finish=tracker,
+            backlog=backlog,
         )
         op.output("files-out", records, FileOutcomeSink(out_dir, runtime, tally, dedupe.durable))
         # One worker, in this thread, no recovery (the Rust binding is untyped).
@@ -235,8 +245,10 @@ def replay_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
-    """Run the worker's dataflow on a file, offline (no Kafka): processed.jsonl, dlq.jsonl and
-    a summary. Dedupe in Redis when REDIS_URL answers, else in process memory."""
+    """Run the worker's dataflow on a file, offline: no Kafka needed.
+
+    Writes processed.jsonl, dlq.jsonl and a summary. Dedupe in Redis when REDIS_URL answers,
+    else in process memory."""
     settings = load_settings_or_exit()
     secret = settings.wa_app_secret.get_secret_value() if settings.wa_app_secret else None
     logs.configure(
