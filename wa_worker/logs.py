@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from wa_worker.health import mask_secrets
+from wa_worker.settings import Settings
 
 _PHONE = re.compile(r"(?<![\w.])\+?\d{3,}(\d{4})(?![\d])")
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -58,6 +59,15 @@ class _Formatter(logging.Formatter):
                 f" {extra}" if extra else ""
             )
         return self._redact(line)
+
+
+def configure_from(settings: Settings) -> None:
+    configure(
+        settings.log_level,
+        settings.log_format.value == "json",
+        settings.log_redact,
+        settings.secrets(),
+    )
 
 
 def configure(level: str, as_json: bool, redacted: bool, secrets: tuple[str, ...] = ()) -> None:

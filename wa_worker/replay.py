@@ -250,13 +250,7 @@ def replay_command(
     Writes processed.jsonl, dlq.jsonl and a summary. Dedupe in Redis when REDIS_URL answers,
     else in process memory."""
     settings = load_settings_or_exit()
-    secret = settings.wa_app_secret.get_secret_value() if settings.wa_app_secret else None
-    logs.configure(
-        settings.log_level,
-        settings.log_format.value == "json",
-        settings.log_redact,
-        (secret,) if secret else (),
-    )
+    logs.configure_from(settings)
     err = Console(stderr=True)
     dedupe = choose_dedupe(settings, in_memory)
     note = f"; {dedupe.note}" if dedupe.note else ""

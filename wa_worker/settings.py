@@ -156,6 +156,10 @@ class Settings(BaseSettings):
             )
         return self
 
+    def secrets(self) -> tuple[str, ...]:
+        """Values logs and tools must never print (the app secret, when set)."""
+        return (self.wa_app_secret.get_secret_value(),) if self.wa_app_secret else ()
+
     @property
     def broker_list(self) -> list[str]:
         return self.kafka_brokers.split(",")

@@ -96,13 +96,7 @@ def tune_gc() -> None:
 
 
 def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -> None:
-    secret = settings.wa_app_secret.get_secret_value() if settings.wa_app_secret else None
-    logs.configure(
-        settings.log_level,
-        settings.log_format.value == "json",
-        settings.log_redact,
-        (secret,) if secret else (),
-    )
+    logs.configure_from(settings)
     DRAIN.install_signal_handlers(settings.drain_timeout_s, in_bytewax_cluster())
     BREAKER.configure_from(settings)
     process_id = bytewax_process_id()
