@@ -91,16 +91,14 @@ class ReplaySummary(BaseModel):
     retried_events: int
     retries: int
     dead_lettered: dict[str, int]
+    dead_lettered_events: int  # dead letters of single events (not whole bad records)
     handler_calls: int
     elapsed_s: float
 
     @property
     def unaccounted(self) -> int:
         """Events with neither an outcome nor a duplicate verdict: 0 unless something broke."""
-        dead_events = self.dead_lettered.get("handler_permanent", 0) + self.dead_lettered.get(
-            "retries_exhausted", 0
-        )
-        return self.events - self.processed - dead_events - self.duplicates
+        return self.events - self.processed - self.dead_lettered_events - self.duplicates
 
 
 def replay_file(
@@ -169,6 +167,7 @@ def replay_file(
         retried_events=tally.retried_events,
         retries=after.retries - before.retries,
         dead_lettered=dict(sorted(tally.dead_lettered.items())),
+        dead_lettered_events=tally.dead_lettered_events,
         handler_calls=after.handler_calls - before.handler_calls,
         elapsed_s=round(time.monotonic() - started, 3),
     )
