@@ -1,4 +1,4 @@
-"""Handler outcome classification, against httpx's MockTransport (a fake HTTP peer)."""
+"""Handler outcome classification and the HTTP handler, against a local HTTP peer."""
 
 from __future__ import annotations
 
