@@ -197,13 +197,19 @@ def dlq_redrive(
 
 
 def _reset_markers(settings: Settings, keys: list[str], dry_run: bool) -> dict[str, MarkerState]:
-    timeout = settings.redis_timeout_ms / 1000  # a Redis that does not answer fails, not hangs
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    client = redis_client(settings)
     try:
         return DedupeAdmin(client, dedupe_keys(settings)).reset_dead_lettered(
             keys, dry_run=dry_run
         )
     finally:
         client.close()
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """REDIS_URL with the worker's REDIS_TIMEOUT_MS: a Redis that does not answer fails the
+    command instead of holding it."""
+    timeout = settings.redis_timeout_ms / 1000
+    return redis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
