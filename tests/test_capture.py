@@ -116,3 +116,33 @@ def test_capture_of_a_missing_topic_fails_with_one_line(
     assert result.returncode == 1
     assert "'no.such.topic' does not exist" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_capture_since_after_every_record_captures_none(
+    stack: Stack, topics: Topics, tmp_path: Path, worker_env: dict[str, str]
+) -> None:
+    produce(stack.brokers, topics.inbound, webhooks("old", 4))
+    out = tmp_path / "none.jsonl"
+    assert "captured 0 records" in capture(worker_env, out, "--since", "0s")
+    assert out.read_text() == ""
+    assert "captured 0 records" in capture(worker_env, out, "--since", "2100-01-01T00:00:00Z")
+
+
+def test_capture_keeps_going_past_json_nested_too_deep(
+    stack: Stack, topics: Topics, tmp_path: Path, worker_env: dict[str, str]
+) -> None:
+    deep = b'{"a":' * 20_000 + b"1" + b"}" * 20_000
+    produce(stack.brokers, topics.inbound, [*webhooks("d", 3), (b"deep", deep)])
+    out = tmp_path / "deep.jsonl"
+    summary = capture(worker_env, out)
+    assert "captured 4 records" in summary and "3 envelopes" in summary
+    assert "1 nested too deep to parse" in summary
+    assert sorted(map(str, lines(out)), key=len)[-1] == deep.decode()  # saved as a JSON string
+
+
+def test_capture_into_a_missing_directory_fails_with_one_line(
+    tmp_path: Path, worker_env: dict[str, str]
+) -> None:
+    result = run_cli(worker_env, "capture", str(tmp_path / "no" / "x.jsonl"), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("wa-worker: No such file or directory")

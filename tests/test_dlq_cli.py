@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from confluent_kafka import Producer
 
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
@@ -19,7 +21,9 @@ from tests.support.handler_server import HandlerServer, Reply
 from tests.support.kafka import produce, read_topic
 from tests.support.webhooks import conversation_webhook, messages_value, payload, text_message
 from tests.support.worker import WorkerProcess
+from wa_worker.cli_dlq import redis_client
 from wa_worker.devstack import free_port
+from wa_worker.settings import load_settings
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -160,3 +164,100 @@ def test_publish_captured_webhooks(
         stack.brokers, topics.processed, until=lambda rs: len(rs) >= 2, timeout_s=60
     )
     assert sorted(str(r.header("wa-event-key")) for r in processed) == ["wamid.r1", "wamid.r2"]
+
+
+def dead_letter(brokers: str, topic: str, value: bytes, event_key: str) -> None:
+    """A dead letter as the worker writes it (the headers the tools read)."""
+    producer = Producer({"bootstrap.servers": brokers, "message.max.bytes": 5_242_880})
+    headers: list[tuple[str, str | bytes | None]] = [
+        ("wa-event-key", event_key.encode()),
+        ("wa-error-class", b"invalid_json"),
+        ("wa-error-reason", b"test"),
+    ]
+    producer.produce(topic, value, event_key.encode(), headers=headers)
+    assert producer.flush(30) == 0
+
+
+def deep_json(levels: int) -> bytes:
+    return b'{"a":' * levels + b"1" + b"}" * levels
+
+
+def test_since_after_every_dead_letter_selects_none(
+    stack: Stack, topics: Topics, worker_env: dict[str, str]
+) -> None:
+    for i in range(4):  # some partitions get records, at least one of three stays empty
+        dead_letter(stack.brokers, topics.dlq, b"{}", f"wamid.old{i}")
+    assert len(rows(worker_env, "--since", "1h")) == 4
+    # No record at or after now: empty, not "from the oldest record".
+    assert rows(worker_env, "--since", "0s") == []
+    assert rows(worker_env, "--since", "2100-01-01T00:00:00Z") == []
+    redrive = cli(worker_env, "dlq", "redrive", "--since", "0s")
+    assert "re-drove 0 records" in redrive.stdout
+    assert read_topic(stack.brokers, topics.inbound, settle_s=0.5) == []
+
+
+def test_show_a_dead_letter_nested_too_deep_to_parse(
+    stack: Stack, topics: Topics, worker_env: dict[str, str]
+) -> None:
+    dead_letter(stack.brokers, topics.dlq, deep_json(20_000), "wamid.deep")
+    assert [r["event-key"] for r in rows(worker_env)] == ["wamid.deep"]
+    shown = run_cli(worker_env, "dlq", "show", "wamid.deep", check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "nested too deep to redact" in shown.stdout and "Traceback" not in shown.stderr
+    full = run_cli(worker_env, "dlq", "show", "wamid.deep", "--show-body", "--json", check=False)
+    assert full.returncode == 0, full.stderr
+    assert json.loads(full.stdout)["envelope"] == deep_json(20_000).decode()
+
+
+def test_publish_sends_what_kafka_accepts_and_names_the_rest(
+    stack: Stack, topics: Topics, tmp_path: Path, worker_env: dict[str, str]
+) -> None:
+    small = [json.loads(conversation_webhook(f"w-s{i}", "3161", [f"wamid.s{i}"])) for i in (1, 2)]
+    huge = json.loads(conversation_webhook("w-huge", "3161", ["wamid.huge"]))
+    huge["headers"]["padding"] = "x" * 1_100_000  # over message.max.bytes (1 MiB)
+    capture = tmp_path / "captured.jsonl"
+    capture.write_text("\n".join(json.dumps(e) for e in [small[0], huge, small[1]]) + "\n")
+    env = {**worker_env, "KAFKA_MAX_MESSAGE_BYTES": "1048576"}
+    result = run_cli(env, "publish", str(capture), check=False)
+    assert result.returncode == 1
+    # One line of ours (librdkafka may log its own warnings around it).
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("wa-worker:")]
+    assert "Traceback" not in result.stderr
+    assert "published 2 of 3 records" in line and "1 failed: key w-huge" in line
+    sent = read_topic(stack.brokers, topics.inbound, until=lambda rs: len(rs) >= 2)
+    assert sorted(r.key or b"" for r in sent) == [b"w-s1", b"w-s2"]
+
+
+def test_publish_of_json_nested_too_deep_fails_with_one_line(
+    topics: Topics, tmp_path: Path, worker_env: dict[str, str]
+) -> None:
+    capture = tmp_path / "deep.jsonl"
+    capture.write_text(deep_json(20_000).decode() + "\n")
+    result = run_cli(worker_env, "publish", str(capture), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{capture}:1: JSON nested too deep" in result.stderr
+
+
+def test_redrive_uses_the_redis_timeout(stack: Stack) -> None:
+    settings = load_settings(redis_url=stack.redis_url, redis_timeout_ms=750)
+    client = redis_client(settings)
+    try:
+        assert client.ping()
+        kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 0.75
+    finally:
+        client.close()
+
+
+def test_redrive_reports_a_silent_redis_in_one_line(
+    stack: Stack, topics: Topics, worker_env: dict[str, str]
+) -> None:
+    dead_letter(stack.brokers, topics.dlq, b"{}", "wamid.stuck")
+    with socket.socket() as silent:  # accepts connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        env = {**worker_env, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "REDIS_TIMEOUT_MS": "500"}
+        result = run_cli(env, "dlq", "redrive", "--dry-run", check=False, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("wa-worker: Redis:") and "Traceback" not in result.stderr

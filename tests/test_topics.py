@@ -9,6 +9,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # t
 
 from tests.conftest import Stack
 from tests.support.cli import run_cli
+from wa_worker.topics import TopicSpec, create_missing
 
 
 def topics_create(env: dict[str, str], *args: str) -> str:
@@ -58,3 +59,13 @@ def _configs(admin: AdminClient, names: Iterable[str]) -> dict[str, dict[str, st
         r.name: {k: str(v.value) for k, v in f.result().items()}
         for r, f in admin.describe_configs(resources).items()
     }
+
+
+def test_a_topic_created_meanwhile_counts_as_existing(stack: Stack) -> None:
+    name = f"c{uuid.uuid4().hex[:10]}.race"
+    admin = AdminClient({"bootstrap.servers": stack.brokers})
+    spec = TopicSpec(name, 2)
+    assert create_missing(admin, [spec]) == set()
+    # What a concurrent `topics create` sees: listed as missing, then already there.
+    assert create_missing(admin, [spec]) == {name}
+    assert _partitions(admin, [name]) == {name: 2}

@@ -20,6 +20,7 @@ class LineKind(Enum):
     ENVELOPE = "envelope"
     JSON = "json"  # JSON, but not an envelope (a bare Meta payload, a wrong shape)
     NOT_JSON = "not_json"
+    TOO_DEEP = "too_deep"  # JSON nested deeper than Python can parse (saved as a JSON string)
 
 
 @dataclass
@@ -27,6 +28,7 @@ class CaptureSummary:
     envelopes: int = 0
     raw: int = 0  # not an envelope: saved as received (JSON as is, other bytes as a JSON string)
     not_json: int = 0  # of the raw ones, those that were not JSON at all
+    too_deep: int = 0  # of the raw ones, JSON nested too deep to parse
     offsets: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition: first, last
 
     @property
@@ -41,6 +43,7 @@ class CaptureSummary:
         else:
             self.raw += 1
             self.not_json += kind is LineKind.NOT_JSON
+            self.too_deep += kind is LineKind.TOO_DEEP
 
 
 def capture_line(value: bytes) -> tuple[str, LineKind]:
@@ -48,9 +51,11 @@ def capture_line(value: bytes) -> tuple[str, LineKind]:
     string body keeps its exact bytes, so its signature still verifies)."""
     try:
         data = json.loads(value)
+        line = json.dumps(data, separators=(",", ":"))
     except ValueError:
         return json.dumps(value.decode(errors="replace")), LineKind.NOT_JSON
-    line = json.dumps(data, separators=(",", ":"))
+    except RecursionError:  # one such record (the fuzz harness sends them) must not stop it all
+        return json.dumps(value.decode(errors="replace")), LineKind.TOO_DEEP
     try:
         Envelope.model_validate(data)
     except ValidationError:

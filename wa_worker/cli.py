@@ -11,6 +11,7 @@ import typer
 
 from wa_worker import dlq
 from wa_worker.cli_dlq import dlq_app
+from wa_worker.cli_support import failures_reported
 from wa_worker.cli_tools import capture, topics_app
 from wa_worker.replay import replay_command
 from wa_worker.settings import load_settings_or_exit
@@ -80,8 +81,9 @@ def publish(
 ) -> None:
     """Publish captured webhooks to the inbound topic, to feed a running worker."""
     settings = load_settings_or_exit()
-    envelopes = list(dlq.captured_envelopes(path))
-    count = dlq.publish(settings, ((key, value, []) for key, value in envelopes))
+    with failures_reported():
+        envelopes = list(dlq.captured_envelopes(path))  # every line checked before any is sent
+        count = dlq.publish(settings, ((key, value, []) for key, value in envelopes))
     typer.echo(f"published {count} webhooks into {settings.kafka_inbound_topic}")
 
 

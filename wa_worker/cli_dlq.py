@@ -12,7 +12,7 @@ from rich.table import Table
 
 from wa_worker import dlq
 from wa_worker.cli_support import failures_reported, progress, stdout_console, when
-from wa_worker.dedupe import DedupeAdmin, DedupeKeys, MarkerState
+from wa_worker.dedupe import DedupeAdmin, MarkerState, dedupe_keys
 from wa_worker.logs import redact
 from wa_worker.redaction import redact_envelope
 from wa_worker.settings import Settings, load_settings_or_exit
@@ -139,9 +139,13 @@ def _find(settings: Settings, ref: str) -> tuple[dlq.DeadLetterRecord, int]:
 
 
 def _original(value: bytes) -> Any:
+    """The envelope as JSON; as text when not JSON or nested too deep to parse and write back
+    (the fuzz harness dead-letters records nested 20,000 levels)."""
     try:
-        return json.loads(value)
-    except ValueError:
+        data = json.loads(value)
+        json.dumps({"envelope": data})  # show writes it one level down
+        return data
+    except (ValueError, RecursionError):
         return value.decode(errors="replace")
 
 
@@ -193,10 +197,19 @@ def dlq_redrive(
 
 
 def _reset_markers(settings: Settings, keys: list[str], dry_run: bool) -> dict[str, MarkerState]:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     try:
-        ttl_ms = int(settings.dedupe_ttl_days * 86_400_000)
-        admin = DedupeAdmin(client, DedupeKeys(settings.redis_key_prefix, ttl_ms))
-        return admin.reset_dead_lettered(keys, dry_run=dry_run)
+        return DedupeAdmin(client, dedupe_keys(settings)).reset_dead_lettered(
+            keys, dry_run=dry_run
+        )
     finally:
         client.close()
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """REDIS_URL with the worker's REDIS_TIMEOUT_MS: a Redis that does not answer fails the
+    command instead of holding it."""
+    timeout = settings.redis_timeout_ms / 1000
+    return redis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )

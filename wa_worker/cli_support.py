@@ -57,11 +57,15 @@ def progress(label: str, total: int | None = None) -> Iterator[Bar]:
 
 @contextmanager
 def failures_reported() -> Iterator[None]:
-    """Expected failures (bad input, unknown topic, Kafka or Redis down) as one line, exit 1."""
+    """Expected failures (bad input, unknown topic, Kafka or Redis down, a file that cannot be
+    written) as one line, exit 1."""
     try:
         yield
     except (WorkerError, ValueError, TimeoutError, RuntimeError, KafkaException) as exc:
         typer.echo(f"wa-worker: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:  # a file to read or write (a missing directory, no permission)
+        typer.echo(f"wa-worker: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
         raise typer.Exit(1) from None
     except redis.RedisError as exc:
         typer.echo(f"wa-worker: Redis: {exc}", err=True)

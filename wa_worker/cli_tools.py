@@ -54,11 +54,12 @@ def capture(
             partial.unlink(missing_ok=True)
             raise
         partial.replace(output)
+    too_deep = f", {summary.too_deep} nested too deep to parse" if summary.too_deep else ""
     ranges = ", ".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(summary.offsets.items())) or "-"
     typer.echo(
         f"captured {summary.records} records from {name} into {output}: "
         f"{summary.envelopes} envelopes, {summary.raw} not envelopes (saved as received, "
-        f"{summary.not_json} not JSON); offsets {ranges}"
+        f"{summary.not_json} not JSON{too_deep}); offsets {ranges}"
     )
 
 

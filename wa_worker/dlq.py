@@ -1,4 +1,5 @@
-"""Look into the dead-letter topic, send records back through the worker, replay captures."""
+"""Look into the dead-letter topic, send records back through the worker, and publish captured
+webhooks to the inbound topic (`publish`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from wa_worker import topic_reader
 from wa_worker.settings import Settings
@@ -118,23 +119,38 @@ def latest_per_event(records: list[DeadLetterRecord]) -> list[DeadLetterRecord]:
     return [r for r in records if not r.event_key or latest[r.event_key] is r]
 
 
+class PublishError(RuntimeError):
+    """Some records were not written; the others were (and were flushed)."""
+
+
 def publish(
     settings: Settings,
     records: Iterable[OutRecord],
     on_sent: Callable[[], None] | None = None,
 ) -> int:
-    """Write envelopes to the inbound topic; raise unless Kafka acknowledged every one."""
+    """Write envelopes to the inbound topic; raise unless Kafka acknowledged every one.
+
+    A record Kafka refuses (one over message.max.bytes, say) does not stop the others: a re-drive
+    has already reset their markers, so sending all it can and naming the failures beats a
+    partial re-drive without a count."""
     producer = Producer(settings.producer_config())
     failures: list[str] = []
-    count = 0
+    total = 0
+    acknowledged = 0
 
-    def on_delivery(err: KafkaError | None, _msg: object) -> None:
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
+        nonlocal acknowledged
         if err is not None:
-            failures.append(str(err))
-        elif on_sent is not None:
+            raw = msg.headers() or []
+            pairs = raw.items() if isinstance(raw, dict) else raw
+            failures.append(f"{_describe(msg.key(), pairs)}: {err.str()}")
+            return
+        acknowledged += 1
+        if on_sent is not None:
             on_sent()
 
     for key, value, headers in records:
+        total += 1
         while True:
             try:
                 producer.produce(
@@ -147,14 +163,28 @@ def publish(
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
                 producer.poll(0.05)
-        count += 1
+            except KafkaException as exc:  # refused before queueing (too large, ...)
+                failures.append(f"{_describe(key, headers)}: {exc.args[0].str()}")
+                break
         producer.poll(0)
     remaining = producer.flush(settings.kafka_flush_timeout_s)
     if remaining or failures:
-        raise RuntimeError(
-            f"Kafka did not acknowledge {remaining + len(failures)} records: {failures[:3]}"
+        unacknowledged = f", {remaining} not acknowledged in time" if remaining else ""
+        raise PublishError(
+            f"published {acknowledged} of {total} records into {settings.kafka_inbound_topic}"
+            f"{unacknowledged}; {len(failures)} failed: {'; '.join(failures[:3])}"
+            + (f" (and {len(failures) - 3} more)" if len(failures) > 3 else "")
         )
-    return count
+    return acknowledged
+
+
+def _describe(key: bytes | None, headers: Iterable[tuple[str, str | bytes | None]]) -> str:
+    """A record as the operator knows it: the dead letter it re-drives, else its key."""
+    for name, value in headers:
+        if name == "wa-redrive-of" and value is not None:
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value
+            return f"dead letter {text}"
+    return f"key {key.decode(errors='replace')}" if key else "a record without key"
 
 
 def redrive_records(
@@ -184,6 +214,8 @@ def captured_envelopes(path: Path) -> Iterator[tuple[bytes, bytes]]:
             data = json.loads(line)
         except ValueError as exc:
             raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
+        except RecursionError:
+            raise ValueError(f"{path}:{number}: JSON nested too deep to read") from None
         if isinstance(data, dict) and "body" in data and "id" in data:
             envelope = data
         else:
@@ -193,4 +225,8 @@ def captured_envelopes(path: Path) -> Iterator[tuple[bytes, bytes]]:
                 "body": data,
                 "timestamp": datetime.now(UTC).isoformat(),
             }
-        yield str(envelope["id"]).encode(), json.dumps(envelope).encode()
+        try:
+            value = json.dumps(envelope).encode()
+        except RecursionError:  # parsed just below the limit, one level more to write
+            raise ValueError(f"{path}:{number}: JSON nested too deep to read") from None
+        yield str(envelope["id"]).encode(), value

@@ -61,12 +61,21 @@ def redact_envelope(raw: bytes, secrets: tuple[str, ...] = ()) -> Any:
         data = json.loads(raw)
     except ValueError:
         return f"<{len(raw)} bytes, not JSON; --show-body shows them>"
-    if not isinstance(data, dict) or "body" not in data:
-        return redact_value(data, secrets)
-    return {
-        k: _redact_payload(v, secrets) if k == "body" else redact_value(v, secrets, k)
-        for k, v in data.items()
-    }
+    except RecursionError:
+        return _too_deep(raw)
+    try:
+        if not isinstance(data, dict) or "body" not in data:
+            return redact_value(data, secrets)
+        return {
+            k: _redact_payload(v, secrets) if k == "body" else redact_value(v, secrets, k)
+            for k, v in data.items()
+        }
+    except RecursionError:  # the walk (or the body's parse) goes deeper than Python can
+        return _too_deep(raw)
+
+
+def _too_deep(raw: bytes) -> str:
+    return f"<{len(raw)} bytes, JSON nested too deep to redact; --show-body shows them>"
 
 
 def _redact_payload(body: Any, secrets: tuple[str, ...]) -> Any:

@@ -122,10 +122,13 @@ def plan(
     ranges: dict[int, OffsetRange] = {}
     for p in partitions:
         low, high = client.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+        # No record at or after --since: nothing of this partition is that recent, so the range
+        # starts at the high watermark (empty). For --until the same answer means no bound.
+        start = high if request.since is not None and since.get(p) is None else since.get(p)
         ranges[p] = clamp(
             low,
             high,
-            (_spec(request.from_offsets, p), since.get(p)),
+            (_spec(request.from_offsets, p), start),
             (_spec(request.to_offsets, p), until.get(p)),
         )
     return ranges
@@ -134,13 +137,12 @@ def plan(
 def _times(
     client: Consumer, topic: str, partitions: list[int], when: datetime | None, timeout_s: float
 ) -> dict[int, int | None]:
-    """First offset at or after `when` per partition; None (no bound) when there is none yet."""
+    """First offset at or after `when` per partition; None when no record is that late."""
     if when is None:
         return {}
     found = client.offsets_for_times(
         [TopicPartition(topic, p, to_ms(when)) for p in partitions], timeout=timeout_s
     )
-    # -1: no record that late, so the bound is the end of the partition (the watermark).
     return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in found}
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     ConfigResource,
@@ -89,14 +90,10 @@ def ensure_topics(
     return once every topic has a leader on each partition."""
     admin = AdminClient(dict(admin_config))
     existing = admin.list_topics(timeout=10).topics
-    missing = [s for s in specs if s.name not in existing]
-    if missing:
-        new = [
-            NewTopic(s.name, s.partitions, s.replication_factor, config=dict(s.config))
-            for s in missing
-        ]
-        for future in admin.create_topics(new, operation_timeout=timeout_s).values():
-            future.result()
+    raced = create_missing(admin, [s for s in specs if s.name not in existing], timeout_s)
+    if raced:  # created by someone else meanwhile: reported (and grown) like any existing one
+        fresh = admin.list_topics(timeout=10).topics
+        existing = {**existing, **{n: fresh[n] for n in raced if n in fresh}}
     grow = [
         s for s in specs if s.name in existing and len(existing[s.name].partitions) < s.partitions
     ]
@@ -107,6 +104,28 @@ def ensure_topics(
     configs = _configs(admin, [s.name for s in specs if s.name in existing], timeout_s)
     _wait_for_leaders(admin, [s.name for s in specs], timeout_s)
     return [_result(s, existing, configs.get(s.name, {}), s in grow) for s in specs]
+
+
+def create_missing(
+    admin: AdminClient, missing: Sequence[TopicSpec], timeout_s: float = 30
+) -> set[str]:
+    """Create the topics; return those that already existed by then (a concurrent `topics
+    create`, or auto-creation), which is no failure."""
+    if not missing:
+        return set()
+    new = [
+        NewTopic(s.name, s.partitions, s.replication_factor, config=dict(s.config))
+        for s in missing
+    ]
+    raced: set[str] = set()
+    for name, future in admin.create_topics(new, operation_timeout=timeout_s).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+            raced.add(name)
+    return raced
 
 
 def _result(
