@@ -43,11 +43,6 @@ def _selected(
     return dlq.select(dlq.read_dead_letters(settings, request), where)
 
 
-def _secrets(settings: Settings) -> tuple[str, ...]:
-    secret = settings.wa_app_secret
-    return (secret.get_secret_value(),) if secret else ()
-
-
 @dlq_app.command("list")
 def dlq_list(
     error_class: list[str] = CLASS,
@@ -66,9 +61,9 @@ def dlq_list(
     shown = records[-limit:] if limit > 0 else records
     if as_json:
         for record in shown:
-            typer.echo(json.dumps(_redacted_summary(record, _secrets(settings))))
+            typer.echo(json.dumps(_redacted_summary(record, settings.secrets())))
     else:
-        stdout_console().print(_table(shown, _secrets(settings)))
+        stdout_console().print(_table(shown, settings.secrets()))
     by_class = Counter(r.error_class for r in records)
     counts = ", ".join(f"{c}: {n}" for c, n in by_class.most_common()) or "none"
     typer.echo(f"{len(records)} dead letters ({len(shown)} shown); {counts}", err=True)
@@ -109,7 +104,7 @@ def dlq_show(
     settings = load_settings_or_exit()
     with failures_reported():
         record, others = _find(settings, ref)
-    secrets = () if show_body else _secrets(settings)
+    secrets = () if show_body else settings.secrets()
     envelope: Any = _original(record.value) if show_body else redact_envelope(record.value, secrets)
     summary = record.summary() if show_body else _redacted_summary(record, secrets)
     if as_json:
@@ -186,7 +181,7 @@ def dlq_redrive(
         if skipped:
             report += f"; {skipped} older dead letters of the same events skipped"
         if dry_run:
-            stdout_console().print(_table(records, _secrets(settings)))
+            stdout_console().print(_table(records, settings.secrets()))
             typer.echo(f"would re-drive {len(records)} records; {report}")
             return
         with progress("re-driving", len(records)) as bar:
