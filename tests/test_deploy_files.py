@@ -20,9 +20,11 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+import typer
 import yaml
 
 from tests.support.worker import ROOT
+from wa_worker import cli
 from wa_worker.settings import Settings
 
 K8S_VERSION = "1.30.0"
@@ -99,9 +101,6 @@ def test_compose_creates_the_three_topics_and_wires_the_worker_to_them() -> None
     services = _compose()["services"]
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft
-    script = "\n".join(services["kafka-init"]["command"])
-    for topic in TOPICS:
-        assert topic in script
     env = services["worker"]["environment"]
     assert (
         env["KAFKA_INBOUND_TOPIC"],
@@ -113,6 +112,56 @@ def test_compose_creates_the_three_topics_and_wires_the_worker_to_them() -> None
     assert _unknown_settings(env) == set()
     grace = int(services["worker"]["stop_grace_period"].removesuffix("s"))
     assert grace > float(env["DRAIN_TIMEOUT_S"])
+
+
+def test_compose_creates_the_topics_with_the_worker_cli_and_settings() -> None:
+    # One way to create topics (retention, max.message.bytes and names from the settings), not a
+    # second hand-written one in kafka-topics.sh.
+    services = _compose()["services"]
+    init, worker = services["kafka-init"], services["worker"]
+    assert (init["image"], init["build"]) == (worker["image"], worker["build"])
+    assert init["environment"] == worker["environment"]
+    assert init["env_file"] == worker["env_file"]
+    assert "entrypoint" not in init  # the image's entrypoint execs the command as given
+    assert init["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+    assert init["restart"] == "no"
+    program, *args = init["command"]
+    assert program == "wa-worker"
+    assert args[:2] == ["topics", "create"]
+    # The arguments parse as the CLI's own (after Compose's ${VAR:-default} interpolation).
+    interpolated = [re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", arg) for arg in args[2:]]
+    assert interpolated == ["--partitions", "3"]
+    group = typer.main.get_command(cli.app)
+    assert isinstance(group, typer.core.TyperGroup)
+    topics = group.commands["topics"]
+    assert isinstance(topics, typer.core.TyperGroup)
+    context = topics.commands["create"].make_context("create", interpolated)
+    assert context.params["partitions"] == 3
+
+
+def _visible_command(words: list[str]) -> bool:
+    """Whether `wa-worker WORDS…` names a command --help lists (no hidden alias)."""
+    command = typer.main.get_command(cli.app)
+    for word in words:
+        if not isinstance(command, typer.core.TyperGroup):
+            return True  # the rest are the command's arguments
+        found = command.commands.get(word)
+        if found is None or found.hidden:
+            return False
+        command = found
+    return not isinstance(command, typer.core.TyperGroup)
+
+
+def test_deploy_docs_name_listed_cli_commands() -> None:
+    sources = [ROOT / "docker" / "entrypoint.sh", *sorted((ROOT / "deploy").glob("**/*.md"))]
+    quoted = [q for path in sources for q in re.findall(r"`([^`]*)`", path.read_text())]
+    quoted.append(" ".join(_compose()["services"]["kafka-init"]["command"]))
+    # `wa-worker WORD…`, not `wa-worker bytewax/bytewax` (a Helm release and chart).
+    pattern = re.compile(r"\bwa-worker((?: [a-z][a-z-]*)+)(?![\w/.:-])")
+    commands = [m for q in quoted for m in pattern.findall(q)]
+    assert "dlq list" in {c.strip() for c in commands}
+    assert [c for c in commands if not _visible_command(c.split())] == []
+    assert not _visible_command(["dlq", "inspect"])  # the check sees hidden aliases
 
 
 def test_compose_healthcheck_and_prometheus_target_the_worker_health_port() -> None:
