@@ -423,3 +423,23 @@ def test_waxctl_script_rejects_bad_options(
     done = _waxctl(tmp_path, *args)
     assert done.returncode == 2
     assert reason in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (("--frobnicate",), "unknown option --frobnicate"),
+        # A trailing option without its value: usage, not bash's "unbound variable" (exit 1).
+        (("--out",), "--out needs a value"),
+        (("--processes", "3", "--image"), "--image needs a value"),
+        (("--help",), ""),
+    ],
+)
+def test_waxctl_script_prints_usage_for_options_it_cannot_parse(
+    tmp_path: Path, args: tuple[str, ...], reason: str
+) -> None:
+    done = _waxctl(tmp_path, *args)
+    assert done.returncode == 2, done.stderr
+    assert reason in done.stderr
+    assert "usage: deploy/waxctl.sh" in done.stderr
+    assert not (tmp_path / "out").exists()
