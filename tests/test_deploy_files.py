@@ -250,6 +250,11 @@ def test_statefulset_agrees_with_its_services_settings_and_drain() -> None:
     assert sts["spec"]["serviceName"] == settings["BYTEWAX_CLUSTER_SERVICE"] == "wa-worker-cluster"
     assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
     assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    # Every process must be signalled together to drain: no rolling update, pods deleted together
+    # with the command deploy/README.md gives, which must select the StatefulSet's pods.
+    assert sts["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    labels = ",".join(f"{k}={v}" for k, v in sts["spec"]["selector"]["matchLabels"].items())
+    assert f"kubectl delete pod -l {labels}" in (ROOT / "deploy" / "README.md").read_text()
     replicas = sts["spec"]["replicas"]
     assert int(settings["BYTEWAX_PROCESSES"]) == replicas
     workers = replicas * int(settings["BYTEWAX_WORKERS_PER_PROCESS"])
