@@ -26,6 +26,13 @@ usage() {
 }
 
 while [ $# -gt 0 ]; do
+    # Checked before $2 is read: under `set -u` a missing value would die as "unbound variable".
+    case $1 in
+        -h | --help) usage ;;
+        --out | --name | --namespace | --processes | --workers | --recovery-parts | --image)
+            [ $# -ge 2 ] || { echo "waxctl.sh: $1 needs a value" >&2 && usage; } ;;
+        *) echo "waxctl.sh: unknown option $1" >&2 && usage ;;
+    esac
     case $1 in
         --out) out=$2 ;;
         --name) name=$2 ;;
@@ -34,10 +41,7 @@ while [ $# -gt 0 ]; do
         --workers) workers=$2 ;;
         --recovery-parts) parts=$2 ;;
         --image) image=$2 ;;
-        -h | --help) usage ;;
-        *) echo "waxctl.sh: unknown option $1" >&2 && usage ;;
     esac
-    [ $# -ge 2 ] || { echo "waxctl.sh: $1 needs a value" >&2 && usage; }
     shift 2
 done
 

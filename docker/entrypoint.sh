@@ -3,7 +3,7 @@
 #
 #   entrypoint.sh [bytewax.run options]   initialise recovery when missing, then exec the worker
 #   entrypoint.sh init-recovery           only initialise recovery (Kubernetes init container)
-#   entrypoint.sh COMMAND [ARGS]          run another command, e.g. `wa-worker dlq inspect`
+#   entrypoint.sh COMMAND [ARGS]          run another command, e.g. `wa-worker dlq list`
 #
 # Settings are the worker's (README); Bytewax's own variables, as set by its Helm chart and
 # waxctl, fill in ours when ours are unset: BYTEWAX_RECOVERY_DIRECTORY, BYTEWAX_RECOVERY_PARTS,

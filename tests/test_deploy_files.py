@@ -20,9 +20,11 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+import typer
 import yaml
 
 from tests.support.worker import ROOT
+from wa_worker import cli
 from wa_worker.settings import Settings
 
 K8S_VERSION = "1.30.0"
@@ -99,9 +101,6 @@ def test_compose_creates_the_three_topics_and_wires_the_worker_to_them() -> None
     services = _compose()["services"]
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft
-    script = "\n".join(services["kafka-init"]["command"])
-    for topic in TOPICS:
-        assert topic in script
     env = services["worker"]["environment"]
     assert (
         env["KAFKA_INBOUND_TOPIC"],
@@ -113,6 +112,56 @@ def test_compose_creates_the_three_topics_and_wires_the_worker_to_them() -> None
     assert _unknown_settings(env) == set()
     grace = int(services["worker"]["stop_grace_period"].removesuffix("s"))
     assert grace > float(env["DRAIN_TIMEOUT_S"])
+
+
+def test_compose_creates_the_topics_with_the_worker_cli_and_settings() -> None:
+    # One way to create topics (retention, max.message.bytes and names from the settings), not a
+    # second hand-written one in kafka-topics.sh.
+    services = _compose()["services"]
+    init, worker = services["kafka-init"], services["worker"]
+    assert (init["image"], init["build"]) == (worker["image"], worker["build"])
+    assert init["environment"] == worker["environment"]
+    assert init["env_file"] == worker["env_file"]
+    assert "entrypoint" not in init  # the image's entrypoint execs the command as given
+    assert init["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+    assert init["restart"] == "no"
+    program, *args = init["command"]
+    assert program == "wa-worker"
+    assert args[:2] == ["topics", "create"]
+    # The arguments parse as the CLI's own (after Compose's ${VAR:-default} interpolation).
+    interpolated = [re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", arg) for arg in args[2:]]
+    assert interpolated == ["--partitions", "3"]
+    group = typer.main.get_command(cli.app)
+    assert isinstance(group, typer.core.TyperGroup)
+    topics = group.commands["topics"]
+    assert isinstance(topics, typer.core.TyperGroup)
+    context = topics.commands["create"].make_context("create", interpolated)
+    assert context.params["partitions"] == 3
+
+
+def _visible_command(words: list[str]) -> bool:
+    """Whether `wa-worker WORDS…` names a command --help lists (no hidden alias)."""
+    command = typer.main.get_command(cli.app)
+    for word in words:
+        if not isinstance(command, typer.core.TyperGroup):
+            return True  # the rest are the command's arguments
+        found = command.commands.get(word)
+        if found is None or found.hidden:
+            return False
+        command = found
+    return not isinstance(command, typer.core.TyperGroup)
+
+
+def test_deploy_docs_name_listed_cli_commands() -> None:
+    sources = [ROOT / "docker" / "entrypoint.sh", *sorted((ROOT / "deploy").glob("**/*.md"))]
+    quoted = [q for path in sources for q in re.findall(r"`([^`]*)`", path.read_text())]
+    quoted.append(" ".join(_compose()["services"]["kafka-init"]["command"]))
+    # `wa-worker WORD…`, not `wa-worker bytewax/bytewax` (a Helm release and chart).
+    pattern = re.compile(r"\bwa-worker((?: [a-z][a-z-]*)+)(?![\w/.:-])")
+    commands = [m for q in quoted for m in pattern.findall(q)]
+    assert "dlq list" in {c.strip() for c in commands}
+    assert [c for c in commands if not _visible_command(c.split())] == []
+    assert not _visible_command(["dlq", "inspect"])  # the check sees hidden aliases
 
 
 def test_compose_healthcheck_and_prometheus_target_the_worker_health_port() -> None:
@@ -201,6 +250,11 @@ def test_statefulset_agrees_with_its_services_settings_and_drain() -> None:
     assert sts["spec"]["serviceName"] == settings["BYTEWAX_CLUSTER_SERVICE"] == "wa-worker-cluster"
     assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
     assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    # Every process must be signalled together to drain: no rolling update, pods deleted together
+    # with the command deploy/README.md gives, which must select the StatefulSet's pods.
+    assert sts["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    labels = ",".join(f"{k}={v}" for k, v in sts["spec"]["selector"]["matchLabels"].items())
+    assert f"kubectl delete pod -l {labels}" in (ROOT / "deploy" / "README.md").read_text()
     replicas = sts["spec"]["replicas"]
     assert int(settings["BYTEWAX_PROCESSES"]) == replicas
     workers = replicas * int(settings["BYTEWAX_WORKERS_PER_PROCESS"])
@@ -374,3 +428,23 @@ def test_waxctl_script_rejects_bad_options(
     done = _waxctl(tmp_path, *args)
     assert done.returncode == 2
     assert reason in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (("--frobnicate",), "unknown option --frobnicate"),
+        # A trailing option without its value: usage, not bash's "unbound variable" (exit 1).
+        (("--out",), "--out needs a value"),
+        (("--processes", "3", "--image"), "--image needs a value"),
+        (("--help",), ""),
+    ],
+)
+def test_waxctl_script_prints_usage_for_options_it_cannot_parse(
+    tmp_path: Path, args: tuple[str, ...], reason: str
+) -> None:
+    done = _waxctl(tmp_path, *args)
+    assert done.returncode == 2, done.stderr
+    assert reason in done.stderr
+    assert "usage: deploy/waxctl.sh" in done.stderr
+    assert not (tmp_path / "out").exists()
