@@ -118,9 +118,14 @@ def _check(report: Report) -> None:
     assert report.duplicate_handler_successes == 0, report
 
 
-def _check_poison(dlq: list[Record], poison: list[bytes]) -> None:
+def _check_poison(dlq: list[Record], poison: list[bytes], crashed: bool = False) -> None:
     letters = [r for r in dlq if r.value in set(poison)]
-    assert sorted(r.value for r in letters) == sorted(poison)
+    if crashed:
+        # Input read after the last snapshot is read again on resume; poison has no event key
+        # to dedupe on, so it may be dead-lettered twice. Each must be there at least once.
+        assert {r.value for r in letters} == set(poison)
+    else:
+        assert sorted(r.value for r in letters) == sorted(poison)
     for letter in letters:
         assert letter.header("wa-error-class") in PARSE_ERROR_CLASSES, letter.headers
         assert letter.header("wa-error-reason"), letter.headers
@@ -413,7 +418,7 @@ def test_a_killed_process_stops_the_cluster_which_resumes_on_fewer_workers(
     assert 0 < read_before < len(traffic.unique_events)
     assert report.lost == 0 and report.poison_missing == 0, report
     assert report.processed == report.unique and report.dead_lettered == 0, report
-    _check_poison(dlq, traffic.poison)
+    _check_poison(dlq, traffic.poison, crashed=True)
     # Events in flight at the kill may be handled twice (the README's window): few, and only
     # those whose first call was just before the kill (the run shows under 0.5 s; 10 s is
     # slack for a loaded machine), never work finished long before.
