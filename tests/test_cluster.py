@@ -21,14 +21,13 @@ from typing import Any
 
 import httpx
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.accounting import Report, account, table
 from harness.traffic import POISON_SHAPES, Traffic, build
 from tests.conftest import Stack, Topics
 from tests.support.handler_server import HandlerServer, Reply
-from tests.support.kafka import Record, produce, read_topic
+from tests.support.kafka import Record, group_caught_up, produce, read_topic
 from tests.support.webhooks import conversation_webhook
 from tests.support.worker import WorkerProcess
 from wa_worker.devstack import free_port
@@ -232,21 +231,7 @@ def _webhook(webhook_id: str, conversation: int, n: int) -> tuple[bytes, bytes]:
 
 
 def _snapshotted_to_end(brokers: str, topic: str, group: str, timeout_s: float = 30) -> bool:
-    """The worker reports its snapshotted input positions to its consumer group: once they
-    reach the high watermarks, the recovery snapshot covers every input record."""
-    consumer = Consumer({"bootstrap.servers": brokers, "group.id": group})
-    partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            committed = [tp.offset for tp in consumer.committed(partitions, timeout=10)]
-            high = [consumer.get_watermark_offsets(tp, timeout=5)[1] for tp in partitions]
-            if committed == high:
-                return True
-            time.sleep(0.5)
-        return False
-    finally:
-        consumer.close()
+    return group_caught_up(brokers, topic, group, PARTITIONS, timeout_s)
 
 
 def _executions(recovery_dir: Path) -> list[int]:

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from tests.conftest import Stack, Topics
 from tests.support.handler_server import HandlerServer, Reply
-from tests.support.kafka import produce, read_topic
+from tests.support.kafka import group_caught_up, produce, read_topic
 from tests.support.webhooks import conversation_webhook
 from tests.support.worker import WorkerProcess
 from wa_worker import devstack
@@ -134,23 +133,6 @@ def _metric(text: str, name: str) -> float:
     )
 
 
-def _group_caught_up(brokers: str, topic: str, group: str, timeout_s: float = 20) -> bool:
-    """The snapshotted positions reach the consumer group (for lag exporters)."""
-    consumer = Consumer({"bootstrap.servers": brokers, "group.id": group})
-    partitions = [TopicPartition(topic, p) for p in range(3)]
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            committed = [tp.offset for tp in consumer.committed(partitions, timeout=10)]
-            high = [consumer.get_watermark_offsets(tp, timeout=5)[1] for tp in partitions]
-            if committed == high:
-                return True
-            time.sleep(0.5)
-        return False
-    finally:
-        consumer.close()
-
-
 def test_metrics_count_what_was_sent(
     stack: Stack,
     topics: Topics,
@@ -190,7 +172,7 @@ def test_metrics_count_what_was_sent(
     assert _metric(text, "wa_end_to_end_latency_seconds_count") == 40
     assert _metric(text, "wa_consumer_lag_messages") == 0
     assert "wa_redis_roundtrip_seconds_bucket" in text
-    assert _group_caught_up(stack.brokers, topics.inbound, worker_env["KAFKA_GROUP_ID"])
+    assert group_caught_up(stack.brokers, topics.inbound, worker_env["KAFKA_GROUP_ID"], 3)
     assert health["worker"]["metrics"] == {
         "processed": 40,
         "failed": 1,

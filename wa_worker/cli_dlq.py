@@ -194,9 +194,7 @@ def dlq_redrive(
 def _reset_markers(settings: Settings, keys: list[str], dry_run: bool) -> dict[str, MarkerState]:
     client = redis_client(settings)
     try:
-        return DedupeAdmin(client, dedupe_keys(settings)).reset_dead_lettered(
-            keys, dry_run=dry_run
-        )
+        return DedupeAdmin(client, dedupe_keys(settings)).reset_dead_lettered(keys, dry_run=dry_run)
     finally:
         client.close()
 

@@ -114,8 +114,7 @@ def create_missing(
     if not missing:
         return set()
     new = [
-        NewTopic(s.name, s.partitions, s.replication_factor, config=dict(s.config))
-        for s in missing
+        NewTopic(s.name, s.partitions, s.replication_factor, config=dict(s.config)) for s in missing
     ]
     raced: set[str] = set()
     for name, future in admin.create_topics(new, operation_timeout=timeout_s).items():
