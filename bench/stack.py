@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from bench.workload import Record
 from wa_worker import devstack
+from wa_worker.kafka_produce import produce_waiting
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".stack" / "bench"
@@ -131,12 +132,7 @@ def send(
     record: Record,
     on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
 ) -> None:
-    while True:
-        try:
-            producer.produce(topic, record.value, record.key, on_delivery=on_delivery)
-            return
-        except BufferError:
-            producer.poll(0.05)
+    produce_waiting(producer, topic, record.value, record.key, on_delivery=on_delivery)
 
 
 @contextlib.contextmanager

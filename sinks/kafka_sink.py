@@ -23,6 +23,7 @@ from sinks.records import KafkaRecord
 from wa_worker import metrics
 from wa_worker.dedupe import DoneMark
 from wa_worker.errors import DeliveryError
+from wa_worker.kafka_produce import produce_waiting
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +71,9 @@ class _KafkaOutcomePartition(StatelessSinkPartition[KafkaRecord]):
         return int(remaining)
 
     def _produce(self, record: KafkaRecord, on_delivery: Callable[..., None]) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    record.topic,
-                    record.value,
-                    record.key,
-                    headers=list(record.headers),
-                    on_delivery=on_delivery,
-                )
-                return
-            except BufferError:
-                self._producer.poll(0.05)  # local queue full: let deliveries drain
+        produce_waiting(
+            self._producer, record.topic, record.value, record.key, record.headers, on_delivery
+        )
 
     @staticmethod
     def _observe(items: list[KafkaRecord]) -> None:

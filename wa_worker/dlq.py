@@ -13,6 +13,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from wa_worker import topic_reader
+from wa_worker.kafka_produce import produce_waiting
 from wa_worker.settings import Settings
 from wa_worker.timespec import from_ms
 
@@ -151,21 +152,12 @@ def publish(
 
     for key, value, headers in records:
         total += 1
-        while True:
-            try:
-                producer.produce(
-                    settings.kafka_inbound_topic,
-                    value,
-                    key,
-                    headers=list(headers),
-                    on_delivery=on_delivery,
-                )
-                break
-            except BufferError:  # the local queue is full: let deliveries drain it
-                producer.poll(0.05)
-            except KafkaException as exc:  # refused before queueing (too large, ...)
-                failures.append(f"{_describe(key, headers)}: {exc.args[0].str()}")
-                break
+        try:
+            produce_waiting(
+                producer, settings.kafka_inbound_topic, value, key, headers, on_delivery
+            )
+        except KafkaException as exc:  # refused before queueing (too large, ...)
+            failures.append(f"{_describe(key, headers)}: {exc.args[0].str()}")
         producer.poll(0)
     remaining = producer.flush(settings.kafka_flush_timeout_s)
     if remaining or failures:

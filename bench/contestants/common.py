@@ -9,6 +9,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
+from wa_worker.kafka_produce import produce_waiting
+
 MAX_MESSAGE_BYTES = 5_242_880
 
 
@@ -92,9 +94,4 @@ def produce(
     headers: Sequence[tuple[str, bytes]] | None,
     on_delivery: Deliveries,
 ) -> None:
-    while True:
-        try:
-            client.produce(topic, value, key, headers=list(headers or []), on_delivery=on_delivery)
-            return
-        except BufferError:
-            client.poll(0.01)
+    produce_waiting(client, topic, value, key, headers or (), on_delivery, wait_s=0.01)
