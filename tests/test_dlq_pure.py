@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 from tests.support.webhooks import conversation_webhook, payload, signed_envelope
 from wa_worker.capture import LineKind, capture_line
-from wa_worker.dlq import DeadLetterFilter, DeadLetterRecord, latest_per_event, redrive_records
+from wa_worker.dlq import (
+    DeadLetterFilter,
+    DeadLetterRecord,
+    check_classes,
+    latest_per_envelope,
+    latest_per_event,
+    parse_ref,
+    redrive_records,
+)
 from wa_worker.redaction import redact_envelope
 from wa_worker.timespec import parse_when
 from wa_worker.topic_reader import OffsetRange, clamp, parse_offset_specs
@@ -87,12 +95,14 @@ def test_capture_lines_keep_records_as_received() -> None:
     assert kind is LineKind.NOT_JSON and isinstance(json.loads(line), str)
 
 
-def _letter(offset: int, event: str | None, cls: str = "handler_permanent") -> DeadLetterRecord:
+def _letter(
+    offset: int, event: str | None, cls: str = "handler_permanent", value: bytes = b"{}"
+) -> DeadLetterRecord:
     reason = "HTTP 422: Unknown customer" if event else "Expecting value: line 1 column 2"
     headers = {"wa-error-class": cls, "wa-error-reason": reason}
     if event:
         headers |= {"wa-event-key": event, "wa-webhook-id": f"w-{event}"}
-    return DeadLetterRecord(0, offset, b"k", b"{}", headers, 1_000 + offset)
+    return DeadLetterRecord(0, offset, b"k", value, headers, 1_000 + offset)
 
 
 def test_a_redrive_takes_each_event_once_and_marks_where_it_came_from() -> None:
@@ -117,3 +127,25 @@ def test_filters() -> None:
         1
     ]
     assert all(DeadLetterFilter().matches(r) for r in letters)
+
+
+def test_keyless_dead_letters_are_redriven_once_per_envelope() -> None:
+    # 0 and 1 are two bad records; 2 and 3 their re-driven copies, dead-lettered again.
+    letters = [
+        _letter(0, None, "invalid_envelope", b"x"),
+        _letter(1, None, "invalid_envelope", b"y"),
+        _letter(2, None, "invalid_envelope", b"x"),
+        _letter(3, None, "invalid_envelope", b"y"),
+        _letter(4, "a", value=b"x"),  # events keep their own rule (latest_per_event)
+        _letter(5, "b", value=b"x"),
+    ]
+    assert [r.offset for r in latest_per_envelope(letters)] == [2, 3, 4, 5]
+    assert latest_per_envelope(latest_per_envelope(letters)) == latest_per_envelope(letters)
+
+
+def test_classes_and_refs_are_checked() -> None:
+    assert check_classes(["invalid_json", "invalid_json"]) == {"invalid_json"}
+    with pytest.raises(ValueError, match=r"unknown --class nosuch \(one of: invalid_json, "):
+        check_classes(["invalid_json", "nosuch"])
+    assert parse_ref("2:15") == (2, 15)
+    assert [parse_ref(r) for r in ("2:", ":1", "a:1", "1:-1", "wamid.x")] == [None] * 5
