@@ -97,7 +97,7 @@ def test_list_show_and_redrive_an_event_once(
         shown = cli(worker_env, "dlq", "show", ref).stdout
         assert "unknown customer" in shown and "source-offset" in shown
         assert "msg wamid.bad" not in shown and "31612345678" not in shown
-        assert "***5678" in shown
+        assert "***(11 chars)" in shown and '"id": "wamid.bad"' in shown
         full = json.loads(
             cli(worker_env, "dlq", "show", "wamid.bad", "--json", "--show-body").stdout
         )

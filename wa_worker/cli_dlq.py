@@ -103,8 +103,9 @@ def dlq_show(
 ) -> None:
     """One dead letter with all its context headers and its envelope.
 
-    The envelope is redacted unless --show-body: keys and structure stay, message texts, names
-    and phone numbers are masked."""
+    The envelope is redacted unless --show-body: keys and structure stay, and the values of
+    structural fields (ids, types, timestamps, statuses, error codes); every other value is
+    masked."""
     settings = load_settings_or_exit()
     with failures_reported():
         record, others = _find(settings, ref)
