@@ -97,7 +97,7 @@ def test_list_show_and_redrive_an_event_once(
         shown = cli(worker_env, "dlq", "show", ref).stdout
         assert "unknown customer" in shown and "source-offset" in shown
         assert "msg wamid.bad" not in shown and "31612345678" not in shown
-        assert "***5678" in shown
+        assert "***(11 chars)" in shown and '"id": "wamid.bad"' in shown
         full = json.loads(
             cli(worker_env, "dlq", "show", "wamid.bad", "--json", "--show-body").stdout
         )
@@ -261,3 +261,63 @@ def test_redrive_reports_a_silent_redis_in_one_line(
         result = run_cli(env, "dlq", "redrive", "--dry-run", check=False, timeout=60)
     assert result.returncode == 1
     assert result.stderr.startswith("wa-worker: Redis:") and "Traceback" not in result.stderr
+
+
+def test_redriving_keyless_dead_letters_twice_does_not_double_them(
+    stack: Stack,
+    topics: Topics,
+    start_worker: Callable[..., WorkerProcess],
+    worker_env: dict[str, str],
+) -> None:
+    # No event key: a re-driven copy fails again, and the next re-drive must not send both.
+    bad = [json.dumps({"id": f"w-bad{i}", "headers": {}}).encode() for i in range(3)]
+    produce(stack.brokers, topics.inbound, [(None, value) for value in bad])
+    start_worker()
+
+    def dead_letters(count: int) -> list[Any]:
+        found = read_topic(stack.brokers, topics.dlq, until=lambda rs: len(rs) >= count)
+        assert len(found) == count
+        return found
+
+    dead_letters(3)
+    first = cli(worker_env, "dlq", "redrive", "--class", "invalid_envelope")
+    assert "re-drove 3 records" in first.stdout, first.stdout
+    dead_letters(6)
+    dry = cli(worker_env, "dlq", "redrive", "--class", "invalid_envelope", "--dry-run")
+    assert "would re-drive 3 records" in dry.stdout, dry.stdout
+    second = cli(worker_env, "dlq", "redrive", "--class", "invalid_envelope")
+    assert "re-drove 3 records" in second.stdout, second.stdout
+    assert "3 copies of the same envelopes skipped" in second.stdout, second.stdout
+    found = dead_letters(9)
+    assert Counter(r.value for r in found) == {value: 3 for value in bad}
+    assert len(rows(worker_env, "--class", "invalid_envelope", "--limit", "0")) == 9
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert line.startswith("wa-worker: ") and "Traceback" not in result.stderr
+    return line
+
+
+def test_an_unknown_class_or_a_missing_record_is_an_error(
+    stack: Stack, topics: Topics, worker_env: dict[str, str]
+) -> None:
+    dead_letter(stack.brokers, topics.dlq, b"{}", "wamid.there")
+    for command in ("list", "redrive"):
+        line = one_error_line(
+            run_cli(worker_env, "dlq", command, "--class", "nosuchclass", check=False)
+        )
+        assert "unknown --class nosuchclass" in line and "invalid_json" in line
+    (there,) = rows(worker_env)
+    ref = f"{there['partition']}:{there['offset']}"
+    line = one_error_line(
+        run_cli(worker_env, "dlq", "redrive", "--ref", ref, "--ref", "0:99999", check=False)
+    )
+    assert f"no dead letter 0:99999 on {topics.dlq}" in line
+    line = one_error_line(run_cli(worker_env, "dlq", "redrive", "--ref", "zero", check=False))
+    assert "--ref zero" in line
+    assert read_topic(stack.brokers, topics.inbound, settle_s=0.5) == []  # nothing re-driven
+    # A known class without records and an existing ref still work.
+    assert rows(worker_env, "--class", "bad_signature") == []
+    assert "re-drove 1 records" in cli(worker_env, "dlq", "redrive", "--ref", ref).stdout

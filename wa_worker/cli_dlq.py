@@ -38,8 +38,12 @@ def _selected(
     webhook_id: str | None = None,
     refs: frozenset[str] = frozenset(),
 ) -> list[dlq.DeadLetterRecord]:
-    request = ReadRequest(since=when(since, "--since"), until=when(until, "--until"))
-    where = dlq.DeadLetterFilter(frozenset(classes), reason, event_key, webhook_id, refs)
+    after, before = when(since, "--since"), when(until, "--until")
+    where = dlq.DeadLetterFilter(dlq.check_classes(classes), reason, event_key, webhook_id, refs)
+    if refs:  # only those offsets are read, and each must be there
+        found = [r for r in dlq.read_refs(settings, refs) if r.between(after, before)]
+        return dlq.select(found, where)
+    request = ReadRequest(since=after, until=before)
     return dlq.select(dlq.read_dead_letters(settings, request), where)
 
 
@@ -99,8 +103,9 @@ def dlq_show(
 ) -> None:
     """One dead letter with all its context headers and its envelope.
 
-    The envelope is redacted unless --show-body: keys and structure stay, message texts, names
-    and phone numbers are masked."""
+    The envelope is redacted unless --show-body: keys and structure stay, and the values of
+    structural fields (ids, types, timestamps, statuses, error codes); every other value is
+    masked."""
     settings = load_settings_or_exit()
     with failures_reported():
         record, others = _find(settings, ref)
@@ -121,11 +126,8 @@ def dlq_show(
 
 
 def _find(settings: Settings, ref: str) -> tuple[dlq.DeadLetterRecord, int]:
-    partition, sep, offset = ref.partition(":")
-    if sep and partition.isdigit() and offset.isdigit():
-        p, o = int(partition), int(offset)
-        request = ReadRequest(frozenset({p}), from_offsets={p: o}, to_offsets={p: o + 1})
-        found = list(dlq.read_dead_letters(settings, request))
+    if dlq.parse_ref(ref) is not None:
+        found = dlq.read_refs(settings, [ref])
     else:
         found = dlq.select(dlq.read_dead_letters(settings), dlq.DeadLetterFilter(event_key=ref))
     if not found:
@@ -165,7 +167,8 @@ def dlq_redrive(
         chosen = _selected(
             settings, error_class, reason, since, until, event_key, webhook_id, frozenset(ref)
         )
-        records = dlq.latest_per_event(chosen)
+        per_event = dlq.latest_per_event(chosen)
+        records = dlq.latest_per_envelope(per_event)
         keys = [r.event_key for r in records if r.event_key]
         markers = _reset_markers(settings, keys, dry_run)
         states = Counter(markers.values())
@@ -177,9 +180,15 @@ def dlq_redrive(
         )
         if states[MarkerState.IN_FLIGHT]:
             report += " (a worker holds those right now: re-drive them again in a minute)"
-        skipped = len(chosen) - len(records)
+        skipped = len(chosen) - len(per_event)
         if skipped:
             report += f"; {skipped} older dead letters of the same events skipped"
+        copies = len(per_event) - len(records)
+        if copies:
+            report += (
+                f"; {copies} copies of the same envelopes skipped (dead letters without an"
+                " event key whose bytes a newer one repeats, as after an earlier re-drive)"
+            )
         if dry_run:
             stdout_console().print(_table(records, settings.secrets()))
             typer.echo(f"would re-drive {len(records)} records; {report}")

@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from wa_worker import topic_reader
 from wa_worker.kafka_produce import produce_waiting
+from wa_worker.models.records import ErrorClass
 from wa_worker.settings import Settings
 from wa_worker.timespec import from_ms
 
@@ -52,6 +53,12 @@ class DeadLetterRecord:
     @property
     def at(self) -> datetime | None:
         return from_ms(self.timestamp_ms)
+
+    def between(self, since: datetime | None, until: datetime | None) -> bool:
+        """Dead-lettered at or after `since` and before `until` (a record without a time is in
+        every range, as offsets_for_times cannot place it either)."""
+        at = self.at
+        return at is None or ((since is None or at >= since) and (until is None or at < until))
 
     def summary(self) -> dict[str, Any]:
         at = self.at
@@ -95,6 +102,52 @@ def read_dead_letters(
             yield from_topic_record(record)
 
 
+def parse_ref(ref: str) -> tuple[int, int] | None:
+    """`PARTITION:OFFSET` as numbers; None when the text is not one."""
+    partition, sep, offset = ref.partition(":")
+    if sep and partition.isdigit() and offset.isdigit():
+        return int(partition), int(offset)
+    return None
+
+
+def read_refs(settings: Settings, refs: Iterable[str]) -> list[DeadLetterRecord]:
+    """The dead letters at these `PARTITION:OFFSET`s, reading only those offsets. A ref that is
+    not on the topic is an error naming it, not an empty answer."""
+    topic = settings.kafka_dlq_topic
+    wanted: dict[tuple[int, int], str] = {}
+    for ref in refs:
+        position = parse_ref(ref)
+        if position is None:
+            raise ValueError(f"--ref {ref} is not PARTITION:OFFSET")
+        wanted[position] = ref
+    found: list[DeadLetterRecord] = []
+    with topic_reader.consumer(settings) as client:
+        everything = topic_reader.plan(client, topic, topic_reader.ReadRequest())
+        for p, o in sorted(wanted):
+            present = everything.get(p)
+            if present is None or not present.start <= o < present.end:
+                continue
+            one = {p: topic_reader.OffsetRange(o, o + 1)}
+            found.extend(from_topic_record(r) for r in topic_reader.read(client, topic, one))
+    missing = [ref for position, ref in sorted(wanted.items()) if position not in _positions(found)]
+    if missing:
+        raise ValueError(f"no dead letter {', '.join(missing)} on {topic}")
+    return found
+
+
+def _positions(records: Iterable[DeadLetterRecord]) -> set[tuple[int, int]]:
+    return {(r.partition, r.offset) for r in records}
+
+
+def check_classes(classes: Iterable[str]) -> frozenset[str]:
+    """The --class values, all of them error classes the worker writes."""
+    known = [c.value for c in ErrorClass]
+    unknown = sorted(set(classes) - set(known))
+    if unknown:
+        raise ValueError(f"unknown --class {', '.join(unknown)} (one of: {', '.join(known)})")
+    return frozenset(classes)
+
+
 def from_topic_record(record: topic_reader.TopicRecord) -> DeadLetterRecord:
     headers = {k: v.decode(errors="replace") for k, v in record.headers}
     return DeadLetterRecord(
@@ -118,6 +171,19 @@ def latest_per_event(records: list[DeadLetterRecord]) -> list[DeadLetterRecord]:
         if record.event_key:
             latest[record.event_key] = record
     return [r for r in records if not r.event_key or latest[r.event_key] is r]
+
+
+def latest_per_envelope(records: list[DeadLetterRecord]) -> list[DeadLetterRecord]:
+    """Of records without an event key, one per envelope (its newest dead letter); the others
+    are all kept. A re-driven copy that fails again is dead-lettered with the same bytes and no
+    trace of the re-drive (the worker does not carry inbound headers into the DLQ), so without
+    this each re-drive would send the original and every earlier copy: 6, 12, 24. Sending the
+    same bytes twice is never needed: the worker would see the same input twice."""
+    latest: dict[bytes, DeadLetterRecord] = {}
+    for record in records:
+        if not record.event_key:
+            latest[record.value] = record
+    return [r for r in records if r.event_key or latest[r.value] is r]
 
 
 class PublishError(RuntimeError):

@@ -1,57 +1,122 @@
-"""Dead letters shown to people: the envelope keeps its structure and keys, while message text,
-names and phone numbers are masked. Phone numbers are masked like log lines (`logs.redact`)."""
+"""Dead letters shown to people: the envelope keeps its structure and keys, and only the values
+of structural fields; every other string or number becomes `***(N chars)`.
+
+An allow-list, not a list of known text fields: a field Meta adds tomorrow (or one nobody
+thought of, like a contact card's birthday or a referral's headline) is masked until someone
+decides it is structural. Kept, outside a person's subtree:
+
+- anywhere: `object`, `field`, `messaging_product` (which webhook), `phone_number_id`,
+  `display_phone_number` (the business's own number), `type`, `status`, `event`,
+  `direction`, `recipient_type`, `category`, `pricing_model`, `mime_type` (labels and
+  states), `timestamp`, `expiration_timestamp`, `time`, error `code`;
+- `id` directly in the envelope, an `entry`, a message, status, echo or call, a `context`,
+  a `conversation`, a media object or a button/list reply (not a history thread's `id`,
+  which is the customer's number);
+- `title` directly in an `errors` item (elsewhere it is a job title or a button's text).
+
+A person's subtree is everything under `contacts` (the sender's profile, wa_id and
+business-scoped user ids, or shared contact cards) or `contact`: nothing in it is kept, labels
+included. Customer ids elsewhere (`from`, `from_user_id`, `recipient_id`, `wa_id`, `to`, ...)
+are simply not on the list. Booleans and nulls stay (flags such as `billable`).
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from wa_worker.logs import redact
-
-# Keys whose string values are what customers wrote or who they are, anywhere in a payload.
-_TEXT_KEYS = frozenset(
+KEPT_ANYWHERE = frozenset(
     {
-        "body",
-        "caption",
-        "text",
-        "title",
-        "description",
-        "name",
-        "formatted_name",
-        "first_name",
-        "last_name",
-        "middle_name",
-        "username",
-        "address",
-        "street",
-        "city",
-        "email",
-        "emoji",
-        "filename",
-        "payload",
-        "response_json",
-        "url",
+        "object",
+        "field",
+        "messaging_product",
+        "phone_number_id",
+        "display_phone_number",
+        "type",
+        "status",
+        "event",
+        "direction",
+        "recipient_type",
+        "category",
+        "pricing_model",
+        "mime_type",
+        "timestamp",
+        "expiration_timestamp",
+        "time",
+        "code",
     }
 )
-# Digits that are not phone numbers (unix times) stay readable.
-_PLAIN_KEYS = frozenset({"timestamp"})
+# Key -> the keys of the objects (or lists of objects) it is kept directly in; None is the
+# envelope itself.
+KEPT_UNDER: dict[str, frozenset[str | None]] = {
+    "id": frozenset(
+        {
+            None,
+            "entry",
+            "messages",
+            "statuses",
+            "message_echoes",
+            "calls",
+            "context",
+            "conversation",
+            "image",
+            "video",
+            "audio",
+            "document",
+            "sticker",
+            "button_reply",
+            "list_reply",
+        }
+    ),
+    "title": frozenset({"errors"}),
+}
+PERSONAL_SUBTREES = frozenset({"contacts", "contact"})
+# Every key whose value may be kept somewhere.
+KEPT_KEYS = KEPT_ANYWHERE | frozenset(KEPT_UNDER)
 
 
 def mask(text: str) -> str:
     return f"***({len(text)} chars)"
 
 
-def redact_value(value: Any, secrets: tuple[str, ...] = (), key: str | None = None) -> Any:
-    """A copy of a JSON value with texts masked and phone numbers shortened to their end."""
+def is_kept(key: str | None, parent: str | None) -> bool:
+    """Whether the value of `key`, directly inside `parent`'s object, is structural."""
+    if key is None:
+        return False
+    return key in KEPT_ANYWHERE or parent in KEPT_UNDER.get(key, frozenset())
+
+
+def redact_value(
+    value: Any,
+    secrets: tuple[str, ...] = (),
+    key: str | None = None,
+    parent: str | None = None,
+) -> Any:
+    """A copy of a JSON value (the value of `key`, in an object under `parent`) with every
+    string and number masked but the structural ones of the allow-list."""
+    return _walk(value, secrets, key, parent, personal=False)
+
+
+def _walk(
+    value: Any, secrets: tuple[str, ...], key: str | None, parent: str | None, personal: bool
+) -> Any:
+    personal = personal or key in PERSONAL_SUBTREES
     if isinstance(value, dict):
-        return {k: redact_value(v, secrets, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_value(v, secrets, key) for v in value]
-    if isinstance(value, str):
-        if key in _TEXT_KEYS:
-            return mask(value)
-        return value if key in _PLAIN_KEYS else redact(value, secrets)
-    return value
+        return {k: _walk(v, secrets, str(k), key, personal) for k, v in value.items()}
+    if isinstance(value, list):  # items sit in the list's key, as an object's fields do
+        return [_walk(v, secrets, key, parent, personal) for v in value]
+    if value is None or isinstance(value, bool):
+        return value
+    if not personal and is_kept(key, parent):
+        return _without_secrets(value, secrets) if isinstance(value, str) else value
+    return mask(value if isinstance(value, str) else json.dumps(value))
+
+
+def _without_secrets(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def redact_envelope(raw: bytes, secrets: tuple[str, ...] = ()) -> Any:
@@ -84,4 +149,4 @@ def _redact_payload(body: Any, secrets: tuple[str, ...]) -> Any:
             body = json.loads(body)
         except ValueError:
             return mask(body)
-    return redact_value(body, secrets)
+    return redact_value(body, secrets, "body")
