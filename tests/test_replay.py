@@ -8,16 +8,19 @@ import socket
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from operators.file_source import line_record
 from sinks.file_sink import FileRecord
-from tests.conftest import Stack
+from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
 from tests.support.handler_server import HandlerServer, Reply
+from tests.support.kafka import produce, read_topic
 from tests.support.webhooks import (
     conversation_webhook,
     envelope,
@@ -25,7 +28,7 @@ from tests.support.webhooks import (
     payload,
     text_message,
 )
-from tests.support.worker import ROOT
+from tests.support.worker import ROOT, WorkerProcess
 
 WEBHOOKS = 60  # two messages each; every 10th delivered twice under a new webhook id
 
@@ -247,3 +250,47 @@ def test_line_records_wrap_bare_bodies_byte_for_byte(tmp_path: Path) -> None:
     assert line_record(enveloped, 1, source) == (enveloped, "envelope")
     assert line_record(b'{"id": "w1"}', 1, source) == (b'{"id": "w1"}', "envelope")
     assert line_record(b"{oops", 1, source) == (b"{oops", "not_json")
+
+
+def test_a_default_replay_leaves_the_running_workers_dedupe_alone(
+    stack: Stack,
+    topics: Topics,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    worker_env: dict[str, str],
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """Replaying with the worker's own settings and no flags must not mark its events done:
+    the same webhook reaching the worker afterwards is handled, not dropped as a duplicate."""
+    webhook = conversation_webhook("w-fresh", "31655", ["wamid.fresh"])
+    fresh = tmp_path / "fresh.jsonl"
+    fresh.write_bytes(webhook + b"\n")
+    with HandlerServer() as handler:
+        env = {**worker_env, "HANDLER_URL": handler.url}
+        summary, stderr = replay(env, fresh, tmp_path / "out")
+        assert summary["processed"] == 1
+        assert f"prefix '{redis_prefix}replay:'" in stderr
+        assert not redis_client.exists(f"{redis_prefix}evt:wamid.fresh")
+
+        worker = start_worker(HANDLER_URL=handler.url)
+        produce(stack.brokers, topics.inbound, [(b"w-fresh", webhook)])
+        processed = read_topic(
+            stack.brokers, topics.processed, until=lambda rs: len(rs) >= 1, timeout_s=90
+        )
+        assert worker.running(), worker.log()
+    assert [r.header("wa-event-key") for r in processed] == ["wamid.fresh"]
+    assert [c.event_key for c in handler.calls] == ["wamid.fresh", "wamid.fresh"]
+
+
+def test_replay_shares_the_workers_dedupe_only_when_given_its_prefix(
+    stack: Stack, redis_client: redis.Redis, redis_prefix: str, tmp_path: Path
+) -> None:
+    capture = tmp_path / "day.jsonl"
+    capture.write_bytes(conversation_webhook("w1", "31611", ["wamid.shared"]) + b"\n")
+    with HandlerServer() as handler:
+        env = base_env(stack.redis_url, redis_prefix, handler.url)
+        summary, stderr = replay(env, capture, tmp_path / "o", "--dedupe-prefix", redis_prefix)
+    assert summary["processed"] == 1
+    assert "the worker's own" in stderr
+    assert redis_client.exists(f"{redis_prefix}evt:wamid.shared")

@@ -3,7 +3,9 @@
 Reads envelopes (or bare Meta webhook bodies) line by line, runs them through the dataflow's
 pipeline (`operators/pipeline.py`: parse, dedupe, handler with retries and backoff) and writes
 `processed.jsonl` and `dlq.jsonl` with the records the worker would write to Kafka. Dedupe uses
-Redis when REDIS_URL answers, else a store in process memory. The handler settings apply, so
+Redis when REDIS_URL answers, else a store in process memory. In Redis its keys have a prefix
+of their own (REDIS_KEY_PREFIX + "replay:" unless --dedupe-prefix says otherwise): a replay
+must not mark events done for the running worker. The handler settings apply, so
 yesterday's traffic can be replayed against a new handler build. The run ends by itself once
 the file is read and every event has its outcome, waiting retries included.
 
@@ -55,8 +57,20 @@ class DedupeChoice:
     note: str = ""  # why, when it is not the one REDIS_URL names
 
 
-def choose_dedupe(settings: Settings, in_memory: bool, timeout_s: float = 1.0) -> DedupeChoice:
-    """Redis when REDIS_URL answers a PING within `timeout_s`, else process memory."""
+REPLAY_PREFIX_SUFFIX = "replay:"
+
+
+def replay_prefix(settings: Settings, given: str | None) -> str:
+    """The replay's own Redis key prefix unless one is given: sharing the worker's markers
+    would make it drop the same webhooks later as duplicates."""
+    return settings.redis_key_prefix + REPLAY_PREFIX_SUFFIX if given is None else given
+
+
+def choose_dedupe(
+    settings: Settings, in_memory: bool, prefix: str | None = None, timeout_s: float = 1.0
+) -> DedupeChoice:
+    """Redis when REDIS_URL answers a PING within `timeout_s`, else process memory. In Redis,
+    under `replay_prefix` (the worker's own prefix only when `prefix` names it)."""
     memory = "in-process memory"
     within = "duplicates are recognised within this run only"
     if in_memory:
@@ -73,7 +87,16 @@ def choose_dedupe(settings: Settings, in_memory: bool, timeout_s: float = 1.0) -
         return DedupeChoice(memory_store, False, memory, note)
     finally:
         client.close()
-    return DedupeChoice(redis_store, True, f"Redis {url} (prefix {settings.redis_key_prefix!r})")
+    keys = replay_prefix(settings, prefix)
+    worker = settings.redis_key_prefix
+    if keys == worker:
+        whose = "the worker's own: what this run finishes, the worker drops as duplicates"
+    else:
+        whose = f"apart from the worker's {worker!r}"
+    own = settings.model_copy(update={"redis_key_prefix": keys})
+    return DedupeChoice(
+        lambda _settings: redis_store(own), True, f"Redis {url} (prefix {keys!r}, {whose})"
+    )
 
 
 class ReplaySummary(BaseModel):
@@ -241,17 +264,25 @@ def replay_command(
     in_memory: bool = typer.Option(
         False, "--in-memory", help="dedupe in process memory even when Redis is reachable"
     ),
+    dedupe_prefix: str | None = typer.Option(
+        None,
+        "--dedupe-prefix",
+        help="Redis key prefix of the replay's dedupe (default: REDIS_KEY_PREFIX + 'replay:'); "
+        "give REDIS_KEY_PREFIX itself to share the worker's",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Run the worker's dataflow on a file, offline: no Kafka needed.
 
-    Writes processed.jsonl, dlq.jsonl and a summary. Dedupe in Redis when REDIS_URL answers,
-    else in process memory."""
+    Writes processed.jsonl, dlq.jsonl and a summary. Dedupe in Redis when REDIS_URL answers
+    (under its own key prefix, apart from the worker's), else in process memory."""
+    if dedupe_prefix is not None and not dedupe_prefix:
+        raise typer.BadParameter("must not be empty", param_hint="--dedupe-prefix")
     settings = load_settings_or_exit()
     logs.configure_from(settings)
     err = Console(stderr=True)
-    dedupe = choose_dedupe(settings, in_memory)
+    dedupe = choose_dedupe(settings, in_memory, dedupe_prefix)
     note = f"; {dedupe.note}" if dedupe.note else ""
     err.print(f"replay: dedupe in {dedupe.description}{note}", highlight=False, soft_wrap=True)
     show_progress = err.is_terminal and not quiet
