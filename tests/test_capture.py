@@ -9,11 +9,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
 from tests.support.kafka import produce, read_topic
 from tests.support.webhooks import conversation_webhook, messages_value, payload, text_message
 from wa_worker.dlq import captured_envelopes
+from wa_worker.topic_reader import ReadRequest
 
 
 def capture(env: dict[str, str], out: Path, *args: str) -> str:
@@ -146,3 +149,29 @@ def test_capture_into_a_missing_directory_fails_with_one_line(
     result = run_cli(worker_env, "capture", str(tmp_path / "no" / "x.jsonl"), check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("wa-worker: No such file or directory")
+
+
+def test_capture_of_an_empty_offset_range_is_refused_with_one_line(
+    tmp_path: Path, worker_env: dict[str, str]
+) -> None:
+    out = tmp_path / "x.jsonl"
+    for args in (
+        ("--from-offset", "5", "--to-offset", "3"),
+        ("--from-offset", "3", "--to-offset", "3"),
+        ("--from-offset", "1:5", "--to-offset", "3"),
+        ("--from-offset", "5", "--to-offset", "0:2", "--to-offset", "9"),
+    ):
+        result = run_cli(worker_env, "capture", str(out), *args, check=False)
+        assert result.returncode == 1, (args, result.stdout)
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("wa-worker: ") and "empty" in line, (args, line)
+        assert not out.exists()
+    # Ranges that are empty on no partition are fine.
+    ok = run_cli(worker_env, "capture", str(out), "--from-offset", "0:5", "--to-offset", "1:3")
+    assert "captured 0 records" in ok.stdout
+
+
+def test_offset_bounds_are_checked_for_the_partitions_read_only() -> None:
+    ReadRequest(frozenset({0}), from_offsets={1: 5}, to_offsets={None: 3})  # partition 1 not read
+    with pytest.raises(ValueError, match="partition 1: the range is empty"):
+        ReadRequest(frozenset({0, 1}), from_offsets={1: 5}, to_offsets={None: 3})
