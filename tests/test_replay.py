@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import redis
 
-from operators.file_source import line_record
 from sinks.file_sink import FileRecord
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
@@ -29,6 +28,7 @@ from tests.support.webhooks import (
     text_message,
 )
 from tests.support.worker import ROOT, WorkerProcess
+from wa_worker.capture_file import FileLine, LineKind, read_line
 
 WEBHOOKS = 60  # two messages each; every 10th delivered twice under a new webhook id
 
@@ -118,8 +118,15 @@ def test_replay_processes_each_unique_event_once_and_dead_letters_bad_lines(
     redelivered = 2 * (WEBHOOKS // 10)
     assert summary["lines"] == WEBHOOKS + WEBHOOKS // 10 + 5
     assert summary["blank_lines"] == 1
-    assert summary["envelopes"] == summary["lines"] - 1
-    assert (summary["bare_bodies"], summary["not_json"]) == (1, 1)
+    # The envelope lines (the poison one and the bare body wrapped included), not the bad ones.
+    assert summary["envelopes"] == WEBHOOKS + WEBHOOKS // 10 + 2
+    assert (summary["bare_bodies"], summary["kafka_records"]) == (1, 0)
+    assert (summary["bad_lines"], summary["not_json"]) == (2, 1)
+    assert [note.split(": ")[0] for note in summary["bad"]] == [
+        f"{capture}:{bad['not_json']}",
+        f"{capture}:{bad['array']}",
+    ]
+    assert f"replay: bad line {capture}:{bad['not_json']}: not JSON" in stderr
     assert summary["events"] == len(unique) + redelivered
     assert summary["processed"] == len(unique)
     assert summary["duplicates"] == redelivered
@@ -238,18 +245,18 @@ def test_replay_is_reachable_as_a_module_and_prints_a_summary_table(
         assert row in result.stdout
 
 
-def test_line_records_wrap_bare_bodies_byte_for_byte(tmp_path: Path) -> None:
-    source = tmp_path / "day.jsonl"
+def test_line_records_wrap_bare_bodies_byte_for_byte() -> None:
     bare = b'{"object": "whatsapp_business_account", "entry": [], "n": 12345678901234567890.10}'
-    value, kind = line_record(bare, 7, source)
-    assert kind == "bare"
-    wrapped = json.loads(value)
+    line = read_line(bare, 7, "day")
+    assert line.kind is LineKind.BARE_BODY and line.key == b"replay-day-7"
+    assert line.value is not None
+    wrapped = json.loads(line.value)
     assert wrapped["id"] == "replay-day-7" and wrapped["headers"] == {}
-    assert value.endswith(b'"body": ' + bare + b"}")  # the body's bytes are untouched
+    assert line.value.endswith(b'"body": ' + bare + b"}")  # the body's bytes are untouched
     enveloped = b'{"id": "w1", "body": {"object": "x"}}'
-    assert line_record(enveloped, 1, source) == (enveloped, "envelope")
-    assert line_record(b'{"id": "w1"}', 1, source) == (b'{"id": "w1"}', "envelope")
-    assert line_record(b"{oops", 1, source) == (b"{oops", "not_json")
+    assert read_line(enveloped, 1, "day") == FileLine(1, LineKind.ENVELOPE, enveloped, b"w1")
+    assert read_line(b'{"id": "w1"}', 1, "day").kind is LineKind.BAD  # no body
+    assert read_line(b"{oops", 1, "day").value == b"{oops"
 
 
 def test_a_default_replay_leaves_the_running_workers_dedupe_alone(

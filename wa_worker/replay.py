@@ -1,6 +1,7 @@
 """`wa-worker replay FILE.jsonl`: the worker's own operators on a file, offline, no Kafka.
 
-Reads envelopes (or bare Meta webhook bodies) line by line, runs them through the dataflow's
+Reads the file line by line (envelopes, bare Meta webhook bodies or captured Kafka records, as
+`wa_worker.capture_file` reads them for every command), runs them through the dataflow's
 pipeline (`operators/pipeline.py`: parse, dedupe, handler with retries and backoff) and writes
 `processed.jsonl` and `dlq.jsonl` with the records the worker would write to Kafka. Dedupe uses
 Redis when REDIS_URL answers, else a store in process memory. In Redis its keys have a prefix
@@ -105,9 +106,12 @@ class ReplaySummary(BaseModel):
     dedupe: str
     lines: int
     blank_lines: int
-    envelopes: int
+    envelopes: int  # envelope lines, bare bodies wrapped into one included
     bare_bodies: int
-    not_json: int
+    kafka_records: int  # captured Kafka records, read as they were
+    bad_lines: int  # neither of those: dead-lettered with their reason
+    not_json: int  # of the bad lines, those not JSON at all
+    bad: list[str]  # the first bad lines, as FILE:LINE: reason
     events: int
     processed: int
     duplicates: int
@@ -135,7 +139,7 @@ def replay_file(
     for name in (PROCESSED_FILE, DLQ_FILE):
         (out_dir / name).write_bytes(b"")
     BREAKER.configure_from(settings)
-    counts, tally, tracker = LineCounts(), OutcomeTally(), FinishTracker()
+    counts, tally, tracker = LineCounts(path), OutcomeTally(), FinishTracker()
     advance: Callable[[int], None] = _ignore
     if progress is not None:
         lines_task = progress.add_task("lines   ", total=count_lines(path))
@@ -181,9 +185,12 @@ def replay_file(
         dedupe=dedupe.description,
         lines=counts.lines,
         blank_lines=counts.blank,
-        envelopes=counts.records,
+        envelopes=counts.envelopes,
         bare_bodies=counts.bare_bodies,
+        kafka_records=counts.kafka_records,
+        bad_lines=counts.bad.count,
         not_json=counts.not_json,
+        bad=counts.bad.report(),
         events=tracker.events,
         processed=tally.processed,
         duplicates=after.duplicates - before.duplicates,
@@ -235,9 +242,9 @@ def summary_table(s: ReplaySummary) -> Table:
     table.add_column(justify="right")
     table.add_column()
     table.add_row("lines read", str(s.lines), f"{s.blank_lines} blank")
-    table.add_row(
-        "envelopes", str(s.envelopes), f"{s.bare_bodies} bare bodies wrapped, {s.not_json} not JSON"
-    )
+    table.add_row("envelopes", str(s.envelopes), f"{s.bare_bodies} bare bodies wrapped")
+    table.add_row("Kafka records", str(s.kafka_records), "captured records, as they were")
+    table.add_row("bad lines", str(s.bad_lines), f"{s.not_json} not JSON; dead-lettered")
     table.add_row("events", str(s.events), "split out of the envelopes")
     table.add_row("processed", str(s.processed), f"{s.out_dir}/{PROCESSED_FILE}")
     table.add_row("duplicates", str(s.duplicates), "dropped by dedupe")
@@ -256,7 +263,10 @@ def summary_table(s: ReplaySummary) -> Table:
 
 def replay_command(
     path: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="JSON lines: envelopes or bare Meta webhook bodies"
+        ...,
+        exists=True,
+        dir_okay=False,
+        help="JSON lines: envelopes, bare Meta webhook bodies or captured Kafka records",
     ),
     out: Path = typer.Option(
         Path("replay-out"), "--out", "-o", help="directory for processed.jsonl and dlq.jsonl"
@@ -302,6 +312,8 @@ def replay_command(
             raise
         err.print("replay: interrupted; the output files hold the outcomes written so far")
         raise typer.Exit(130) from None
+    for note in summary.bad:  # as publish names them; the lines are in dlq.jsonl too
+        err.print(f"replay: bad line {note}", highlight=False, soft_wrap=True, markup=False)
     if as_json:
         sys.stdout.write(summary.model_dump_json() + "\n")
     else:

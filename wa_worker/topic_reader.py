@@ -27,7 +27,7 @@ class TopicRecord:
     offset: int
     timestamp_ms: int | None
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone
     headers: tuple[tuple[str, bytes], ...]
 
     def header(self, name: str) -> str | None:
@@ -216,6 +216,6 @@ def _record(msg: Message, partition: int, offset: int) -> TopicRecord:
         offset,
         None if kind == TIMESTAMP_NOT_AVAILABLE else ms,
         msg.key(),
-        msg.value() or b"",
+        msg.value(),
         headers,
     )
