@@ -301,3 +301,7 @@ def test_replay_shares_the_workers_dedupe_only_when_given_its_prefix(
     assert summary["processed"] == 1
     assert "the worker's own" in stderr
     assert redis_client.exists(f"{redis_prefix}evt:wamid.shared")
+    refused = run_cli(
+        env, "replay", str(capture), "--dedupe-prefix", "", module="wa_worker", check=False
+    )
+    assert refused.returncode == 2 and "--dedupe-prefix" in refused.stderr
