@@ -1,19 +1,17 @@
 """A replay file as the dataflow's inbound source: each line becomes the Kafka record the
 worker would have read, so the parse step and everything after it run unchanged.
 
-Lines hold an inbound envelope (`{id, headers, body, timestamp}`) or a bare Meta webhook body
-(`{"object": …, "entry": …}`, wrapped into an envelope with an id made from the file name and
-line number). Blank lines are skipped. Anything else, JSON or not, is passed on as it is, so the
-parser dead-letters it with its reason. The synthetic position is topic = the file's path,
-partition 0, offset = the line number: a dead letter's `wa-source-offset` is the file line.
+What a line is (envelope, bare Meta body, captured Kafka record, blank, bad) is decided by
+`wa_worker.capture_file`, the same rule `publish` follows. Blank lines are skipped; a bad line
+is passed on as it is, so the parser dead-letters it with its reason, and is named in the
+summary by its line number. The synthetic position is topic = the file's path, partition 0,
+offset = the line number: a dead letter's `wa-source-offset` is the file line.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,37 +19,40 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from operators.finish import FinishTracker
+from wa_worker.capture_file import BadKind, BadLines, FileLine, LineKind, read_line
 
 Message = KafkaSourceMessage[bytes | None, bytes | None]
 _PARTITION = "0"
+_NOT_JSON = {BadKind.NOT_UTF8, BadKind.NOT_JSON, BadKind.TOO_DEEP}
 
 
 @dataclass
 class LineCounts:
     """What the source has read, for the replay's summary (written by the source only)."""
 
+    path: Path
     lines: int = 0
     blank: int = 0
-    records: int = 0  # lines handed to the parser
+    envelopes: int = 0  # envelope lines, bare bodies included
     bare_bodies: int = 0  # of those, bare webhook bodies wrapped into an envelope
-    not_json: int = 0  # of those, lines that are not JSON at all
+    kafka_records: int = 0  # captured Kafka records, passed on as they were
+    not_json: int = 0  # of the bad lines, those that are not JSON (or not UTF-8) at all
+    bad: BadLines = field(init=False)
 
+    def __post_init__(self) -> None:
+        self.bad = BadLines(self.path)
 
-def line_record(line: bytes, number: int, source: Path) -> tuple[bytes, str]:
-    """The inbound record value for one non-blank line, and what the line was."""
-    try:
-        data = json.loads(line)
-    except (ValueError, RecursionError):
-        return line, "not_json"
-    if isinstance(data, dict) and "object" in data and "body" not in data:
-        # Splice the line in as it is: the body keeps its exact bytes (no re-serialisation).
-        head = {
-            "id": f"replay-{source.stem}-{number}",
-            "headers": {},
-            "timestamp": datetime.now(UTC).isoformat(),
-        }
-        return json.dumps(head)[:-1].encode() + b', "body": ' + line + b"}", "bare"
-    return line, "envelope"
+    def add(self, line: FileLine) -> None:
+        if line.kind is LineKind.BLANK:
+            self.blank += 1
+        elif line.kind is LineKind.RECORD:
+            self.kafka_records += 1
+        elif line.kind is LineKind.BAD:
+            self.bad.add(line)
+            self.not_json += line.bad in _NOT_JSON
+        else:
+            self.envelopes += 1
+            self.bare_bodies += line.kind is LineKind.BARE_BODY
 
 
 class _FilePartition(StatefulSourcePartition[Message, tuple[int, int]]):
@@ -87,22 +88,21 @@ class _FilePartition(StatefulSourcePartition[Message, tuple[int, int]]):
                 break
             read += 1
             self._line += 1
-            line = raw.rstrip(b"\r\n")
-            if not line.strip():
-                self._counts.blank += 1
+            line = read_line(raw, self._line, self._path.stem)
+            self._counts.add(line)
+            if line.kind is LineKind.BLANK:
                 continue
-            value, kind = line_record(line, self._line, self._path)
-            if kind == "bare":
-                self._counts.bare_bodies += 1
-            elif kind == "not_json":
-                self._counts.not_json += 1
             batch.append(
                 KafkaSourceMessage(
-                    key=None, value=value, topic=self._topic, partition=0, offset=self._line
+                    key=line.key,
+                    value=line.value,
+                    headers=list(line.headers),
+                    topic=self._topic,
+                    partition=0,
+                    offset=self._line,
                 )
             )
         self._counts.lines += read
-        self._counts.records += len(batch)
         self._tracker.emitted(len(batch))  # before the batch leaves: the run is not finished
         self._progress(read)
         if not read:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
 from tests.support.kafka import produce, read_topic
 from tests.support.webhooks import conversation_webhook, messages_value, payload, text_message
-from wa_worker.dlq import captured_envelopes
+from wa_worker.capture_file import LineKind, read_file
+from wa_worker.topic_reader import ReadRequest
 
 
 def capture(env: dict[str, str], out: Path, *args: str) -> str:
@@ -45,21 +49,21 @@ def test_capture_by_offsets_keeps_envelopes_and_raw_records(
     everything = tmp_path / "all.jsonl"
     summary = capture(worker_env, everything)
     assert "captured 14 records" in summary and "12 envelopes" in summary
-    assert "2 not envelopes" in summary and "1 not JSON" in summary
-    assert sorted(map(json.dumps, lines(everything))) == sorted(
-        json.dumps(json.loads(v)) if k != b"junk" else json.dumps("{not json") for k, v in sent
-    )
-    # Replay reads the capture back: 12 envelopes as they were, and the two others wrapped.
-    replayed = {key: json.loads(value) for key, value in captured_envelopes(everything)}
-    assert len(replayed) == 14
-    assert {k for k in replayed if k.startswith(b"o")} == {f"o{i}".encode() for i in range(12)}
+    assert "2 other records" in summary and "1 not JSON" in summary
+    # Read back as replay and publish read it: the records, byte for byte; the envelopes are
+    # lines of their own, the two others kafka_record lines.
+    back = list(read_file(everything))
+    assert sorted((line.key, line.value) for line in back) == sorted(sent)
+    assert Counter(line.kind for line in back) == {LineKind.ENVELOPE: 12, LineKind.RECORD: 2}
 
     # One partition's offsets [1, 3), and every partition from offset 2.
     part0 = sorted((r for r in on_topic if r.partition == 0), key=lambda r: r.offset)
     assert len(part0) >= 3
     window = tmp_path / "window.jsonl"
     capture(worker_env, window, "--partition", "0", "--from-offset", "0:1", "--to-offset", "0:3")
-    assert lines(window) == [json.loads(r.value) for r in part0[1:3]]
+    assert [(line.key, line.value) for line in read_file(window)] == [
+        (r.key, r.value) for r in part0[1:3]
+    ]
     tail = tmp_path / "tail.jsonl"
     assert f"captured {sum(r.offset >= 2 for r in on_topic)} records" in capture(
         worker_env, tail, "--from-offset", "2"
@@ -137,7 +141,7 @@ def test_capture_keeps_going_past_json_nested_too_deep(
     summary = capture(worker_env, out)
     assert "captured 4 records" in summary and "3 envelopes" in summary
     assert "1 nested too deep to parse" in summary
-    assert sorted(map(str, lines(out)), key=len)[-1] == deep.decode()  # saved as a JSON string
+    assert deep in [line.value for line in read_file(out)]  # saved as it was
 
 
 def test_capture_into_a_missing_directory_fails_with_one_line(
@@ -146,3 +150,29 @@ def test_capture_into_a_missing_directory_fails_with_one_line(
     result = run_cli(worker_env, "capture", str(tmp_path / "no" / "x.jsonl"), check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("wa-worker: No such file or directory")
+
+
+def test_capture_of_an_empty_offset_range_is_refused_with_one_line(
+    tmp_path: Path, worker_env: dict[str, str]
+) -> None:
+    out = tmp_path / "x.jsonl"
+    for args in (
+        ("--from-offset", "5", "--to-offset", "3"),
+        ("--from-offset", "3", "--to-offset", "3"),
+        ("--from-offset", "1:5", "--to-offset", "3"),
+        ("--from-offset", "5", "--to-offset", "0:2", "--to-offset", "9"),
+    ):
+        result = run_cli(worker_env, "capture", str(out), *args, check=False)
+        assert result.returncode == 1, (args, result.stdout)
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("wa-worker: ") and "empty" in line, (args, line)
+        assert not out.exists()
+    # Ranges that are empty on no partition are fine.
+    ok = run_cli(worker_env, "capture", str(out), "--from-offset", "0:5", "--to-offset", "1:3")
+    assert "captured 0 records" in ok.stdout
+
+
+def test_offset_bounds_are_checked_for_the_partitions_read_only() -> None:
+    ReadRequest(frozenset({0}), from_offsets={1: 5}, to_offsets={None: 3})  # partition 1 not read
+    with pytest.raises(ValueError, match="partition 1: the range is empty"):
+        ReadRequest(frozenset({0, 1}), from_offsets={1: 5}, to_offsets={None: 3})

@@ -158,7 +158,7 @@ def test_publish_captured_webhooks(
     bare = payload(messages_value(messages=[text_message("wamid.r1", "3161")], wa_id="3161"))
     enveloped = json.loads(conversation_webhook("w-r2", "3162", ["wamid.r2"]))
     capture.write_text(json.dumps(bare) + "\n\n" + json.dumps(enveloped) + "\n")
-    assert "published 2 webhooks" in cli(worker_env, "publish", str(capture)).stdout
+    assert "published 2 records" in cli(worker_env, "publish", str(capture)).stdout
     start_worker()
     processed = read_topic(
         stack.brokers, topics.processed, until=lambda rs: len(rs) >= 2, timeout_s=60

@@ -271,14 +271,18 @@ def test_no_personal_value_survives_redaction(drawn: tuple[bytes, Drawn]) -> Non
 
 def test_capture_lines_keep_records_as_received() -> None:
     secret_signed = signed_envelope("w1", payload(), b"secret")
-    line, kind = capture_line(secret_signed)
-    assert kind is LineKind.ENVELOPE
-    assert json.loads(line)["body"] == json.loads(secret_signed)["body"]  # raw bytes kept
-    assert "\n" not in capture_line(json.dumps(payload(), indent=2).encode())[0]
-    assert capture_line(json.dumps(payload()).encode())[1] is LineKind.JSON
-    assert capture_line(b'{"id": "", "body": {}}')[1] is LineKind.JSON  # empty id: no envelope
+    # An envelope keyed by its id is the line itself: its bytes (and signature) are untouched.
+    assert capture_line(secret_signed, b"w1") == (secret_signed, LineKind.ENVELOPE)
+    # Anything else is a kafka_record line holding the bytes: keyed otherwise, on several lines,
+    # a bare body, not JSON.
+    assert capture_line(secret_signed, b"other")[1] is LineKind.RECORD
+    pretty = json.dumps(json.loads(secret_signed), indent=2).encode()
+    line, kind = capture_line(pretty, b"w1")
+    assert kind is LineKind.RECORD and b"\n" not in line
+    assert json.loads(line)["kafka_record"]["value"] == pretty.decode()
+    assert capture_line(json.dumps(payload()).encode())[1] is LineKind.RECORD
     line, kind = capture_line(b"\xff not json")
-    assert kind is LineKind.NOT_JSON and isinstance(json.loads(line), str)
+    assert kind is LineKind.NOT_JSON and json.loads(line)["kafka_record"]["value_base64"]
 
 
 def _letter(

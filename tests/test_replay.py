@@ -8,16 +8,18 @@ import socket
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
-from operators.file_source import line_record
 from sinks.file_sink import FileRecord
-from tests.conftest import Stack
+from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
 from tests.support.handler_server import HandlerServer, Reply
+from tests.support.kafka import produce, read_topic
 from tests.support.webhooks import (
     conversation_webhook,
     envelope,
@@ -25,7 +27,8 @@ from tests.support.webhooks import (
     payload,
     text_message,
 )
-from tests.support.worker import ROOT
+from tests.support.worker import ROOT, WorkerProcess
+from wa_worker.capture_file import FileLine, LineKind, read_line
 
 WEBHOOKS = 60  # two messages each; every 10th delivered twice under a new webhook id
 
@@ -115,8 +118,15 @@ def test_replay_processes_each_unique_event_once_and_dead_letters_bad_lines(
     redelivered = 2 * (WEBHOOKS // 10)
     assert summary["lines"] == WEBHOOKS + WEBHOOKS // 10 + 5
     assert summary["blank_lines"] == 1
-    assert summary["envelopes"] == summary["lines"] - 1
-    assert (summary["bare_bodies"], summary["not_json"]) == (1, 1)
+    # The envelope lines (the poison one and the bare body wrapped included), not the bad ones.
+    assert summary["envelopes"] == WEBHOOKS + WEBHOOKS // 10 + 2
+    assert (summary["bare_bodies"], summary["kafka_records"]) == (1, 0)
+    assert (summary["bad_lines"], summary["not_json"]) == (2, 1)
+    assert [note.split(": ")[0] for note in summary["bad"]] == [
+        f"{capture}:{bad['not_json']}",
+        f"{capture}:{bad['array']}",
+    ]
+    assert f"replay: bad line {capture}:{bad['not_json']}: not JSON" in stderr
     assert summary["events"] == len(unique) + redelivered
     assert summary["processed"] == len(unique)
     assert summary["duplicates"] == redelivered
@@ -235,15 +245,63 @@ def test_replay_is_reachable_as_a_module_and_prints_a_summary_table(
         assert row in result.stdout
 
 
-def test_line_records_wrap_bare_bodies_byte_for_byte(tmp_path: Path) -> None:
-    source = tmp_path / "day.jsonl"
+def test_line_records_wrap_bare_bodies_byte_for_byte() -> None:
     bare = b'{"object": "whatsapp_business_account", "entry": [], "n": 12345678901234567890.10}'
-    value, kind = line_record(bare, 7, source)
-    assert kind == "bare"
-    wrapped = json.loads(value)
+    line = read_line(bare, 7, "day")
+    assert line.kind is LineKind.BARE_BODY and line.key == b"replay-day-7"
+    assert line.value is not None
+    wrapped = json.loads(line.value)
     assert wrapped["id"] == "replay-day-7" and wrapped["headers"] == {}
-    assert value.endswith(b'"body": ' + bare + b"}")  # the body's bytes are untouched
+    assert line.value.endswith(b'"body": ' + bare + b"}")  # the body's bytes are untouched
     enveloped = b'{"id": "w1", "body": {"object": "x"}}'
-    assert line_record(enveloped, 1, source) == (enveloped, "envelope")
-    assert line_record(b'{"id": "w1"}', 1, source) == (b'{"id": "w1"}', "envelope")
-    assert line_record(b"{oops", 1, source) == (b"{oops", "not_json")
+    assert read_line(enveloped, 1, "day") == FileLine(1, LineKind.ENVELOPE, enveloped, b"w1")
+    assert read_line(b'{"id": "w1"}', 1, "day").kind is LineKind.BAD  # no body
+    assert read_line(b"{oops", 1, "day").value == b"{oops"
+
+
+def test_a_default_replay_leaves_the_running_workers_dedupe_alone(
+    stack: Stack,
+    topics: Topics,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+    worker_env: dict[str, str],
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """Replaying with the worker's own settings and no flags must not mark its events done:
+    the same webhook reaching the worker afterwards is handled, not dropped as a duplicate."""
+    webhook = conversation_webhook("w-fresh", "31655", ["wamid.fresh"])
+    fresh = tmp_path / "fresh.jsonl"
+    fresh.write_bytes(webhook + b"\n")
+    with HandlerServer() as handler:
+        env = {**worker_env, "HANDLER_URL": handler.url}
+        summary, stderr = replay(env, fresh, tmp_path / "out")
+        assert summary["processed"] == 1
+        assert f"prefix '{redis_prefix}replay:'" in stderr
+        assert not redis_client.exists(f"{redis_prefix}evt:wamid.fresh")
+
+        worker = start_worker(HANDLER_URL=handler.url)
+        produce(stack.brokers, topics.inbound, [(b"w-fresh", webhook)])
+        processed = read_topic(
+            stack.brokers, topics.processed, until=lambda rs: len(rs) >= 1, timeout_s=90
+        )
+        assert worker.running(), worker.log()
+    assert [r.header("wa-event-key") for r in processed] == ["wamid.fresh"]
+    assert [c.event_key for c in handler.calls] == ["wamid.fresh", "wamid.fresh"]
+
+
+def test_replay_shares_the_workers_dedupe_only_when_given_its_prefix(
+    stack: Stack, redis_client: redis.Redis, redis_prefix: str, tmp_path: Path
+) -> None:
+    capture = tmp_path / "day.jsonl"
+    capture.write_bytes(conversation_webhook("w1", "31611", ["wamid.shared"]) + b"\n")
+    with HandlerServer() as handler:
+        env = base_env(stack.redis_url, redis_prefix, handler.url)
+        summary, stderr = replay(env, capture, tmp_path / "o", "--dedupe-prefix", redis_prefix)
+    assert summary["processed"] == 1
+    assert "the worker's own" in stderr
+    assert redis_client.exists(f"{redis_prefix}evt:wamid.shared")
+    refused = run_cli(
+        env, "replay", str(capture), "--dedupe-prefix", "", module="wa_worker", check=False
+    )
+    assert refused.returncode == 2 and "--dedupe-prefix" in refused.stderr

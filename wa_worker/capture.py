@@ -1,5 +1,6 @@
-"""Save records of a topic as JSON lines in the inbound envelope format, so production traffic
-can be replayed locally (`wa-worker replay`). Pure line-making apart from `capture`."""
+"""Save records of a topic as a capture file (`wa_worker.capture_file`), so production traffic
+can be replayed locally (`wa-worker replay`) or published again (`wa-worker publish`) with the
+same bytes. Pure line-making apart from `capture`."""
 
 from __future__ import annotations
 
@@ -7,27 +8,25 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TextIO
-
-from pydantic import ValidationError
+from typing import BinaryIO
 
 from wa_worker import topic_reader
-from wa_worker.models.records import Envelope
+from wa_worker.capture_file import Headers, record_line
 from wa_worker.settings import Settings
 
 
 class LineKind(Enum):
-    ENVELOPE = "envelope"
-    JSON = "json"  # JSON, but not an envelope (a bare Meta payload, a wrong shape)
-    NOT_JSON = "not_json"
-    TOO_DEEP = "too_deep"  # JSON nested deeper than Python can parse (saved as a JSON string)
+    ENVELOPE = "envelope"  # the value as it is: an envelope keyed by its id
+    RECORD = "record"  # any other record, as a kafka_record line (JSON, a wrong shape, ...)
+    NOT_JSON = "not_json"  # a kafka_record whose value is not JSON (or a tombstone)
+    TOO_DEEP = "too_deep"  # a kafka_record whose value is JSON nested too deep to parse
 
 
 @dataclass
 class CaptureSummary:
     envelopes: int = 0
-    raw: int = 0  # not an envelope: saved as received (JSON as is, other bytes as a JSON string)
-    not_json: int = 0  # of the raw ones, those that were not JSON at all
+    raw: int = 0  # kafka_record lines: not an envelope keyed by its id, saved byte for byte
+    not_json: int = 0  # of the raw ones, those whose value is not JSON at all
     too_deep: int = 0  # of the raw ones, JSON nested too deep to parse
     offsets: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition: first, last
 
@@ -46,28 +45,27 @@ class CaptureSummary:
             self.too_deep += kind is LineKind.TOO_DEEP
 
 
-def capture_line(value: bytes) -> tuple[str, LineKind]:
-    """One JSON line for a record value. An envelope is written as received, on one line (a raw
-    string body keeps its exact bytes, so its signature still verifies)."""
+def capture_line(
+    value: bytes | None, key: bytes | None = None, headers: Headers = ()
+) -> tuple[bytes, LineKind]:
+    """One line (without newline) for a record, and what it held."""
+    line = record_line(key, value, headers)
+    if line == value:  # a kafka_record line is always longer than the value it holds
+        return line, LineKind.ENVELOPE
     try:
-        data = json.loads(value)
-        line = json.dumps(data, separators=(",", ":"))
+        json.loads(value or b"")
     except ValueError:
-        return json.dumps(value.decode(errors="replace")), LineKind.NOT_JSON
+        return line, LineKind.NOT_JSON
     except RecursionError:  # one such record (the fuzz harness sends them) must not stop it all
-        return json.dumps(value.decode(errors="replace")), LineKind.TOO_DEEP
-    try:
-        Envelope.model_validate(data)
-    except ValidationError:
-        return line, LineKind.JSON
-    return line, LineKind.ENVELOPE
+        return line, LineKind.TOO_DEEP
+    return line, LineKind.RECORD
 
 
 def capture(
     settings: Settings,
     topic: str,
     request: topic_reader.ReadRequest,
-    out: TextIO,
+    out: BinaryIO,
     on_planned: Callable[[int], None] = lambda total: None,
     on_record: Callable[[], None] = lambda: None,
 ) -> CaptureSummary:
@@ -77,8 +75,8 @@ def capture(
         ranges = topic_reader.plan(client, topic, request)
         on_planned(sum(r.size for r in ranges.values()))
         for record in topic_reader.read(client, topic, ranges):
-            line, kind = capture_line(record.value)
-            out.write(line + "\n")
+            line, kind = capture_line(record.value, record.key, record.headers)
+            out.write(line + b"\n")
             summary.add(record.partition, record.offset, kind)
             on_record()
     return summary

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from wa_worker import dlq
+from wa_worker import capture_file, dlq
 from wa_worker.cli_dlq import dlq_app
 from wa_worker.cli_support import failures_reported
 from wa_worker.cli_tools import capture, topics_app
@@ -76,15 +76,29 @@ app.command("replay")(replay_command)  # offline: the dataflow on a file (wa_wor
 @app.command()
 def publish(
     path: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="JSON lines: envelopes or bare Meta payloads"
+        ...,
+        exists=True,
+        dir_okay=False,
+        help="JSON lines: envelopes, bare Meta webhook bodies or captured Kafka records",
     ),
 ) -> None:
-    """Publish captured webhooks to the inbound topic, to feed a running worker."""
+    """Publish a capture file's records to the inbound topic, to feed a running worker.
+
+    Lines are read as replay reads them (wa_worker/capture_file.py). Bad lines are not sent:
+    each is named (FILE:LINE: reason) and the command exits 1 after sending the others."""
     settings = load_settings_or_exit()
+    bad = capture_file.BadLines(path)
     with failures_reported():
-        envelopes = list(dlq.captured_envelopes(path))  # every line checked before any is sent
-        count = dlq.publish(settings, ((key, value, []) for key, value in envelopes))
-    typer.echo(f"published {count} webhooks into {settings.kafka_inbound_topic}")
+        try:
+            lines = capture_file.read_file(path)
+            count = dlq.publish(settings, capture_file.records(lines, bad))
+        finally:
+            for note in bad.report():
+                typer.echo(f"wa-worker: {note}", err=True)
+    typer.echo(f"published {count} records into {settings.kafka_inbound_topic}")
+    if bad.count:
+        typer.echo(f"wa-worker: {bad.count} bad lines of {path} not published", err=True)
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

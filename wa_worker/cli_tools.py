@@ -29,10 +29,10 @@ def capture(
     ),
     partition: list[int] = typer.Option([], help="only this partition (repeatable)"),
 ) -> None:
-    """Save envelopes from a topic as JSON lines, for `wa-worker replay` elsewhere.
+    """Save records of a topic as JSON lines, for `wa-worker replay` or `publish` elsewhere.
 
-    Reads up to the end the topic had when the capture started. Records that are not envelopes
-    are saved as received (JSON as is, other bytes as a JSON string) and counted."""
+    Reads up to the end the topic had when the capture started. An envelope keyed by its id is
+    saved as it is; any other record byte for byte as {"kafka_record": …}, and counted."""
     settings = load_settings_or_exit()
     name = topic or settings.kafka_inbound_topic
     with failures_reported():
@@ -46,7 +46,7 @@ def capture(
         # Written aside and renamed at the end: a failed capture leaves no half file behind.
         partial = output.with_name(output.name + ".partial")
         try:
-            with progress(f"capturing {name}") as bar, partial.open("w") as out:
+            with progress(f"capturing {name}") as bar, partial.open("wb") as out:
                 summary = capturing.capture(
                     settings, name, request, out, on_planned=bar.set_total, on_record=bar.advance
                 )
@@ -58,8 +58,8 @@ def capture(
     ranges = ", ".join(f"{p}:{a}-{b}" for p, (a, b) in sorted(summary.offsets.items())) or "-"
     typer.echo(
         f"captured {summary.records} records from {name} into {output}: "
-        f"{summary.envelopes} envelopes, {summary.raw} not envelopes (saved as received, "
-        f"{summary.not_json} not JSON{too_deep}); offsets {ranges}"
+        f"{summary.envelopes} envelopes, {summary.raw} other records (saved byte for byte as "
+        f"kafka_record lines, {summary.not_json} not JSON{too_deep}); offsets {ranges}"
     )
 
 

@@ -1,13 +1,11 @@
-"""Look into the dead-letter topic, send records back through the worker, and publish captured
-webhooks to the inbound topic (`publish`)."""
+"""Look into the dead-letter topic, send records back through the worker, and publish records
+to the inbound topic (`dlq redrive`, and `publish` of a capture file)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -18,7 +16,7 @@ from wa_worker.models.records import ErrorClass
 from wa_worker.settings import Settings
 from wa_worker.timespec import from_ms
 
-OutRecord = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+OutRecord = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # value None: tombstone
 
 
 @dataclass(frozen=True)
@@ -150,8 +148,9 @@ def check_classes(classes: Iterable[str]) -> frozenset[str]:
 
 def from_topic_record(record: topic_reader.TopicRecord) -> DeadLetterRecord:
     headers = {k: v.decode(errors="replace") for k, v in record.headers}
+    value = record.value if record.value is not None else b""
     return DeadLetterRecord(
-        record.partition, record.offset, record.key, record.value, headers, record.timestamp_ms
+        record.partition, record.offset, record.key, value, headers, record.timestamp_ms
     )
 
 
@@ -260,31 +259,3 @@ def redrive_records(
         ]
         out.append((key, r.value, headers))
     return out
-
-
-def captured_envelopes(path: Path) -> Iterator[tuple[bytes, bytes]]:
-    """JSON lines of captured webhooks: full envelopes `{id, headers, body, timestamp}`, or bare
-    Meta payloads (`{"object": …, "entry": …}`), which get an envelope around them."""
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError as exc:
-            raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
-        except RecursionError:
-            raise ValueError(f"{path}:{number}: JSON nested too deep to read") from None
-        if isinstance(data, dict) and "body" in data and "id" in data:
-            envelope = data
-        else:
-            envelope = {
-                "id": f"replay-{path.stem}-{number}",
-                "headers": {},
-                "body": data,
-                "timestamp": datetime.now(UTC).isoformat(),
-            }
-        try:
-            value = json.dumps(envelope).encode()
-        except RecursionError:  # parsed just below the limit, one level more to write
-            raise ValueError(f"{path}:{number}: JSON nested too deep to read") from None
-        yield str(envelope["id"]).encode(), value

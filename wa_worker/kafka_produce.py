@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 def produce_waiting(
     producer: Producer,
     topic: str,
-    value: bytes,
+    value: bytes | None,
     key: bytes | None = None,
     headers: Sequence[tuple[str, bytes]] = (),
     on_delivery: Callable[..., Any] | None = None,

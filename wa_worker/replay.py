@@ -1,9 +1,12 @@
 """`wa-worker replay FILE.jsonl`: the worker's own operators on a file, offline, no Kafka.
 
-Reads envelopes (or bare Meta webhook bodies) line by line, runs them through the dataflow's
+Reads the file line by line (envelopes, bare Meta webhook bodies or captured Kafka records, as
+`wa_worker.capture_file` reads them for every command), runs them through the dataflow's
 pipeline (`operators/pipeline.py`: parse, dedupe, handler with retries and backoff) and writes
 `processed.jsonl` and `dlq.jsonl` with the records the worker would write to Kafka. Dedupe uses
-Redis when REDIS_URL answers, else a store in process memory. The handler settings apply, so
+Redis when REDIS_URL answers, else a store in process memory. In Redis its keys have a prefix
+of their own (REDIS_KEY_PREFIX + "replay:" unless --dedupe-prefix says otherwise): a replay
+must not mark events done for the running worker. The handler settings apply, so
 yesterday's traffic can be replayed against a new handler build. The run ends by itself once
 the file is read and every event has its outcome, waiting retries included.
 
@@ -55,8 +58,20 @@ class DedupeChoice:
     note: str = ""  # why, when it is not the one REDIS_URL names
 
 
-def choose_dedupe(settings: Settings, in_memory: bool, timeout_s: float = 1.0) -> DedupeChoice:
-    """Redis when REDIS_URL answers a PING within `timeout_s`, else process memory."""
+REPLAY_PREFIX_SUFFIX = "replay:"
+
+
+def replay_prefix(settings: Settings, given: str | None) -> str:
+    """The replay's own Redis key prefix unless one is given: sharing the worker's markers
+    would make it drop the same webhooks later as duplicates."""
+    return settings.redis_key_prefix + REPLAY_PREFIX_SUFFIX if given is None else given
+
+
+def choose_dedupe(
+    settings: Settings, in_memory: bool, prefix: str | None = None, timeout_s: float = 1.0
+) -> DedupeChoice:
+    """Redis when REDIS_URL answers a PING within `timeout_s`, else process memory. In Redis,
+    under `replay_prefix` (the worker's own prefix only when `prefix` names it)."""
     memory = "in-process memory"
     within = "duplicates are recognised within this run only"
     if in_memory:
@@ -73,7 +88,16 @@ def choose_dedupe(settings: Settings, in_memory: bool, timeout_s: float = 1.0) -
         return DedupeChoice(memory_store, False, memory, note)
     finally:
         client.close()
-    return DedupeChoice(redis_store, True, f"Redis {url} (prefix {settings.redis_key_prefix!r})")
+    keys = replay_prefix(settings, prefix)
+    worker = settings.redis_key_prefix
+    if keys == worker:
+        whose = "the worker's own: what this run finishes, the worker drops as duplicates"
+    else:
+        whose = f"apart from the worker's {worker!r}"
+    own = settings.model_copy(update={"redis_key_prefix": keys})
+    return DedupeChoice(
+        lambda _settings: redis_store(own), True, f"Redis {url} (prefix {keys!r}, {whose})"
+    )
 
 
 class ReplaySummary(BaseModel):
@@ -82,9 +106,12 @@ class ReplaySummary(BaseModel):
     dedupe: str
     lines: int
     blank_lines: int
-    envelopes: int
+    envelopes: int  # envelope lines, bare bodies wrapped into one included
     bare_bodies: int
-    not_json: int
+    kafka_records: int  # captured Kafka records, read as they were
+    bad_lines: int  # neither of those: dead-lettered with their reason
+    not_json: int  # of the bad lines, those not JSON at all
+    bad: list[str]  # the first bad lines, as FILE:LINE: reason
     events: int
     processed: int
     duplicates: int
@@ -112,7 +139,7 @@ def replay_file(
     for name in (PROCESSED_FILE, DLQ_FILE):
         (out_dir / name).write_bytes(b"")
     BREAKER.configure_from(settings)
-    counts, tally, tracker = LineCounts(), OutcomeTally(), FinishTracker()
+    counts, tally, tracker = LineCounts(path), OutcomeTally(), FinishTracker()
     advance: Callable[[int], None] = _ignore
     if progress is not None:
         lines_task = progress.add_task("lines   ", total=count_lines(path))
@@ -158,9 +185,12 @@ def replay_file(
         dedupe=dedupe.description,
         lines=counts.lines,
         blank_lines=counts.blank,
-        envelopes=counts.records,
+        envelopes=counts.envelopes,
         bare_bodies=counts.bare_bodies,
+        kafka_records=counts.kafka_records,
+        bad_lines=counts.bad.count,
         not_json=counts.not_json,
+        bad=counts.bad.report(),
         events=tracker.events,
         processed=tally.processed,
         duplicates=after.duplicates - before.duplicates,
@@ -212,9 +242,9 @@ def summary_table(s: ReplaySummary) -> Table:
     table.add_column(justify="right")
     table.add_column()
     table.add_row("lines read", str(s.lines), f"{s.blank_lines} blank")
-    table.add_row(
-        "envelopes", str(s.envelopes), f"{s.bare_bodies} bare bodies wrapped, {s.not_json} not JSON"
-    )
+    table.add_row("envelopes", str(s.envelopes), f"{s.bare_bodies} bare bodies wrapped")
+    table.add_row("Kafka records", str(s.kafka_records), "captured records, as they were")
+    table.add_row("bad lines", str(s.bad_lines), f"{s.not_json} not JSON; dead-lettered")
     table.add_row("events", str(s.events), "split out of the envelopes")
     table.add_row("processed", str(s.processed), f"{s.out_dir}/{PROCESSED_FILE}")
     table.add_row("duplicates", str(s.duplicates), "dropped by dedupe")
@@ -233,7 +263,10 @@ def summary_table(s: ReplaySummary) -> Table:
 
 def replay_command(
     path: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="JSON lines: envelopes or bare Meta webhook bodies"
+        ...,
+        exists=True,
+        dir_okay=False,
+        help="JSON lines: envelopes, bare Meta webhook bodies or captured Kafka records",
     ),
     out: Path = typer.Option(
         Path("replay-out"), "--out", "-o", help="directory for processed.jsonl and dlq.jsonl"
@@ -241,17 +274,25 @@ def replay_command(
     in_memory: bool = typer.Option(
         False, "--in-memory", help="dedupe in process memory even when Redis is reachable"
     ),
+    dedupe_prefix: str | None = typer.Option(
+        None,
+        "--dedupe-prefix",
+        help="Redis key prefix of the replay's dedupe (default: REDIS_KEY_PREFIX + 'replay:'); "
+        "give REDIS_KEY_PREFIX itself to share the worker's",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Run the worker's dataflow on a file, offline: no Kafka needed.
 
-    Writes processed.jsonl, dlq.jsonl and a summary. Dedupe in Redis when REDIS_URL answers,
-    else in process memory."""
+    Writes processed.jsonl, dlq.jsonl and a summary. Dedupe in Redis when REDIS_URL answers
+    (under its own key prefix, apart from the worker's), else in process memory."""
+    if dedupe_prefix is not None and not dedupe_prefix:
+        raise typer.BadParameter("must not be empty", param_hint="--dedupe-prefix")
     settings = load_settings_or_exit()
     logs.configure_from(settings)
     err = Console(stderr=True)
-    dedupe = choose_dedupe(settings, in_memory)
+    dedupe = choose_dedupe(settings, in_memory, dedupe_prefix)
     note = f"; {dedupe.note}" if dedupe.note else ""
     err.print(f"replay: dedupe in {dedupe.description}{note}", highlight=False, soft_wrap=True)
     show_progress = err.is_terminal and not quiet
@@ -271,6 +312,8 @@ def replay_command(
             raise
         err.print("replay: interrupted; the output files hold the outcomes written so far")
         raise typer.Exit(130) from None
+    for note in summary.bad:  # as publish names them; the lines are in dlq.jsonl too
+        err.print(f"replay: bad line {note}", highlight=False, soft_wrap=True, markup=False)
     if as_json:
         sys.stdout.write(summary.model_dump_json() + "\n")
     else:

@@ -27,7 +27,7 @@ class TopicRecord:
     offset: int
     timestamp_ms: int | None
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone
     headers: tuple[tuple[str, bytes], ...]
 
     def header(self, name: str) -> str | None:
@@ -55,6 +55,28 @@ class ReadRequest:
     from_offsets: OffsetSpec | None = None
     to_offsets: OffsetSpec | None = None  # exclusive
 
+    def __post_init__(self) -> None:
+        check_offset_bounds(self.from_offsets, self.to_offsets, self.partitions)
+
+
+def check_offset_bounds(
+    starts: OffsetSpec | None, ends: OffsetSpec | None, partitions: frozenset[int] | None = None
+) -> None:
+    """Refuse bounds that leave a partition nothing to read: a capture of 0 records that looks
+    like success hides a typo in the command."""
+    if not starts or not ends:
+        return
+    for partition in {*starts, *ends}:
+        if partition is not None and partitions is not None and partition not in partitions:
+            continue
+        start, end = _spec(starts, partition), _spec(ends, partition)
+        if start is not None and end is not None and start >= end:
+            where = "every partition" if partition is None else f"partition {partition}"
+            raise ValueError(
+                f"--from-offset {start} is not before --to-offset {end} (exclusive) for "
+                f"{where}: the range is empty"
+            )
+
 
 def parse_offset_specs(values: list[str]) -> dict[int | None, int]:
     """`N` (every partition) or `P:N` (partition P), as given to --from-offset/--to-offset."""
@@ -80,7 +102,7 @@ def clamp(
     return OffsetRange(start, max(start, end))
 
 
-def _spec(spec: OffsetSpec | None, partition: int) -> int | None:
+def _spec(spec: OffsetSpec | None, partition: int | None) -> int | None:
     if spec is None:
         return None
     return spec.get(partition, spec.get(None))
@@ -194,6 +216,6 @@ def _record(msg: Message, partition: int, offset: int) -> TopicRecord:
         offset,
         None if kind == TIMESTAMP_NOT_AVAILABLE else ms,
         msg.key(),
-        msg.value() or b"",
+        msg.value(),
         headers,
     )
