@@ -11,12 +11,14 @@ import json
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 
 from tests.conftest import Stack, Topics
+from tests.support.cli import run_cli
 from tests.support.handler_server import HandlerServer, Reply
 from tests.support.kafka import group_caught_up, read_topic
 from tests.support.webhooks import envelope, messages_value, payload, text_message
@@ -121,3 +123,30 @@ def test_events_held_in_the_window_at_a_drain_are_handled_in_order_after_the_res
     assert sorted(r.header("wa-event-key") or "" for r in processed) == [
         f"wamid.c5.{i}" for i in range(3)
     ]
+
+
+def test_replay_starts_a_conversations_events_in_timestamp_order_and_still_ends(
+    tmp_path: Path,
+) -> None:
+    """`wa-worker replay` runs the same window: a capture holding one conversation's webhooks
+    out of Meta's order is handled in Meta's order, and the run ends once all are done."""
+    capture = tmp_path / "capture.jsonl"
+    capture.write_bytes(b"\n".join(webhook(3, index)[1] for index in (2, 0, 1)) + b"\n")
+    with HandlerServer() as handler:
+        result = run_cli(
+            {
+                "HANDLER_URL": handler.url,
+                "REORDER_WINDOW_MS": "1000",
+                "KAFKA_BROKERS": "127.0.0.1:9",  # no Kafka needed
+            },
+            "replay",
+            str(capture),
+            "-o",
+            str(tmp_path / "out"),
+            "--in-memory",
+            "--json",
+            module="wa_worker",
+            timeout=120,
+        )
+    assert [c.event_key for c in handler.calls] == [f"wamid.c3.{i}" for i in range(3)]
+    assert json.loads(result.stdout)["processed"] == 3
