@@ -68,8 +68,9 @@ def handled_order(handler: HandlerServer) -> dict[str, list[str]]:
     return order
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_conversation_spread_over_partitions_reaches_a_slow_handler_in_timestamp_order(
-    stack: Stack, topics: Topics, start_worker: Callable[..., WorkerProcess]
+    stack: Stack, topics: Topics, start_worker: Callable[..., WorkerProcess], workers: int
 ) -> None:
     edge = Edge(stack.brokers, topics.inbound)
     # A backlog read at start-up: three conversations, three webhooks each, published in
@@ -79,7 +80,7 @@ def test_a_conversation_spread_over_partitions_reaches_a_slow_handler_in_timesta
         for conversation in backlog:
             edge.publish(*webhook(conversation, index), partition=PARTITIONS - 1 - index)
     with HandlerServer(slow) as handler:
-        worker = start_worker(HANDLER_URL=handler.url, REORDER_WINDOW_MS="2000")
+        worker = start_worker(workers, HANDLER_URL=handler.url, REORDER_WINDOW_MS="2000")
         read_topic(stack.brokers, topics.processed, until=lambda rs: len(rs) >= 9, timeout_s=90)
         # Live traffic: Meta's later webhooks reach the worker first, each on its own
         # partition, 200 ms apart (less than the window).
