@@ -42,7 +42,7 @@ def meta_time(event: WebhookEvent, arrived_at: datetime) -> float:
         if isinstance(stamp, (str, int, float)) and not isinstance(stamp, bool):
             try:
                 value = float(stamp)
-            except ValueError:
+            except (ValueError, OverflowError):  # bad input must not stop the flow
                 value = math.nan
             if math.isfinite(value):
                 return value

@@ -128,6 +128,9 @@ def test_meta_time_falls_back_to_the_entry_then_the_edge_then_arrival() -> None:
     assert reorder.meta_time(stamped, arrived) == T0
     bad = stamped.model_copy(update={"payload": {**stamped.payload, "timestamp": "soon"}})
     assert reorder.meta_time(bad, arrived) == edge.timestamp()
+    for odd in (10**400, "1e400", "nan", True, None, {"s": 1}):
+        weird = stamped.model_copy(update={"payload": {**stamped.payload, "timestamp": odd}})
+        assert reorder.meta_time(weird, arrived) == edge.timestamp(), odd
     entry = bad.model_copy(update={"entry_time": T0 - 9})
     assert reorder.meta_time(entry, arrived) == T0 - 9
     bare = bad.model_copy(update={"received_at": None})
