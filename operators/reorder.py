@@ -7,8 +7,11 @@ order. Each arriving event is held for the window; the held event that sorts fir
 over, then the next, and so on. Releasing only from the front keeps two promises: no event
 starts before it has waited the window, and released events go in sort order. So an event
 with an earlier timestamp that arrives less than the window after a later one still goes
-first; one that arrives later than that is not reordered. An event behind a front that is
-still held waits longer than the window, but only while earlier-stamped events keep coming.
+first; one that arrives later than that is not reordered, unless the later-stamped one is
+still held behind another earlier-stamped event. (No rule can both reorder every pair closer
+than the window and never reorder a pair further apart: three events can ask for a cycle.
+This one keeps the first promise exactly.) An event behind a front that is still held waits
+longer than the window, but only while earlier-stamped events keep coming.
 
 Pure logic on plain values: the conversation logic keeps the heap in its snapshotted state.
 """
