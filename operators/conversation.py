@@ -13,8 +13,10 @@ times) is snapshotted by Bytewax recovery, so pending retries survive a restart;
 count is also kept with the Redis claim, so losing the recovery directory does not reset it.
 
 Order: only the head of a conversation's queue is worked on, so events of one conversation are
-handled in arrival order. With ordering off, the dataflow keys by event instead of conversation
-and every event is its own queue.
+handled in the order they enter the queue. With a reorder window (REORDER_WINDOW_MS), arriving
+events wait in the conversation's state for that long and enter the queue in Meta's timestamp
+order (operators/reorder.py); with none, they enter as they arrive. With ordering off, the
+dataflow keys by event instead of conversation, every event is its own queue and nothing waits.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Protocol
 
 from bytewax.operators import StatefulBatchLogic
 
+from operators import reorder
 from operators.backoff import BackoffPolicy, poll_delay_s
 from wa_worker import metrics
 from wa_worker.models.completions import (
@@ -99,6 +102,7 @@ class ConversationPolicy:
     backoff: BackoffPolicy
     lease_ms: int
     handler_timeout_s: float
+    reorder_window_ms: int = 0  # 0: events enter the queue as they arrive
 
 
 class Phase(StrEnum):
@@ -124,6 +128,9 @@ class Pending:
 @dataclass
 class ConversationState:
     queue: list[Pending] = field(default_factory=list)
+    # Events in the reorder window, not yet queued: a heap (operators/reorder.py).
+    held: list[reorder.Held] = field(default_factory=list)
+    arrivals: int = 0  # events held so far; orders ties by arrival
 
 
 class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, ConversationState]):
@@ -145,8 +152,9 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         self._paused = paused  # draining: start nothing new
         self._gate = handler_gate or OpenGate()  # the handler's circuit breaker
         self._backlog = backlog or _Uncounted()  # events taken in and not finished, per process
+        self._window = timedelta(milliseconds=policy.reorder_window_ms)
         self._state = ConversationState()
-        self._queued: set[str] = set()  # event keys in the queue, for duplicate checks
+        self._queued: set[str] = set()  # event keys held or queued, for duplicate checks
         if resume is not None:
             # Work in flight at the snapshot was lost with the old process, or finished after
             # it. Claim again first, with the same token: an event since marked done is then
@@ -156,8 +164,12 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
                 replace(p, phase=Phase.CLAIM, due_at=p.due_at or now) for p in resume.queue
             ]
             metrics.RETRIES_PENDING.inc(sum(p.retry_waiting for p in self._state.queue))
+            # getattr: states snapshotted before the reorder window have neither field.
+            self._state.held = [replace(h) for h in getattr(resume, "held", [])]
+            self._state.arrivals = getattr(resume, "arrivals", 0)
             self._queued = {p.event.event_key for p in self._state.queue}
-            self._backlog.add(len(self._state.queue))
+            self._queued.update(h.event.event_key for h in self._state.held)
+            self._backlog.add(len(self._state.queue) + len(self._state.held))
 
     def on_batch(self, values: list[WebhookEvent | Completion]) -> tuple[Iterable[Outcome], bool]:
         out: list[Outcome] = []
@@ -169,14 +181,18 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             else:
                 self._on_handled(value, out)
         self._pump(out)
-        return out, not self._state.queue
+        return out, self._idle()
 
     def on_notify(self) -> tuple[Iterable[Outcome], bool]:
         out: list[Outcome] = []
         self._pump(out)
-        return out, not self._state.queue
+        return out, self._idle()
 
     def notify_at(self) -> datetime | None:
+        due = (self._head_due(), reorder.next_release(self._state.held, self._window))
+        return min((t for t in due if t is not None), default=None)
+
+    def _head_due(self) -> datetime | None:
         head = self._head()
         if head is None or head.due_at is None:
             return None
@@ -187,7 +203,15 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         return head.due_at
 
     def snapshot(self) -> ConversationState:
-        return ConversationState(queue=[replace(p) for p in self._state.queue])
+        return ConversationState(
+            queue=[replace(p) for p in self._state.queue],
+            held=[replace(h) for h in self._state.held],
+            arrivals=self._state.arrivals,
+        )
+
+    def _idle(self) -> bool:
+        """Nothing held or queued: the logic can be dropped."""
+        return not self._state.queue and not self._state.held
 
     def _head(self) -> Pending | None:
         return self._state.queue[0] if self._state.queue else None
@@ -197,8 +221,15 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             metrics.DUPLICATES.inc()
             return
         self._queued.add(event.event_key)
-        self._state.queue.append(Pending(event=event, token=new_token(), due_at=self._now()))
         self._backlog.add()
+        if self._window:
+            reorder.hold(self._state.held, event, self._now(), self._state.arrivals)
+            self._state.arrivals += 1
+        else:
+            self._queue_event(event)
+
+    def _queue_event(self, event: WebhookEvent) -> None:
+        self._state.queue.append(Pending(event=event, token=new_token(), due_at=self._now()))
 
     def _pop_head(self) -> Pending:
         head = self._state.queue.pop(0)
@@ -209,6 +240,10 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
     def _pump(self, out: list[Outcome]) -> None:
         """Start the head's next piece of work when it is due. A handler that answers inline
         finishes the head here, and the next event's claim starts in the same pass."""
+        # Held events whose turn has come join the queue first (in order) even when paused:
+        # that starts nothing, and the snapshot keeps them either way.
+        for event in reorder.release(self._state.held, self._now(), self._window):
+            self._queue_event(event)
         while (head := self._head()) is not None:
             if head.due_at is None or head.due_at > self._now() or self._paused():
                 return
@@ -351,6 +386,8 @@ def conversation_builder(
         ),
         lease_ms=settings.claim_lease_ms,
         handler_timeout_s=settings.handler_timeout_ms / 1000,
+        # Unordered, every event is its own queue: there is nothing to reorder.
+        reorder_window_ms=settings.reorder_window_ms if settings.handler_ordered else 0,
     )
     key = route_key(settings.handler_ordered)
 

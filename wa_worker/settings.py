@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     # Events read and not yet finished, per process; input waits at this many (bounds memory).
     max_events_in_progress: int = Field(20_000, ge=100)
     handler_ordered: bool = True
+    # How long a conversation's events wait to be put in Meta's timestamp order (0: off).
+    reorder_window_ms: int = Field(300, ge=0, le=60_000)
     handler_health_url: str | None = None
     breaker_enabled: bool = True
     breaker_window: int = Field(20, ge=1, le=10_000)

@@ -1,0 +1,75 @@
+"""The reorder window: a conversation's events start in Meta's timestamp order, within limits.
+
+Meta does not deliver in order, and an edge that keys records by webhook id spreads one
+conversation over partitions that are read independently, so arrival order is not event
+order. Each arriving event is held for the window; the held event that sorts first (Meta's
+`timestamp`, then the edge's `timestamp`, then arrival) is released once its own hold is
+over, then the next, and so on. Releasing only from the front keeps two promises: no event
+starts before it has waited the window, and released events go in sort order. So an event
+with an earlier timestamp that arrives less than the window after a later one still goes
+first; one that arrives later than that is not reordered, unless the later-stamped one is
+still held behind another earlier-stamped event. (No rule can both reorder every pair closer
+than the window and never reorder a pair further apart: three events can ask for a cycle.
+This one keeps the first promise exactly.) An event behind a front that is still held waits
+longer than the window, but only while earlier-stamped events keep coming.
+
+Pure logic on plain values: the conversation logic keeps the heap in its snapshotted state.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from wa_worker.models.records import EventKind, WebhookEvent
+
+SortKey = tuple[float, float, int]
+
+
+@dataclass(order=True)
+class Held:
+    """An event in the window. Ordered by `key` alone, so a list of them is a heap."""
+
+    key: SortKey
+    event: WebhookEvent = field(compare=False)
+    arrived_at: datetime = field(compare=False)
+
+
+def meta_time(event: WebhookEvent, arrived_at: datetime) -> float:
+    """Meta's time of the event in seconds: the message's or status's `timestamp`, else the
+    entry's `time` (account changes), else the edge's receive time, else the arrival here."""
+    if event.kind in (EventKind.MESSAGE, EventKind.STATUS):
+        stamp = event.payload.get("timestamp")
+        if isinstance(stamp, (str, int, float)) and not isinstance(stamp, bool):
+            try:
+                value = float(stamp)
+            except (ValueError, OverflowError):  # bad input must not stop the flow
+                value = math.nan
+            if math.isfinite(value):
+                return value
+    if event.entry_time is not None:
+        return float(event.entry_time)
+    if event.received_at is not None:
+        return event.received_at.timestamp()
+    return arrived_at.timestamp()
+
+
+def hold(heap: list[Held], event: WebhookEvent, arrived_at: datetime, seq: int) -> None:
+    """Put an event in the window; `seq` counts arrivals (ties go in arrival order)."""
+    # Meta's timestamps are whole seconds: the edge's receive time orders ties within one.
+    edge = event.received_at.timestamp() if event.received_at is not None else math.inf
+    heapq.heappush(heap, Held((meta_time(event, arrived_at), edge, seq), event, arrived_at))
+
+
+def release(heap: list[Held], now: datetime, window: timedelta) -> list[WebhookEvent]:
+    """The events whose turn has come, in order: the front, while its hold is over."""
+    out: list[WebhookEvent] = []
+    while heap and heap[0].arrived_at + window <= now:
+        out.append(heapq.heappop(heap).event)
+    return out
+
+
+def next_release(heap: list[Held], window: timedelta) -> datetime | None:
+    return heap[0].arrived_at + window if heap else None
