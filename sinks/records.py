@@ -72,14 +72,24 @@ def to_record(outcome: Outcome, topics: Topics, max_bytes: int) -> KafkaRecord:
         detail = str(exc).split("\n", 1)[0][:120]  # the encoder's words, never the value
         reason = f"handler result is not JSON: {type(exc).__name__}: {detail}"
         return _fitting(unwritable_record(outcome, topics, reason), max_bytes)
-    if (size := record.size()) > max_bytes:
+    if size := _oversize(record, max_bytes):
         reason = f"processed record of {size} bytes is over KAFKA_MAX_MESSAGE_BYTES ({max_bytes})"
         return _fitting(unwritable_record(outcome, topics, reason), max_bytes)
     return record
 
 
+def _oversize(record: KafkaRecord, max_bytes: int) -> int:
+    """The record's size if it is over `max_bytes`, else 0. Only a value of half the limit or
+    more is counted whole (the hot path): key and headers are small, and should they not be,
+    Kafka refuses the record and the sink dead-letters it all the same."""
+    if len(record.value) < max_bytes // 2:
+        return 0
+    size = record.size()
+    return size if size > max_bytes else 0
+
+
 def _fitting(letter: KafkaRecord, max_bytes: int) -> KafkaRecord:
-    if (size := letter.size()) > max_bytes:
+    if size := _oversize(letter, max_bytes):
         reason = f"dead letter of {size} bytes is over KAFKA_MAX_MESSAGE_BYTES ({max_bytes})"
         return without_envelope(letter, reason)
     return letter
