@@ -9,8 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+from confluent_kafka import Producer
 
 from tests.conftest import Stack, Topics
+from tests.support.cli import run_cli
 from tests.support.handler_server import HandlerServer, Reply
 from tests.support.kafka import produce, read_topic
 from tests.support.webhooks import envelope, messages_value, payload, text_message
@@ -142,3 +144,49 @@ def test_neither_the_dlq_nor_the_logs_get_the_message_text(
     logged = [json.loads(line) for line in log.splitlines() if '"dead-lettered"' in line]
     assert len(logged) == 2, log[-2000:]
     assert all("HTTP 4" in x["error_reason"] or "HTTP 5" in x["error_reason"] for x in logged)
+
+
+def test_a_callables_multi_line_error_is_one_line() -> None:
+    from operators.parse import parse_record
+    from tests.support.webhooks import conversation_webhook
+    from wa_worker.memory_dedupe import memory_store
+    from wa_worker.models.completions import HandleResult
+    from wa_worker.models.records import WebhookEvent
+    from wa_worker.runtime import IoRuntime
+
+    class Handler:
+        async def __call__(self, event: object) -> None:
+            raise ValueError("first line\nsecond line\r\n\tthird " + "x" * 1000)
+
+    settings = load_settings(handler_callable="m:f", redis_url="redis://127.0.0.1:1/0")
+    runtime = IoRuntime(settings, handler=Handler(), store_factory=memory_store)
+    try:
+        (event,) = parse_record(conversation_webhook("w", WA_ID, ["wamid.1"]), None)
+        assert isinstance(event, WebhookEvent)
+        runtime.handle("route", event, "token")
+        _, result = runtime.completions.get(timeout=10)
+    finally:
+        runtime.close()
+    assert isinstance(result, HandleResult) and result.error is not None
+    assert result.error.startswith("ValueError: first line second line third x")
+    assert "\n" not in result.error and len(result.error) <= 500
+
+
+def test_dlq_list_shows_a_multi_line_reason_of_an_older_dead_letter_on_one_line(
+    stack: Stack, topics: Topics, worker_env: dict[str, str]
+) -> None:
+    """Dead letters written before the excerpt was bounded keep their reasons: the listing
+    still gives each one line."""
+    producer = Producer({"bootstrap.servers": stack.brokers})
+    headers: list[tuple[str, str | bytes | None]] = [
+        ("wa-error-class", b"handler_permanent"),
+        ("wa-error-reason", b"handler answered HTTP 500: <html>\n<body>\n<h1>Oops</h1>"),
+        ("wa-event-key", b"wamid.old"),
+    ]
+    producer.produce(topics.dlq, b"{}", b"wamid.old", headers=headers)
+    assert producer.flush(30) == 0
+    listing = run_cli(worker_env, "dlq", "list", "--json").stdout.splitlines()
+    (row,) = [json.loads(line) for line in listing]
+    assert row["error-reason"] == "handler answered HTTP 500: <html> <body> <h1>Oops</h1>"
+    table = run_cli({**worker_env, "COLUMNS": "400"}, "dlq", "list").stdout
+    assert "handler answered HTTP 500: <html> <body> <h1>Oops</h1>" in table

@@ -13,6 +13,7 @@ from rich.table import Table
 from wa_worker import dlq
 from wa_worker.cli_support import failures_reported, progress, stdout_console, when
 from wa_worker.dedupe import DedupeAdmin, MarkerState, dedupe_keys
+from wa_worker.excerpt import one_line
 from wa_worker.logs import redact
 from wa_worker.redaction import redact_envelope
 from wa_worker.settings import Settings, load_settings_or_exit
@@ -77,7 +78,7 @@ def _redacted_summary(record: dlq.DeadLetterRecord, secrets: tuple[str, ...]) ->
     (Only the reason: offsets and ids are digits too, and must stay as they are.)"""
     summary = record.summary()
     if "error-reason" in summary:
-        summary["error-reason"] = redact(summary["error-reason"], secrets)
+        summary["error-reason"] = redact(one_line(summary["error-reason"]), secrets)
     return summary
 
 
@@ -87,7 +88,8 @@ def _table(records: list[dlq.DeadLetterRecord], secrets: tuple[str, ...]) -> Tab
         at = r.at.isoformat(timespec="seconds") if r.at else "-"
         event = r.event_key or (f"webhook {r.webhook_id}" if r.webhook_id else "-")
         attempts = r.headers.get("wa-attempts", "-")
-        table.add_row(at, r.ref, r.error_class, redact(r.reason, secrets), event, attempts)
+        reason = redact(one_line(r.reason), secrets)  # dead letters from before: one row each
+        table.add_row(at, r.ref, r.error_class, reason, event, attempts)
     return table
 
 

@@ -44,7 +44,12 @@ def error_excerpt(body: str, limit: int, request_texts: Iterable[str] = ()) -> s
     if shown is None:
         known = sorted({t for t in request_texts if len(t.strip()) >= _KNOWN_MIN_CHARS}, key=len)
         shown = _text_excerpt(text, known[::-1])
-    shown = _SPACE.sub(" ", shown).strip()
+    return one_line(shown, limit)
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """Error text as one line of at most `limit` characters: one log record, one table row."""
+    shown = _SPACE.sub(" ", text).strip()
     return shown if len(shown) <= limit else shown[: max(0, limit - 1)] + "…"
 
 
