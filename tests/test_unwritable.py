@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     AlterConfigOpType,
@@ -207,3 +208,21 @@ def _limit(stack: Stack, topic: str, max_bytes: int) -> None:
     admin = AdminClient({"bootstrap.servers": stack.brokers})
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(30)
+
+
+def test_redrive_skips_a_dead_letter_written_without_its_envelope(
+    stack: Stack, topics: Topics, worker_env: dict[str, str]
+) -> None:
+    producer = Producer({"bootstrap.servers": stack.brokers})
+    headers: list[tuple[str, str | bytes | None]] = [
+        ("wa-error-class", b"result_unwritable"),
+        ("wa-error-reason", b"processed record of 5600000 bytes is over ..."),
+        ("wa-event-key", b"wamid.huge"),
+        ("wa-envelope-dropped", b"Kafka refused the dead letter: Broker: Message size too large"),
+    ]
+    producer.produce(topics.dlq, b"", b"wamid.huge", headers=headers)
+    assert producer.flush(30) == 0
+    result = run_cli(worker_env, "dlq", "redrive")
+    assert "re-drove 0 records" in result.stdout
+    assert "1 without their envelope skipped" in result.stdout
+    assert read_topic(stack.brokers, topics.inbound) == []

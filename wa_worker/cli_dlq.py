@@ -167,7 +167,9 @@ def dlq_redrive(
         chosen = _selected(
             settings, error_class, reason, since, until, event_key, webhook_id, frozenset(ref)
         )
-        records = dlq.latest_per_event(chosen)
+        newest = dlq.latest_per_event(chosen)
+        # Written without their envelope (too large for the DLQ): nothing here to re-drive.
+        records = [r for r in newest if "wa-envelope-dropped" not in r.headers]
         keys = [r.event_key for r in records if r.event_key]
         markers = _reset_markers(settings, keys, dry_run)
         states = Counter(markers.values())
@@ -179,9 +181,14 @@ def dlq_redrive(
         )
         if states[MarkerState.IN_FLIGHT]:
             report += " (a worker holds those right now: re-drive them again in a minute)"
-        skipped = len(chosen) - len(records)
+        skipped = len(chosen) - len(newest)
         if skipped:
             report += f"; {skipped} older dead letters of the same events skipped"
+        if len(newest) > len(records):
+            report += (
+                f"; {len(newest) - len(records)} without their envelope skipped (publish the "
+                "originals from wa-source-topic/-partition/-offset)"
+            )
         if dry_run:
             stdout_console().print(_table(records, settings.secrets()))
             typer.echo(f"would re-drive {len(records)} records; {report}")
