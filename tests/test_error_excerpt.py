@@ -190,3 +190,8 @@ def test_dlq_list_shows_a_multi_line_reason_of_an_older_dead_letter_on_one_line(
     assert row["error-reason"] == "handler answered HTTP 500: <html> <body> <h1>Oops</h1>"
     table = run_cli({**worker_env, "COLUMNS": "400"}, "dlq", "list").stdout
     assert "handler answered HTTP 500: <html> <body> <h1>Oops</h1>" in table
+
+
+def test_a_huge_body_is_cut_before_it_is_read() -> None:
+    body = '{"detail": "' + "y" * 5_000_000 + '"}'  # JSON no more once cut: masked as text
+    assert error_excerpt(body, 200) == "{***: ***"

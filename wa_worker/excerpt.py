@@ -20,16 +20,17 @@ MASK = "***"
 _HTML = re.compile(r"^\s*<(!doctype|html|head|body|[a-z][a-z0-9]*[\s>])", re.IGNORECASE)
 _HEADINGS = re.compile(r"<(title|h1|h2)\b[^>]*>(.*?)</\1\s*>", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"<[^>]*>")
-_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'|“[^”]*”")
+# A double quote left open (a body cut short) masks to the end.
+_QUOTED = re.compile(r"\"[^\"]*(\"|$)|'[^']*'|“[^”]*(”|$)")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
 _DIGITS = re.compile(r"\d[\d\s().+-]{2,}\d")  # 4+ digits, spaced or not: phones, cards, ids
 _SPACE = re.compile(r"\s+")
 # Small numbers (codes, counts) say what went wrong; longer ones may be phone numbers.
 _PLAIN_NUMBER_LIMIT = 10_000
-
-
 # Request texts shorter than this are left alone: masking "ok" everywhere would hide the error.
 _KNOWN_MIN_CHARS = 4
+# Only the start of a body is looked at: a multi-megabyte error page costs no more than this.
+_READ_CHARS = 64 * 1024
 
 
 def error_excerpt(body: str, limit: int, request_texts: Iterable[str] = ()) -> str:
@@ -37,7 +38,7 @@ def error_excerpt(body: str, limit: int, request_texts: Iterable[str] = ()) -> s
     `request_texts`: the strings the request carried, masked wherever the body echoes them."""
     if limit <= 0:
         return ""
-    text = body.strip()
+    text = body[:_READ_CHARS].strip()
     if not text:
         return ""
     shown = _json_excerpt(text)
