@@ -52,6 +52,7 @@ def outcome_records(
     topics = Topics(
         settings.kafka_processed_topic, settings.kafka_dlq_topic, settings.kafka_inbound_topic
     )
+    max_bytes = settings.kafka_max_message_bytes  # the producer's limit, for the file sink too
     readable = op.branch("readable", inbound, is_message)
     unreadable = op.flat_map(
         "consumer-errors",
@@ -77,4 +78,4 @@ def outcome_records(
     )
 
     outcomes = op.merge("outcomes", op.key_rm("unkey", handled), invalid, unreadable)
-    return op.map("to-records", outcomes, lambda outcome: to_record(outcome, topics))
+    return op.map("to-records", outcomes, lambda outcome: to_record(outcome, topics, max_bytes))

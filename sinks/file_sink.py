@@ -4,6 +4,8 @@ Each line is the record the Kafka sink would produce (`sinks.records.to_record`)
 headers and value, so a dead letter carries the same error context headers. The value is the
 record's bytes as UTF-8 text (`jq '.value | fromjson'` for processed records), or base64 in
 `value_base64` when the bytes are not UTF-8 (a dead-lettered line may hold anything).
+`to_record` already applied Kafka's checks (a result that is not JSON, a record over
+KAFKA_MAX_MESSAGE_BYTES: a `result_unwritable` dead letter), so a file holds what Kafka would.
 
 Same crash-safety contract as the Kafka sink: only once a batch is written out (flushed, and
 fsynced when the done markers outlive the process, i.e. in Redis) are its events marked done.

@@ -3,6 +3,9 @@
 Bytewax's own KafkaSink ignores delivery failures; this one does not. Each batch is produced
 with an idempotent producer and flushed; a record Kafka did not acknowledge raises
 `DeliveryError`, which stops the dataflow so recovery replays the batch rather than losing it.
+A record Kafka refuses for itself (too large, say: refused again after every restart) is not
+that: a processed record is replaced by its event's `result_unwritable` dead letter, a dead
+letter by its headers alone, and the rest of the batch goes on.
 Only after Kafka acknowledged a batch are its events marked done (crash-safe dedupe); the
 markers go to Redis through the I/O runtime, batched with claims, so this thread never waits
 on Redis (and a Redis outage only delays them).
@@ -14,18 +17,32 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from sinks.records import KafkaRecord
+from sinks.records import KafkaRecord, without_envelope
 from wa_worker import metrics
 from wa_worker.dedupe import DoneMark
 from wa_worker.errors import DeliveryError
 from wa_worker.kafka_produce import produce_waiting
 
 log = logging.getLogger(__name__)
+
+# Errors that refuse one record (its size or content), not Kafka as a whole. Any other error
+# (timeouts, broker down, authorisation) stops the worker: recovery replays the batch.
+RECORD_REFUSALS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_TIMESTAMP,
+        KafkaError.POLICY_VIOLATION,
+    }
+)
 
 
 class DoneMarks(Protocol):
@@ -39,22 +56,44 @@ class _KafkaOutcomePartition(StatelessSinkPartition[KafkaRecord]):
         self._flush_timeout_s = flush_timeout_s
 
     def write_batch(self, items: list[KafkaRecord]) -> None:
+        written: list[KafkaRecord] = []
+        pending = items
+        while pending:  # each round writes what the last one had refused, made smaller
+            refused = self._send(pending)
+            written.extend(r for i, r in enumerate(pending) if i not in refused)
+            pending = [_instead(pending[i], reason) for i, reason in refused.items()]
+        self._observe(written)
+        self._marks.mark_done([r.done for r in written if r.done is not None])
+
+    def _send(self, records: list[KafkaRecord]) -> dict[int, str]:
+        """Produce and flush; the records Kafka refused (by index, with why). Raise
+        DeliveryError when Kafka failed (unacknowledged in time, or any other error)."""
+        refused: dict[int, str] = {}
         failures: list[str] = []
 
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
+        def on_delivery(index: int, err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                return
+            if err.code() in RECORD_REFUSALS:
+                refused[index] = err.str()
+            else:
                 failures.append(f"{msg.topic()}: {err}")
 
-        for record in items:
-            self._produce(record, on_delivery)
+        for index, record in enumerate(records):
+            try:
+                self._produce(record, partial(on_delivery, index))
+            except KafkaException as exc:  # refused before queueing
+                error: KafkaError = exc.args[0]
+                if error.code() not in RECORD_REFUSALS:
+                    raise DeliveryError(f"Kafka refused a {record.topic} record: {error}") from exc
+                refused[index] = error.str()
         remaining = self._flush()
         if remaining or failures:
             raise DeliveryError(
-                f"Kafka did not acknowledge {remaining + len(failures)} of {len(items)} records: "
-                + "; ".join(failures[:3])
+                f"Kafka did not acknowledge {remaining + len(failures)} of {len(records)} "
+                "records: " + "; ".join(failures[:3])
             )
-        self._observe(items)
-        self._marks.mark_done([r.done for r in items if r.done is not None])
+        return refused
 
     def close(self) -> None:
         self._flush()
@@ -88,6 +127,15 @@ class _KafkaOutcomePartition(StatelessSinkPartition[KafkaRecord]):
                 metrics.END_TO_END_LATENCY.observe(
                     max(0.0, (now - record.received_at).total_seconds())
                 )
+
+
+def _instead(record: KafkaRecord, why: str) -> KafkaRecord:
+    """What to write in place of a record Kafka refused; raise when nothing smaller is left."""
+    if record.unwritable is not None:
+        return record.unwritable(f"Kafka refused the processed record: {why}")
+    if record.error_class is not None and record.value:
+        return without_envelope(record, f"Kafka refused the dead letter: {why}")
+    raise DeliveryError(f"Kafka refused a {record.topic} record even without its value: {why}")
 
 
 class KafkaOutcomeSink(DynamicSink[KafkaRecord]):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 
 from wa_worker import jsonbytes
-from wa_worker.models.records import DeadLetter, Outcome, Processed
+from wa_worker.models.records import DeadLetter, ErrorClass, Outcome, Processed
+
+# librdkafka counts a record's framing (and the broker its batch's) on top of key, value and
+# headers; the margin keeps the size check on the safe side of `message.max.bytes`.
+RECORD_OVERHEAD_BYTES = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +25,8 @@ class KafkaRecord:
     received_at: datetime | None = None
     error_class: str | None = None
     kind: str | None = None
+    # For a processed record: its event's dead letter, built only if Kafka refuses the record.
+    unwritable: partial[KafkaRecord] | None = None
 
     def log_context(self) -> dict[str, str]:
         """The DLQ headers worth a log line (names without the `wa-` prefix)."""
@@ -38,6 +45,11 @@ class KafkaRecord:
             if k in wanted
         }
 
+    def size(self) -> int:
+        """Bytes the record takes against `message.max.bytes`, framing margin included."""
+        headers = sum(len(k) + len(v) for k, v in self.headers)
+        return len(self.value) + len(self.key or b"") + headers + RECORD_OVERHEAD_BYTES
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -46,13 +58,46 @@ class Topics:
     inbound: str
 
 
-def to_record(outcome: Outcome, topics: Topics) -> KafkaRecord:
-    if isinstance(outcome, Processed):
-        return processed_record(outcome, topics.processed)
-    return dead_letter_record(outcome, topics.dlq, topics.inbound)
+def to_record(outcome: Outcome, topics: Topics, max_bytes: int) -> KafkaRecord:
+    """The outcome's record. A handler result the worker cannot write (not JSON, or a record
+    over `max_bytes`, KAFKA_MAX_MESSAGE_BYTES) makes the event a `result_unwritable` dead
+    letter here, before any produce: Kafka would refuse it again on every restart."""
+    if not isinstance(outcome, Processed):
+        return _fitting(dead_letter_record(outcome, topics.dlq, topics.inbound), max_bytes)
+    try:
+        record = processed_record(
+            outcome, topics.processed, unwritable=partial(unwritable_record, outcome, topics)
+        )
+    except (TypeError, ValueError, RecursionError) as exc:
+        detail = str(exc).split("\n", 1)[0][:120]  # the encoder's words, never the value
+        reason = f"handler result is not JSON: {type(exc).__name__}: {detail}"
+        return _fitting(unwritable_record(outcome, topics, reason), max_bytes)
+    if size := _oversize(record, max_bytes):
+        reason = f"processed record of {size} bytes is over KAFKA_MAX_MESSAGE_BYTES ({max_bytes})"
+        return _fitting(unwritable_record(outcome, topics, reason), max_bytes)
+    return record
 
 
-def processed_record(outcome: Processed, topic: str) -> KafkaRecord:
+def _oversize(record: KafkaRecord, max_bytes: int) -> int:
+    """The record's size if it is over `max_bytes`, else 0. Only a value of half the limit or
+    more is counted whole (the hot path): key and headers are small, and should they not be,
+    Kafka refuses the record and the sink dead-letters it all the same."""
+    if len(record.value) < max_bytes // 2:
+        return 0
+    size = record.size()
+    return size if size > max_bytes else 0
+
+
+def _fitting(letter: KafkaRecord, max_bytes: int) -> KafkaRecord:
+    if size := _oversize(letter, max_bytes):
+        reason = f"dead letter of {size} bytes is over KAFKA_MAX_MESSAGE_BYTES ({max_bytes})"
+        return without_envelope(letter, reason)
+    return letter
+
+
+def processed_record(
+    outcome: Processed, topic: str, unwritable: partial[KafkaRecord] | None = None
+) -> KafkaRecord:
     event = outcome.event
     value = {
         "event_key": event.event_key,
@@ -81,7 +126,33 @@ def processed_record(outcome: Processed, topic: str) -> KafkaRecord:
         done=(event.event_key, "processed"),
         received_at=event.received_at,
         kind=event.kind.value,
+        unwritable=unwritable,
     )
+
+
+def unwritable_record(outcome: Processed, topics: Topics, reason: str) -> KafkaRecord:
+    """The dead letter of an event whose processed record cannot be written."""
+    event = outcome.event
+    letter = DeadLetter(
+        error_class=ErrorClass.RESULT_UNWRITABLE,
+        reason=reason,
+        webhook_id=event.webhook_id,
+        event_key=event.event_key,
+        conversation_key=event.conversation_key,
+        attempts=outcome.attempts,
+        first_failure_at=outcome.handled_at,
+        last_failure_at=outcome.handled_at,
+        source=event.source,
+        event=event,
+    )
+    return dead_letter_record(letter, topics.dlq, topics.inbound)
+
+
+def without_envelope(record: KafkaRecord, reason: str) -> KafkaRecord:
+    """A dead letter Kafka refused, as its headers alone: the source topic, partition and offset
+    still lead to the original (while the inbound topic keeps it)."""
+    headers = [*record.headers, ("wa-envelope-dropped", reason.encode())]
+    return replace(record, value=b"", headers=headers)
 
 
 def dead_letter_record(letter: DeadLetter, topic: str, inbound_topic: str) -> KafkaRecord:

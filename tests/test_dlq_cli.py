@@ -60,7 +60,8 @@ def test_list_show_and_redrive_an_event_once(
 
     def plan(event: dict[str, Any], attempt: int) -> Reply:
         if event["event_key"] == "wamid.bad" and not accept["bad"]:
-            return Reply(422, {"error": "unknown customer"})
+            # Plain text: the reason keeps it (a JSON body's strings would be masked).
+            return Reply(422, raw=b"unknown customer", content_type="text/plain")
         return Reply(200, {"ok": True})
 
     produce(

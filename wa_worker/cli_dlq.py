@@ -13,6 +13,7 @@ from rich.table import Table
 from wa_worker import dlq
 from wa_worker.cli_support import failures_reported, progress, stdout_console, when
 from wa_worker.dedupe import DedupeAdmin, MarkerState, dedupe_keys
+from wa_worker.excerpt import one_line
 from wa_worker.logs import redact
 from wa_worker.redaction import redact_envelope
 from wa_worker.settings import Settings, load_settings_or_exit
@@ -81,7 +82,7 @@ def _redacted_summary(record: dlq.DeadLetterRecord, secrets: tuple[str, ...]) ->
     (Only the reason: offsets and ids are digits too, and must stay as they are.)"""
     summary = record.summary()
     if "error-reason" in summary:
-        summary["error-reason"] = redact(summary["error-reason"], secrets)
+        summary["error-reason"] = redact(one_line(summary["error-reason"]), secrets)
     return summary
 
 
@@ -91,7 +92,8 @@ def _table(records: list[dlq.DeadLetterRecord], secrets: tuple[str, ...]) -> Tab
         at = r.at.isoformat(timespec="seconds") if r.at else "-"
         event = r.event_key or (f"webhook {r.webhook_id}" if r.webhook_id else "-")
         attempts = r.headers.get("wa-attempts", "-")
-        table.add_row(at, r.ref, r.error_class, redact(r.reason, secrets), event, attempts)
+        reason = redact(one_line(r.reason), secrets)  # dead letters from before: one row each
+        table.add_row(at, r.ref, r.error_class, reason, event, attempts)
     return table
 
 
@@ -168,7 +170,9 @@ def dlq_redrive(
             settings, error_class, reason, since, until, event_key, webhook_id, frozenset(ref)
         )
         per_event = dlq.latest_per_event(chosen)
-        records = dlq.latest_per_envelope(per_event)
+        # Written without their envelope (too large for the DLQ): nothing here to re-drive.
+        with_envelope = [r for r in per_event if "wa-envelope-dropped" not in r.headers]
+        records = dlq.latest_per_envelope(with_envelope)
         keys = [r.event_key for r in records if r.event_key]
         markers = _reset_markers(settings, keys, dry_run)
         states = Counter(markers.values())
@@ -183,7 +187,12 @@ def dlq_redrive(
         skipped = len(chosen) - len(per_event)
         if skipped:
             report += f"; {skipped} older dead letters of the same events skipped"
-        copies = len(per_event) - len(records)
+        if len(per_event) > len(with_envelope):
+            report += (
+                f"; {len(per_event) - len(with_envelope)} without their envelope skipped (publish"
+                " the originals from wa-source-topic/-partition/-offset)"
+            )
+        copies = len(with_envelope) - len(records)
         if copies:
             report += (
                 f"; {copies} copies of the same envelopes skipped (dead letters without an"

@@ -21,6 +21,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from wa_worker import jsonbytes
 from wa_worker.errors import ConfigError, PermanentError, TransientError
+from wa_worker.excerpt import error_excerpt, request_texts
 from wa_worker.models.records import WebhookEvent
 from wa_worker.settings import Settings
 
@@ -30,8 +31,9 @@ Handler = Callable[[WebhookEvent], Awaitable[Any]]
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
 
 
-def classify_response(response: httpx.Response) -> Any:
-    """Result for 2xx; raise TransientError or PermanentError otherwise."""
+def classify_response(response: httpx.Response, excerpt_chars: int = 200, sent: Any = None) -> Any:
+    """Result for 2xx; raise TransientError or PermanentError otherwise, with the status code
+    and at most a masked one-line excerpt of the body, which may echo `sent` (the request)."""
     code = response.status_code
     if 200 <= code < 300:
         if not response.content:
@@ -40,7 +42,8 @@ def classify_response(response: httpx.Response) -> Any:
             return response.json()
         except ValueError:
             return response.text
-    detail = f"handler answered HTTP {code}: {response.text[:200]}"
+    excerpt = error_excerpt(response.text, excerpt_chars, request_texts(sent))
+    detail = f"handler answered HTTP {code}" + (f": {excerpt}" if excerpt else "")
     if code in TRANSIENT_STATUSES or code >= 500:
         raise TransientError(
             detail,
@@ -79,18 +82,22 @@ class HttpHandler:
     # connections in one client), the aiohttp transport ~225 µs, which is what lets one process
     # keep a thousand 50 ms calls a second in flight.
 
-    def __init__(self, url: str, timeout_s: float, concurrency: int) -> None:
+    def __init__(
+        self, url: str, timeout_s: float, concurrency: int, excerpt_chars: int = 200
+    ) -> None:
         self._url = url
+        self._excerpt_chars = excerpt_chars
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         self._client = httpx.AsyncClient(
             timeout=timeout_s, transport=AiohttpTransport(limits=limits)
         )
 
     async def __call__(self, event: WebhookEvent) -> Any:
+        sent = event.for_handler()
         try:
             response = await self._client.post(
                 self._url,
-                content=jsonbytes.dumps(event.for_handler()),
+                content=jsonbytes.dumps(sent),
                 headers={
                     "Content-Type": "application/json",
                     "Idempotency-Key": header_safe(event.event_key),
@@ -101,7 +108,7 @@ class HttpHandler:
             raise TransientError(f"handler timed out: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:
             raise TransientError(f"handler unreachable: {type(exc).__name__}: {exc}") from exc
-        return classify_response(response)
+        return classify_response(response, self._excerpt_chars, sent)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -144,7 +151,12 @@ def load_callable(spec: str) -> Callable[..., Any]:
 def build_handler(settings: Settings) -> Handler:
     timeout_s = settings.handler_timeout_ms / 1000
     if settings.handler_url:
-        return HttpHandler(settings.handler_url, timeout_s, settings.handler_concurrency)
+        return HttpHandler(
+            settings.handler_url,
+            timeout_s,
+            settings.handler_concurrency,
+            settings.handler_error_excerpt_chars,
+        )
     if settings.handler_callable:
         return CallableHandler(settings.handler_callable, settings.handler_concurrency)
     return passthrough

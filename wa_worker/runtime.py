@@ -25,6 +25,7 @@ from wa_worker import metrics
 from wa_worker.breaker import BREAKER
 from wa_worker.dedupe import AttemptRecord, ClaimRequest, DedupeStore, DoneMark, redis_store
 from wa_worker.errors import PermanentError, TransientError
+from wa_worker.excerpt import one_line
 from wa_worker.handlers import Handler, build_handler, passthrough
 from wa_worker.models.completions import (
     ClaimResult,
@@ -247,7 +248,7 @@ class IoRuntime:
                 )
             except Exception as exc:  # noqa: BLE001  (unknown handler errors are retried)
                 outcome = _failed(
-                    event, token, HandleStatus.TRANSIENT, f"{type(exc).__name__}: {exc}"[:500]
+                    event, token, HandleStatus.TRANSIENT, f"{type(exc).__name__}: {exc}"
                 )
             finally:
                 metrics.HANDLER_IN_FLIGHT.dec()
@@ -271,7 +272,7 @@ def _failed(
         event.event_key,
         token,
         status,
-        error=error,
+        error=one_line(error),  # a callable's exception text may span lines (a traceback)
         status_code=status_code,
         retry_after_s=retry_after_s,
     )

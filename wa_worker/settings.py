@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     handler_callable: str | None = None
     handler_timeout_ms: int = Field(10_000, ge=1)
     handler_concurrency: int = Field(64, ge=1, le=10_000)
+    # Characters of a handler's error body kept (masked, one line) in reasons and logs; 0 = none.
+    handler_error_excerpt_chars: int = Field(200, ge=0, le=1000)
     # Events read and not yet finished, per process; input waits at this many (bounds memory).
     max_events_in_progress: int = Field(20_000, ge=100)
     handler_ordered: bool = True

@@ -17,6 +17,8 @@ class Reply:
     body: Any = None
     delay_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # sent as it is (an HTML error page), instead of `body` as JSON
+    content_type: str = "application/json"
 
 
 @dataclass(frozen=True)
@@ -59,11 +61,11 @@ class HandlerServer:
                 reply = server._record(event, self.headers.get("Idempotency-Key"))
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
-                body = json.dumps(reply.body).encode()
+                body = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
                 self.send_response(reply.status)
                 for k, v in reply.headers.items():
                     self.send_header(k, v)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", reply.content_type)
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

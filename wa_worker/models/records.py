@@ -141,6 +141,7 @@ class ErrorClass(StrEnum):
     HANDLER_PERMANENT = "handler_permanent"
     RETRIES_EXHAUSTED = "retries_exhausted"
     CONSUMER_ERROR = "consumer_error"
+    RESULT_UNWRITABLE = "result_unwritable"  # the handler's result cannot be written to Kafka
 
 
 class DeadLetter(BaseModel):
