@@ -13,6 +13,8 @@ from confluent_kafka.admin import AdminClient
 
 from wa_worker import health, logs
 from wa_worker.breaker import BREAKER
+from wa_worker.errors import ConfigError
+from wa_worker.handlers import load_callable
 from wa_worker.offsets import POSITIONS, OffsetReporter
 from wa_worker.settings import Settings
 from wa_worker.shutdown import DRAIN
@@ -95,7 +97,17 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def require_handler(settings: Settings) -> None:
+    """Load HANDLER_CALLABLE now: loaded inside Bytewax, a typo becomes a Rust panic."""
+    if settings.handler_callable:
+        try:
+            load_callable(settings.handler_callable)
+        except ConfigError as exc:
+            _exit(f"invalid setting {exc}")
+
+
 def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -> None:
+    require_handler(settings)
     logs.configure_from(settings)
     DRAIN.install_signal_handlers(settings.drain_timeout_s, in_bytewax_cluster())
     BREAKER.configure_from(settings)
