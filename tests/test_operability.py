@@ -340,3 +340,68 @@ def test_input_waits_while_the_process_holds_max_events_in_progress(
     assert len({r.header("wa-event-key") for r in processed}) == 1500
     assert max(seen) >= limit / 2  # the limit was reached, so it was tested
     assert max(seen) <= limit + 3 * batch * 2
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _slow_conversations(stack: Stack, topics: Topics, count: int, tag: str) -> set[str]:
+    produce(
+        stack.brokers,
+        topics.inbound,
+        [
+            (f"w{i}".encode(), conversation_webhook(f"w{i}", f"3168{i:04d}", [f"wamid.{tag}{i}"]))
+            for i in range(count)
+        ],
+    )
+    return {f"wamid.{tag}{i}" for i in range(count)}
+
+
+def test_a_second_sigterm_stops_at_once_with_one_line(
+    stack: Stack, topics: Topics, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    _slow_conversations(stack, topics, 5, "s")
+    with HandlerServer(lambda event, attempt: Reply(200, {}, delay_s=8)) as handler:
+        worker = start_worker(
+            HANDLER_URL=handler.url, DRAIN_TIMEOUT_S="60", HANDLER_TIMEOUT_MS="30000"
+        )
+        _wait_until(lambda: len(handler.calls) >= 1)
+        worker.send(signal.SIGTERM)
+        _wait_until(lambda: "draining" in worker.log(), 20)
+        signalled = time.monotonic()
+        worker.send(signal.SIGTERM)
+        code = worker.wait(timeout_s=20)
+        took = time.monotonic() - signalled
+    after = worker.log().split("draining", 1)[1].splitlines()[1:]
+    assert code == 128 + signal.SIGTERM, worker.log()[-3000:]
+    assert took < 5, took
+    assert len(after) == 1 and "second SIGTERM: stopping at once" in after[0], after
+    assert "Traceback" not in worker.log() and "panicked" not in worker.log()
+
+
+def test_a_drain_that_times_out_says_how_many_calls_it_abandons(
+    stack: Stack, topics: Topics, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    expected = _slow_conversations(stack, topics, 4, "a")
+    with HandlerServer(lambda event, attempt: Reply(200, {}, delay_s=10)) as handler:
+        worker = start_worker(
+            HANDLER_URL=handler.url,
+            DRAIN_TIMEOUT_S="1",
+            HANDLER_TIMEOUT_MS="30000",
+            CLAIM_LEASE_MS="1000",
+        )
+        _wait_until(lambda: len(handler.calls) >= 4)
+        code = worker.stop(signal.SIGTERM, timeout_s=30)
+        assert code == 0, worker.log()[-3000:]
+        assert "DRAIN_TIMEOUT_S (1s) ran out: abandoning 4 unfinished calls" in worker.log()
+        assert read_topic(stack.brokers, topics.processed) == []
+        handler.plan = lambda event, attempt: Reply(200, {})
+        worker.start()  # as the line says: the abandoned events are handled again
+        processed = read_topic(
+            stack.brokers, topics.processed, until=lambda rs: len(rs) >= 4, timeout_s=90
+        )
+    assert {r.header("wa-event-key") for r in processed} == expected

@@ -16,6 +16,7 @@ from wa_worker.breaker import BREAKER
 from wa_worker.errors import ConfigError
 from wa_worker.handlers import load_callable
 from wa_worker.offsets import POSITIONS, OffsetReporter
+from wa_worker.runtime import IoRuntime
 from wa_worker.settings import Settings
 from wa_worker.shutdown import DRAIN
 
@@ -109,7 +110,9 @@ def require_handler(settings: Settings) -> None:
 def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -> None:
     require_handler(settings)
     logs.configure_from(settings)
-    DRAIN.install_signal_handlers(settings.drain_timeout_s, in_bytewax_cluster())
+    DRAIN.install_signal_handlers(settings.drain_timeout_s)
+    # The dataflow's runtime (IoRuntime.instance) exists by the time a drain can time out.
+    DRAIN.count_unfinished_with(lambda: IoRuntime.instance(settings).unfinished())
     BREAKER.configure_from(settings)
     process_id = bytewax_process_id()
     if port := health_port(settings, process_id):
