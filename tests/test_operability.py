@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,8 +19,10 @@ from tests.support.handler_server import HandlerServer, Reply
 from tests.support.kafka import group_caught_up, produce, read_topic
 from tests.support.webhooks import conversation_webhook
 from tests.support.worker import WorkerProcess
-from wa_worker import devstack
+from wa_worker import devstack, health
 from wa_worker.devstack import free_port
+from wa_worker.settings import load_settings
+from wa_worker.shutdown import Drain
 
 
 def _wait_for(url: str, timeout_s: float = 30) -> httpx.Response:
@@ -405,3 +410,60 @@ def test_a_drain_that_times_out_says_how_many_calls_it_abandons(
             stack.brokers, topics.processed, until=lambda rs: len(rs) >= 4, timeout_s=90
         )
     assert {r.header("wa-event-key") for r in processed} == expected
+
+
+def test_health_answers_every_request_within_the_probe_timeout_while_kafka_is_down(
+    stack: Stack, topics: Topics
+) -> None:
+    """Ten requests at once against a Kafka port that refuses connections: each answers 503
+    within the probe timeout (they used to queue for one probe thread: 2, 4, ... 10 s)."""
+    settings = load_settings(
+        kafka_brokers=f"127.0.0.1:{free_port()}",
+        redis_url=stack.redis_url,
+        kafka_inbound_topic=topics.inbound,
+        health_port=0,
+    )
+    timeout_s, port = 2.0, free_port()
+    server = health.serve(health.HealthApp(health.Probes(settings, timeout_s), Drain()), port)
+
+    # One client: each httpx.get() builds an SSL context first (~0.1 s, more when ten do).
+    client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=20))
+
+    def ask(_: int) -> tuple[int, dict[str, Any], float]:
+        started = time.monotonic()
+        response = client.get(f"http://127.0.0.1:{port}/health")
+        return response.status_code, response.json(), time.monotonic() - started
+
+    try:
+        for _burst in range(2):  # the second one after the shared result has expired
+            with ThreadPoolExecutor(10) as pool:
+                answers = list(pool.map(ask, range(10)))
+            took = sorted(round(t, 2) for _, _, t in answers)
+            assert max(took) < timeout_s + 1.0, took
+            for status, body, _ in answers:
+                assert status == 503
+                assert body["checks"]["kafka"]["status"] == "error"
+                assert body["checks"]["redis"]["status"] == "ok"
+            time.sleep(health.RESULT_TTL_S)
+    finally:
+        client.close()
+        server.shutdown()
+    print(f"\n/health x10 with Kafka down: answered after {took[0]}..{took[-1]} s")
+
+
+def test_concurrent_health_requests_share_one_probe_run() -> None:
+    runs: list[float] = []
+    release = threading.Event()
+
+    def probe() -> None:
+        runs.append(time.monotonic())
+        release.wait(5)
+
+    shared = health.SharedProbe("slow", probe, timeout_s=0.3, ttl_s=60)
+    deadline = time.monotonic() + 0.3
+    waiting = [shared.result(shared.begin(), deadline) for _ in range(5)]
+    assert [c.error for c in waiting] == ["no answer within 0.3s"] * 5  # bounded, not queued
+    release.set()
+    time.sleep(0.1)
+    later = [shared.result(shared.begin(), time.monotonic() + 1) for _ in range(5)]
+    assert len(runs) == 1 and all(c.status == "ok" for c in later)  # one run, shared
