@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import signal
 import threading
 import time
@@ -21,6 +23,7 @@ from tests.support.webhooks import conversation_webhook
 from tests.support.worker import WorkerProcess
 from wa_worker import devstack, health
 from wa_worker.devstack import free_port
+from wa_worker.librdkafka_log import RepeatFilter
 from wa_worker.settings import load_settings
 from wa_worker.shutdown import Drain
 
@@ -63,6 +66,24 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     server.start()
     yield server
     server.stop()
+
+
+class OwnKafka:
+    """A Kafka broker of this test's own (the project's devstack), which it may stop."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.service, _ = devstack.services(workdir)
+        self.brokers = f"127.0.0.1:{devstack.start_kafka(0, service=self.service)}"
+
+    def stop(self) -> None:
+        self.service.stop()
+
+
+@pytest.fixture
+def own_kafka(tmp_path: Path) -> Iterator[OwnKafka]:
+    broker = OwnKafka(tmp_path / "own-kafka")
+    yield broker
+    broker.stop()
 
 
 def test_health_reports_each_dependency_and_503_names_redis_when_it_stops(
@@ -467,3 +488,79 @@ def test_concurrent_health_requests_share_one_probe_run() -> None:
     time.sleep(0.1)
     later = [shared.result(shared.begin(), time.monotonic() + 1) for _ in range(5)]
     assert len(runs) == 1 and all(c.status == "ok" for c in later)  # one run, shared
+
+
+def test_librdkafka_lines_are_json_and_collapsed_during_a_broker_outage(
+    own_kafka: OwnKafka, stack: Stack, tmp_path: Path, redis_prefix: str
+) -> None:
+    """A broker outage used to print librdkafka's own `%3|…|FAIL|…` lines, dozens a second and
+    outside LOG_FORMAT=json: now they are JSON lines of logger `librdkafka`, one per kind of
+    line every 30 s."""
+    names = Topics("out.inbound", "out.processed", "out.dlq")
+    brokers = own_kafka.brokers
+    devstack.create_topics(brokers, [names.inbound, names.processed, names.dlq], partitions=3)
+    port = free_port()
+    worker = WorkerProcess(
+        {
+            "KAFKA_BROKERS": brokers,
+            "REDIS_URL": stack.redis_url,
+            "REDIS_KEY_PREFIX": redis_prefix,
+            "HEALTH_PORT": str(port),
+            "LOG_FORMAT": "json",
+            "OFFSETS_REPORT_INTERVAL_S": "1",
+            **names.env(),
+        },
+        tmp_path / "recovery",
+        tmp_path / "worker.log",
+    )
+    worker.start()
+    try:
+        produce(brokers, names.inbound, [(b"w", conversation_webhook("w", "31690001", ["m"]))])
+        read_topic(brokers, names.processed, until=lambda rs: len(rs) >= 1, timeout_s=60)
+        own_kafka.stop()  # the outage
+        outage_s = 15
+        deadline = time.monotonic() + outage_s
+        while time.monotonic() < deadline:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)  # its probe's client too
+            time.sleep(1)
+        assert worker.running(), worker.log()[-3000:]
+    finally:
+        worker.kill()
+    lines = worker.log().splitlines()
+    not_json = [line for line in lines if not _is_json_object(line)]
+    assert not_json == [], not_json[:5]
+    from_librdkafka = [json.loads(line) for line in lines if '"logger": "librdkafka"' in line]
+    assert from_librdkafka, "no librdkafka line during the outage: nothing was tested"
+    # Six clients (three partition consumers, the sink, the offset reporter, the probe) and
+    # a few kinds of line each: bounded, instead of the hundreds they printed before.
+    assert len(from_librdkafka) <= 30, [r["msg"] for r in from_librdkafka]
+    print(f"\n{outage_s} s broker outage: {len(from_librdkafka)} librdkafka lines, all JSON")
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def test_repeated_librdkafka_lines_pass_once_per_window_with_the_count_left_out() -> None:
+    now = [0.0]
+    repeats = RepeatFilter(window_s=30, clock=lambda: now[0])
+
+    def line(client: str, text: str, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord(
+            "librdkafka", level, "", 0, "%s [%s] %s", ("FAIL", client, text), None
+        )
+
+    refused = "[thrd:b:9092/1]: b:9092/1: Connect to ipv4#10.0.0.1:9092 failed (after {}ms)"
+    passed = []
+    for second in range(61):
+        now[0] = float(second)
+        for client in ("rdkafka#consumer-1", "rdkafka#producer-2"):
+            record = line(client, refused.format(second % 7))
+            if repeats.filter(record):
+                passed.append((second, getattr(record, "suppressed_repeats", 0)))
+    assert passed == [(0, 0), (30, 59), (60, 59)]
+    assert repeats.filter(line("rdkafka#consumer-1", "another kind of line"))
+    assert repeats.filter(line("rdkafka#consumer-1", refused.format(1), logging.WARNING))

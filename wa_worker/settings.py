@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wa_worker import kafka_options
 from wa_worker.errors import ConfigError
+from wa_worker.librdkafka_log import librdkafka_logger
 
 
 class StartOffset(StrEnum):
@@ -207,6 +208,7 @@ class Settings(BaseSettings):
             "receive.message.max.bytes": str(self.kafka_max_message_bytes * 2 + 512),
             # Bytewax runs one consumer per partition: the 64 MiB default prefetch each is too much.
             "queued.max.messages.kbytes": "16384",
+            "logger": librdkafka_logger(),
             **self.librdkafka_options(),
         }
 
@@ -219,12 +221,14 @@ class Settings(BaseSettings):
             "compression.type": "lz4",
             "message.timeout.ms": str(int(self.kafka_flush_timeout_s * 1000)),
             "message.max.bytes": str(self.kafka_max_message_bytes),
+            "logger": librdkafka_logger(),
             **self.librdkafka_options(),
         }
 
     def admin_config(self) -> dict[str, Any]:
         return {
             "bootstrap.servers": self.kafka_brokers,
+            "logger": librdkafka_logger(),  # its lines go through the worker's log format
             **self.librdkafka_options(),
         }
 
