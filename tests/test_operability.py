@@ -407,7 +407,7 @@ def test_a_second_sigterm_stops_at_once_with_one_line(
     after = worker.log().split("draining", 1)[1].splitlines()[1:]
     assert code == 128 + signal.SIGTERM, worker.log()[-3000:]
     assert took < 5, took
-    assert len(after) == 1 and "second SIGTERM: stopping at once" in after[0], after
+    assert len(after) == 1 and "second SIGTERM: aborting without drain" in after[0], after
     assert "Traceback" not in worker.log() and "panicked" not in worker.log()
 
 

@@ -75,7 +75,7 @@ class Drain:
             name = signal.Signals(signum).name
             if self.draining:
                 log.warning(
-                    "second %s: stopping at once without drain (exit %d); work since the last "
+                    "second %s: aborting without drain (exit %d); work since the last "
                     "snapshot is done again after the restart",
                     name,
                     128 + signum,
