@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -229,3 +230,19 @@ def test_unreachable_kafka_stops_start_up_clearly() -> None:
     assert result.returncode == 2
     assert "wa-worker: KAFKA_BROKERS: cannot reach Kafka" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_with_log_format_json_an_unreachable_broker_is_reported_in_one_json_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "dataflow"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "KAFKA_BROKERS": "127.0.0.1:1", "LOG_FORMAT": "json"},
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "CRITICAL"
+    assert record["msg"].startswith("wa-worker: KAFKA_BROKERS: cannot reach Kafka at 127.0.0.1:1")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from confluent_kafka.admin import AdminClient
 
@@ -17,7 +19,7 @@ from wa_worker.errors import ConfigError
 from wa_worker.handlers import load_callable
 from wa_worker.offsets import POSITIONS, OffsetReporter
 from wa_worker.runtime import IoRuntime
-from wa_worker.settings import Settings
+from wa_worker.settings import LogFormat, Settings
 from wa_worker.shutdown import DRAIN
 
 log = logging.getLogger(__name__)
@@ -35,12 +37,13 @@ def require_kafka_topics(settings: Settings, timeout_s: float = 15.0) -> None:
         admin = AdminClient({**settings.admin_config(), "log_level": 0})
         metadata = admin.list_topics(timeout=timeout_s)
     except Exception as exc:  # noqa: BLE001  (any failure means: cannot start)
-        _exit(f"KAFKA_BROKERS: cannot reach Kafka at {settings.kafka_brokers} ({exc})")
+        _exit(f"KAFKA_BROKERS: cannot reach Kafka at {settings.kafka_brokers} ({exc})", settings)
     missing = [t for t in topics if t not in metadata.topics]
     if missing:
         _exit(
             f"Kafka at {settings.kafka_brokers} has no topic {', '.join(missing)} "
-            "(create it, e.g. `scripts/devstack up`, or set the KAFKA_*_TOPIC settings)"
+            "(create it, e.g. `scripts/devstack up`, or set the KAFKA_*_TOPIC settings)",
+            settings,
         )
 
 
@@ -104,7 +107,7 @@ def require_handler(settings: Settings) -> None:
         try:
             load_callable(settings.handler_callable)
         except ConfigError as exc:
-            _exit(f"invalid setting {exc}")
+            _exit(f"invalid setting {exc}", settings)
 
 
 def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -> None:
@@ -119,7 +122,9 @@ def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -
         try:
             health.serve(health.HealthApp(health.Probes(settings), DRAIN, paused_reason), port)
         except OSError as exc:
-            _exit(f"HEALTH_PORT: cannot listen on :{port} for process {process_id} ({exc})")
+            _exit(
+                f"HEALTH_PORT: cannot listen on :{port} for process {process_id} ({exc})", settings
+            )
         log.info("health and metrics on :%d (/health /livez /readyz /metrics)", port)
     OffsetReporter(
         POSITIONS,
@@ -131,6 +136,11 @@ def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -
     tune_gc()
 
 
-def _exit(message: str) -> None:
-    print(f"wa-worker: {message}", file=sys.stderr)
+def _exit(message: str, settings: Settings) -> None:
+    """One line and exit code 2; a JSON line when LOG_FORMAT=json, like every other line."""
+    line = f"wa-worker: {message}"
+    if settings.log_format is LogFormat.JSON:
+        when = datetime.now(UTC).isoformat(timespec="milliseconds")
+        line = json.dumps({"ts": when, "level": "CRITICAL", "logger": __name__, "msg": line})
+    print(line, file=sys.stderr)
     raise SystemExit(2)
