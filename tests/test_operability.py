@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,8 +21,11 @@ from tests.support.handler_server import HandlerServer, Reply
 from tests.support.kafka import group_caught_up, produce, read_topic
 from tests.support.webhooks import conversation_webhook
 from tests.support.worker import WorkerProcess
-from wa_worker import devstack
+from wa_worker import devstack, health
 from wa_worker.devstack import free_port
+from wa_worker.librdkafka_log import RepeatFilter
+from wa_worker.settings import load_settings
+from wa_worker.shutdown import Drain
 
 
 def _wait_for(url: str, timeout_s: float = 30) -> httpx.Response:
@@ -60,6 +68,24 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     server.stop()
 
 
+class OwnKafka:
+    """A Kafka broker of this test's own (the project's devstack), which it may stop."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.service, _ = devstack.services(workdir)
+        self.brokers = f"127.0.0.1:{devstack.start_kafka(0, service=self.service)}"
+
+    def stop(self) -> None:
+        self.service.stop()
+
+
+@pytest.fixture
+def own_kafka(tmp_path: Path) -> Iterator[OwnKafka]:
+    broker = OwnKafka(tmp_path / "own-kafka")
+    yield broker
+    broker.stop()
+
+
 def test_health_reports_each_dependency_and_503_names_redis_when_it_stops(
     stack: Stack,
     topics: Topics,
@@ -95,6 +121,7 @@ def test_health_reports_each_dependency_and_503_names_redis_when_it_stops(
         assert httpx.get(f"{base}/readyz").status_code == 200
 
         own_redis.stop()
+        time.sleep(health.RESULT_TTL_S)  # the last result is shared this long
         response = httpx.get(f"{base}/health", timeout=10)
         body = response.json()
         assert response.status_code == 503
@@ -107,6 +134,7 @@ def test_health_reports_each_dependency_and_503_names_redis_when_it_stops(
         assert httpx.get(f"{base}/livez").status_code == 200
 
         own_redis.start()
+        time.sleep(health.RESULT_TTL_S)
         assert httpx.get(f"{base}/health", timeout=10).status_code == 200
         assert worker.running()
 
@@ -340,3 +368,201 @@ def test_input_waits_while_the_process_holds_max_events_in_progress(
     assert len({r.header("wa-event-key") for r in processed}) == 1500
     assert max(seen) >= limit / 2  # the limit was reached, so it was tested
     assert max(seen) <= limit + 3 * batch * 2
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _slow_conversations(stack: Stack, topics: Topics, count: int, tag: str) -> set[str]:
+    produce(
+        stack.brokers,
+        topics.inbound,
+        [
+            (f"w{i}".encode(), conversation_webhook(f"w{i}", f"3168{i:04d}", [f"wamid.{tag}{i}"]))
+            for i in range(count)
+        ],
+    )
+    return {f"wamid.{tag}{i}" for i in range(count)}
+
+
+def test_a_second_sigterm_stops_at_once_with_one_line(
+    stack: Stack, topics: Topics, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    _slow_conversations(stack, topics, 5, "s")
+    with HandlerServer(lambda event, attempt: Reply(200, {}, delay_s=8)) as handler:
+        worker = start_worker(
+            HANDLER_URL=handler.url, DRAIN_TIMEOUT_S="60", HANDLER_TIMEOUT_MS="30000"
+        )
+        _wait_until(lambda: len(handler.calls) >= 1)
+        worker.send(signal.SIGTERM)
+        _wait_until(lambda: "draining" in worker.log(), 20)
+        signalled = time.monotonic()
+        worker.send(signal.SIGTERM)
+        code = worker.wait(timeout_s=20)
+        took = time.monotonic() - signalled
+    after = worker.log().split("draining", 1)[1].splitlines()[1:]
+    assert code == 128 + signal.SIGTERM, worker.log()[-3000:]
+    assert took < 5, took
+    assert len(after) == 1 and "second SIGTERM: aborting without drain" in after[0], after
+    assert "Traceback" not in worker.log() and "panicked" not in worker.log()
+
+
+def test_a_drain_that_times_out_says_how_many_calls_it_abandons(
+    stack: Stack, topics: Topics, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    expected = _slow_conversations(stack, topics, 4, "a")
+    with HandlerServer(lambda event, attempt: Reply(200, {}, delay_s=10)) as handler:
+        worker = start_worker(
+            HANDLER_URL=handler.url,
+            DRAIN_TIMEOUT_S="1",
+            HANDLER_TIMEOUT_MS="30000",
+            CLAIM_LEASE_MS="1000",
+        )
+        _wait_until(lambda: len(handler.calls) >= 4)
+        code = worker.stop(signal.SIGTERM, timeout_s=30)
+        assert code == 0, worker.log()[-3000:]
+        assert "DRAIN_TIMEOUT_S (1s) ran out: abandoning 4 unfinished calls" in worker.log()
+        assert read_topic(stack.brokers, topics.processed) == []
+        handler.plan = lambda event, attempt: Reply(200, {})
+        worker.start()  # as the line says: the abandoned events are handled again
+        processed = read_topic(
+            stack.brokers, topics.processed, until=lambda rs: len(rs) >= 4, timeout_s=90
+        )
+    assert {r.header("wa-event-key") for r in processed} == expected
+
+
+def test_health_answers_every_request_within_the_probe_timeout_while_kafka_is_down(
+    stack: Stack, topics: Topics
+) -> None:
+    """Ten requests at once against a Kafka port that refuses connections: each answers 503
+    within the probe timeout (they used to queue for one probe thread: 2, 4, ... 10 s)."""
+    settings = load_settings(
+        kafka_brokers=f"127.0.0.1:{free_port()}",
+        redis_url=stack.redis_url,
+        kafka_inbound_topic=topics.inbound,
+        health_port=0,
+    )
+    timeout_s, port = 2.0, free_port()
+    server = health.serve(health.HealthApp(health.Probes(settings, timeout_s), Drain()), port)
+
+    # One client: each httpx.get() builds an SSL context first (~0.1 s, more when ten do).
+    client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=20))
+
+    def ask(_: int) -> tuple[int, dict[str, Any], float]:
+        started = time.monotonic()
+        response = client.get(f"http://127.0.0.1:{port}/health")
+        return response.status_code, response.json(), time.monotonic() - started
+
+    try:
+        for _burst in range(2):  # the second one after the shared result has expired
+            with ThreadPoolExecutor(10) as pool:
+                answers = list(pool.map(ask, range(10)))
+            took = sorted(round(t, 2) for _, _, t in answers)
+            assert max(took) < timeout_s + 1.0, took
+            for status, body, _ in answers:
+                assert status == 503
+                assert body["checks"]["kafka"]["status"] == "error"
+                assert body["checks"]["redis"]["status"] == "ok"
+            time.sleep(health.RESULT_TTL_S)
+    finally:
+        client.close()
+        server.shutdown()
+    print(f"\n/health x10 with Kafka down: answered after {took[0]}..{took[-1]} s")
+
+
+def test_concurrent_health_requests_share_one_probe_run() -> None:
+    runs: list[float] = []
+    release = threading.Event()
+
+    def probe() -> None:
+        runs.append(time.monotonic())
+        release.wait(5)
+
+    shared = health.SharedProbe("slow", probe, timeout_s=0.3, ttl_s=60)
+    deadline = time.monotonic() + 0.3
+    waiting = [shared.result(shared.begin(), deadline) for _ in range(5)]
+    assert [c.error for c in waiting] == ["no answer within 0.3s"] * 5  # bounded, not queued
+    release.set()
+    time.sleep(0.1)
+    later = [shared.result(shared.begin(), time.monotonic() + 1) for _ in range(5)]
+    assert len(runs) == 1 and all(c.status == "ok" for c in later)  # one run, shared
+
+
+def test_librdkafka_lines_are_json_and_collapsed_during_a_broker_outage(
+    own_kafka: OwnKafka, stack: Stack, tmp_path: Path, redis_prefix: str
+) -> None:
+    """A broker outage used to print librdkafka's own `%3|…|FAIL|…` lines, dozens a second and
+    outside LOG_FORMAT=json: now they are JSON lines of logger `librdkafka`, one per kind of
+    line every 30 s."""
+    names = Topics("out.inbound", "out.processed", "out.dlq")
+    brokers = own_kafka.brokers
+    devstack.create_topics(brokers, [names.inbound, names.processed, names.dlq], partitions=3)
+    port = free_port()
+    worker = WorkerProcess(
+        {
+            "KAFKA_BROKERS": brokers,
+            "REDIS_URL": stack.redis_url,
+            "REDIS_KEY_PREFIX": redis_prefix,
+            "HEALTH_PORT": str(port),
+            "LOG_FORMAT": "json",
+            "OFFSETS_REPORT_INTERVAL_S": "1",
+            **names.env(),
+        },
+        tmp_path / "recovery",
+        tmp_path / "worker.log",
+    )
+    worker.start()
+    try:
+        produce(brokers, names.inbound, [(b"w", conversation_webhook("w", "31690001", ["m"]))])
+        read_topic(brokers, names.processed, until=lambda rs: len(rs) >= 1, timeout_s=60)
+        own_kafka.stop()  # the outage
+        outage_s = 15
+        deadline = time.monotonic() + outage_s
+        while time.monotonic() < deadline:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)  # its probe's client too
+            time.sleep(1)
+        assert worker.running(), worker.log()[-3000:]
+    finally:
+        worker.kill()
+    lines = worker.log().splitlines()
+    not_json = [line for line in lines if not _is_json_object(line)]
+    assert not_json == [], not_json[:5]
+    from_librdkafka = [json.loads(line) for line in lines if '"logger": "librdkafka"' in line]
+    assert from_librdkafka, "no librdkafka line during the outage: nothing was tested"
+    # Six clients (three partition consumers, the sink, the offset reporter, the probe) and
+    # a few kinds of line each: bounded, instead of the hundreds they printed before.
+    assert len(from_librdkafka) <= 30, [r["msg"] for r in from_librdkafka]
+    print(f"\n{outage_s} s broker outage: {len(from_librdkafka)} librdkafka lines, all JSON")
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def test_repeated_librdkafka_lines_pass_once_per_window_with_the_count_left_out() -> None:
+    now = [0.0]
+    repeats = RepeatFilter(window_s=30, clock=lambda: now[0])
+
+    def line(client: str, text: str, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord(
+            "librdkafka", level, "", 0, "%s [%s] %s", ("FAIL", client, text), None
+        )
+
+    refused = "[thrd:b:9092/1]: b:9092/1: Connect to ipv4#10.0.0.1:9092 failed (after {}ms)"
+    passed = []
+    for second in range(61):
+        now[0] = float(second)
+        for client in ("rdkafka#consumer-1", "rdkafka#producer-2"):
+            record = line(client, refused.format(second % 7))
+            if repeats.filter(record):
+                passed.append((second, getattr(record, "suppressed_repeats", 0)))
+    assert passed == [(0, 0), (30, 59), (60, 59)]
+    assert repeats.filter(line("rdkafka#consumer-1", "another kind of line"))
+    assert repeats.filter(line("rdkafka#consumer-1", refused.format(1), logging.WARNING))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -29,13 +30,21 @@ def test_defaults_follow_the_seed() -> None:
 
 
 def test_environment_and_dotenv_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    (tmp_path / ".env").write_text("MAX_RETRIES=7\nKAFKA_SASL_USERNAME=from-dotenv\n")
+    (tmp_path / ".env").write_text(
+        "MAX_RETRIES=7\nKAFKA_SASL_USERNAME=from-dotenv\nKAFKA_SASL_PASSWORD=pw\n"
+    )
     monkeypatch.setenv("RETRY_DELAY_MS", "250")
     monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")  # librdkafka checks the set
     s = load_settings()
     assert (s.max_retries, s.retry_delay_ms) == (7, 250)
     options = s.librdkafka_options()
-    assert options == {"security.protocol": "SASL_SSL", "sasl.username": "from-dotenv"}
+    assert options == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "from-dotenv",
+        "sasl.password": "pw",
+    }
     assert s.producer_config()["security.protocol"] == "SASL_SSL"
     assert s.consumer_config()["sasl.username"] == "from-dotenv"
 
@@ -53,6 +62,15 @@ def test_environment_and_dotenv_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pa
         ("KAFKA_START_OFFSET", "middle", "KAFKA_START_OFFSET"),
         ("RETRY_JITTER", "2", "RETRY_JITTER"),
         ("KAFKA_ENABLE_AUTO_COMMIT", "true", "KAFKA_ENABLE_AUTO_COMMIT"),
+        ("HANDLER_URL", "http://", "HANDLER_URL: has no host"),
+        ("HANDLER_HEALTH_URL", "https:///healthz", "HANDLER_HEALTH_URL: has no host"),
+        ("RECOVERY_DIR", "", "RECOVERY_DIR: must not be empty"),
+        ("RECOVERY_DIR", "  ", "RECOVERY_DIR: must not be empty"),
+        ("KAFKA_SECURITY_PROTOCOL", "", "KAFKA_SECURITY_PROTOCOL: empty"),
+        ("KAFKA_SECURITY_PROTOCOL", "SASL_SSLL", "KAFKA_SECURITY_PROTOCOL: not accepted"),
+        ("KAFKA_FETCH_MAX_BYTEZ", "1000", "KAFKA_FETCH_MAX_BYTEZ: not accepted by librdkafka"),
+        ("KAFKA_LINGER_MS", "soon", "KAFKA_LINGER_MS: not accepted by librdkafka"),
+        ("KAFKA_DLQ_TOPIC", "whatsapp.webhook.inbound", "KAFKA_DLQ_TOPIC must differ"),
     ],
 )
 def test_a_bad_value_names_the_setting(
@@ -78,6 +96,22 @@ def test_handler_url_and_callable_are_exclusive(monkeypatch: pytest.MonkeyPatch)
             {"MAX_EVENTS_IN_PROGRESS": "100", "HANDLER_CONCURRENCY": "128"},
             "MAX_EVENTS_IN_PROGRESS .100. is below HANDLER_CONCURRENCY",
         ),
+        (
+            {"RETRY_DELAY_MS": "5000", "RETRY_MAX_DELAY_MS": "1000"},
+            "RETRY_DELAY_MS .5000. must not exceed RETRY_MAX_DELAY_MS .1000.",
+        ),
+        (
+            {"KAFKA_INBOUND_TOPIC": "same", "KAFKA_PROCESSED_TOPIC": "same"},
+            "KAFKA_PROCESSED_TOPIC must differ from KAFKA_INBOUND_TOPIC",
+        ),
+        (
+            {"KAFKA_PROCESSED_TOPIC": "out", "KAFKA_DLQ_TOPIC": "out"},
+            "KAFKA_DLQ_TOPIC must differ from KAFKA_PROCESSED_TOPIC",
+        ),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "PLAIN"},
+            r"KAFKA_\* options \(KAFKA_SASL_MECHANISM, KAFKA_SECURITY_PROTOCOL\): librdkafka",
+        ),
     ],
 )
 def test_settings_that_contradict_each_other_are_refused(
@@ -87,6 +121,82 @@ def test_settings_that_contradict_each_other_are_refused(
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=mentions):
         load_settings()
+
+
+def test_kubernetes_service_variables_are_not_librdkafka_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What Kubernetes injects for Services named kafka and kafka-ui; the real option stays."""
+    injected = {
+        "KAFKA_SERVICE_HOST": "10.0.0.7",
+        "KAFKA_SERVICE_PORT": "9092",
+        "KAFKA_SERVICE_PORT_BROKER": "9092",
+        "KAFKA_PORT": "tcp://10.0.0.7:9092",
+        "KAFKA_PORT_9092_TCP": "tcp://10.0.0.7:9092",
+        "KAFKA_PORT_9092_TCP_PROTO": "tcp",
+        "KAFKA_PORT_9092_TCP_PORT": "9092",
+        "KAFKA_PORT_9092_TCP_ADDR": "10.0.0.7",
+        "KAFKA_UI_SERVICE_HOST": "10.0.0.8",
+        "KAFKA_UI_PORT_8080_TCP_ADDR": "10.0.0.8",
+        "KAFKA_SASL_KERBEROS_SERVICE_NAME": "kafka",
+    }
+    for name, value in injected.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().librdkafka_options() == {"sasl.kerberos.service.name": "kafka"}
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"MAX_RETRIES": "-1"}, "wa-worker: invalid setting MAX_RETRIES:"),
+        ({"HANDLER_URL": "http://"}, "wa-worker: invalid setting HANDLER_URL: has no host"),
+        ({"RECOVERY_DIR": ""}, "wa-worker: invalid setting RECOVERY_DIR: must not be empty"),
+        ({"KAFKA_SECURITY_PROTOCOL": ""}, "wa-worker: invalid setting KAFKA_SECURITY_PROTOCOL"),
+        ({"KAFKA_SERVICE_NAME": "x"}, "wa-worker: invalid setting KAFKA_SERVICE_NAME: not acc"),
+        (
+            {"RETRY_DELAY_MS": "9000", "RETRY_MAX_DELAY_MS": "100"},
+            "wa-worker: invalid setting RETRY_DELAY_MS (9000) must not exceed",
+        ),
+        (
+            {"KAFKA_DLQ_TOPIC": "whatsapp.webhook.inbound"},
+            "wa-worker: invalid setting KAFKA_DLQ_TOPIC must differ from KAFKA_INBOUND_TOPIC",
+        ),
+    ],
+)
+def test_each_bad_setting_stops_start_up_with_one_line_naming_it(
+    env: dict[str, str], line: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "dataflow"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        # an unreachable broker: without the check the worker would stop later, not run
+        env={"PATH": "/usr/bin:/bin", "KAFKA_BROKERS": "127.0.0.1:1", "HEALTH_PORT": "0", **env},
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+    assert result.stderr.startswith(line), result.stderr
+
+
+def test_a_handler_callable_that_cannot_be_loaded_stops_start_up_with_one_line(
+    worker_env: dict[str, str],
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "dataflow"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", **worker_env, "HANDLER_CALLABLE": "no_such_mod:handle"},
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "wa-worker: invalid setting HANDLER_CALLABLE: cannot load 'no_such_mod:handle': "
+        "No module named 'no_such_mod'"
+    ], result.stderr
 
 
 @pytest.mark.parametrize(
@@ -120,3 +230,19 @@ def test_unreachable_kafka_stops_start_up_clearly() -> None:
     assert result.returncode == 2
     assert "wa-worker: KAFKA_BROKERS: cannot reach Kafka" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_with_log_format_json_an_unreachable_broker_is_reported_in_one_json_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bytewax.run", "dataflow"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "KAFKA_BROKERS": "127.0.0.1:1", "LOG_FORMAT": "json"},
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "CRITICAL"
+    assert record["msg"].startswith("wa-worker: KAFKA_BROKERS: cannot reach Kafka at 127.0.0.1:1")

@@ -1,7 +1,10 @@
 """`/health`, `/livez`, `/readyz` and `/metrics` on HEALTH_PORT, served from the dataflow process.
 
-`/health` (and `/readyz`) probe Kafka, Redis and the handler live on each request, concurrently,
-each with a short timeout; any failure answers 503 with the error and upstream status code.
+`/health` (and `/readyz`) probe Kafka, Redis and the handler concurrently, each with a short
+timeout; any failure answers 503 with the error and upstream status code. Each probe runs on
+a thread of its own, one run at a time, and its result is shared for RESULT_TTL_S: concurrent
+requests wait for the same run instead of queueing behind each other, so every request answers
+within the probe timeout (plus a little) however many arrive while Kafka is down.
 The JSON keeps the original worker's shape. `/metrics` is prometheus-client's WSGI app.
 """
 
@@ -12,7 +15,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -56,6 +58,62 @@ class ProbeFailed(Exception):
 
 Probe = Callable[[], None]
 
+# How long one probe's result answers every request (a burst of requests runs it once).
+RESULT_TTL_S = 1.0
+# A request waits this much longer than the probe timeout for a run that is finishing.
+_GRACE_S = 0.25
+
+
+class SharedProbe:
+    """One probe, run off the request threads, one run at a time, its result shared."""
+
+    def __init__(
+        self, name: str, probe: Probe, timeout_s: float, ttl_s: float = RESULT_TTL_S
+    ) -> None:
+        self._name = name
+        self._probe = probe
+        self._timeout_s = timeout_s
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._result: Check | None = None
+        self._finished_at = float("-inf")
+        self._running: threading.Event | None = None
+        self._started_at = 0.0
+
+    def begin(self) -> tuple[threading.Event, float]:
+        """The run whose result answers a request now: a fresh one, or the one in flight."""
+        with self._lock:
+            if self._result is not None and time.monotonic() - self._finished_at < self._ttl_s:
+                done = threading.Event()
+                done.set()
+                return done, self._finished_at
+            if self._running is None:
+                self._running = threading.Event()
+                self._started_at = time.monotonic()
+                threading.Thread(
+                    target=self._run, args=(self._running,), name=f"probe-{self._name}", daemon=True
+                ).start()
+            return self._running, self._started_at
+
+    def result(self, run: tuple[threading.Event, float], deadline: float) -> Check:
+        done, started_at = run
+        if done.wait(max(0.0, deadline - time.monotonic())):
+            with self._lock:
+                assert self._result is not None
+                return self._result
+        return Check(
+            status="error",
+            latency_ms=_ms_since(started_at),
+            status_code=None,
+            error=f"no answer within {self._timeout_s:g}s",
+        )
+
+    def _run(self, done: threading.Event) -> None:
+        check = _timed(self._probe)
+        with self._lock:
+            self._result, self._finished_at, self._running = check, time.monotonic(), None
+        done.set()
+
 
 class Probes:
     def __init__(self, settings: Settings, timeout_s: float = 2.0) -> None:
@@ -68,11 +126,16 @@ class Probes:
         self.probes: dict[str, Probe] = {"kafka": self.kafka, "redis": self.redis_ping}
         if settings.handler_health_url:
             self.probes["handler"] = self.handler
-        self._pool = ThreadPoolExecutor(max_workers=len(self.probes), thread_name_prefix="probe")
+        self._shared = {
+            name: SharedProbe(name, probe, timeout_s) for name, probe in self.probes.items()
+        }
 
     def kafka(self) -> None:
         topic = self._settings.kafka_inbound_topic
-        metadata = self._admin.list_topics(topic, timeout=self._timeout_s)
+        try:
+            metadata = self._admin.list_topics(topic, timeout=self._timeout_s)
+        finally:
+            self._admin.poll(0)  # hands librdkafka's queued log lines to its logger
         found = metadata.topics.get(topic)
         if not metadata.brokers:
             raise ProbeFailed("no broker answered")
@@ -92,8 +155,9 @@ class Probes:
             )
 
     def run(self) -> dict[str, Check]:
-        futures = {name: self._pool.submit(_timed, probe) for name, probe in self.probes.items()}
-        return {name: future.result() for name, future in futures.items()}
+        deadline = time.monotonic() + self._timeout_s + _GRACE_S
+        runs = {name: shared.begin() for name, shared in self._shared.items()}
+        return {name: self._shared[name].result(run, deadline) for name, run in runs.items()}
 
 
 def _timed(probe: Probe) -> Check:
@@ -113,6 +177,10 @@ def _timed(probe: Probe) -> Check:
 
 def _ms(started: float) -> int:
     return round((time.perf_counter() - started) * 1000)
+
+
+def _ms_since(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
 
 
 def counter_total(counter: Any) -> int:

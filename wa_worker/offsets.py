@@ -75,6 +75,7 @@ class OffsetReporter:
         try:
             while True:
                 stopping = self._stop.wait(self._interval_s)
+                consumer.poll(0)  # never consumes: this hands librdkafka's log lines over
                 try:
                     self.report(consumer)
                 except Exception as exc:  # noqa: BLE001  (monitoring must never stop the worker)

@@ -129,6 +129,11 @@ class IoRuntime:
         with self._lock:
             return self._outstanding == 0
 
+    def unfinished(self) -> int:
+        """Claims and handler calls submitted that have not reported back."""
+        with self._lock:
+            return self._outstanding
+
     def claim(self, route_key: str, event_key: str, token: str, lease_ms: int) -> None:
         request = ClaimRequest(event_key, token, lease_ms)
         self._post(self._queue_claim, route_key, request, outstanding=1)

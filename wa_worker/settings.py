@@ -12,16 +12,17 @@ import os
 import sys
 from collections.abc import Mapping
 from enum import StrEnum
+from itertools import combinations
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from wa_worker import kafka_options
 from wa_worker.errors import ConfigError
-
-# librdkafka options a user may not override through KAFKA_*: the worker's guarantees rest on them.
-_RESERVED_LIBRDKAFKA = {"enable.auto.commit", "enable.partition.eof", "group.id"}
+from wa_worker.librdkafka_log import librdkafka_logger
 
 
 class StartOffset(StrEnum):
@@ -127,6 +128,8 @@ class Settings(BaseSettings):
     def _handler_url_http(cls, value: str | None) -> str | None:
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
+        if value and not urlsplit(value).hostname:
+            raise ValueError("has no host (e.g. http://handler:8080/events)")
         return value or None
 
     @field_validator("handler_callable")
@@ -135,6 +138,13 @@ class Settings(BaseSettings):
         if value and (value.count(":") != 1 or not all(value.split(":"))):
             raise ValueError("must be 'module:function'")
         return value or None
+
+    @field_validator("recovery_dir")
+    @classmethod
+    def _recovery_dir_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty (recovery files would land in the current folder)")
+        return value
 
     @field_validator("log_level")
     @classmethod
@@ -147,6 +157,20 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.handler_url and self.handler_callable:
             raise ValueError("HANDLER_URL and HANDLER_CALLABLE are exclusive: set one")
+        topics = {
+            "KAFKA_INBOUND_TOPIC": self.kafka_inbound_topic,
+            "KAFKA_PROCESSED_TOPIC": self.kafka_processed_topic,
+            "KAFKA_DLQ_TOPIC": self.kafka_dlq_topic,
+        }
+        for first, second in combinations(topics, 2):
+            if topics[first] == topics[second]:
+                # the worker would read its own output (and `topics create` cannot create both)
+                raise ValueError(f"{second} must differ from {first} (both {topics[first]!r})")
+        if self.retry_delay_ms > self.retry_max_delay_ms:
+            raise ValueError(
+                f"RETRY_DELAY_MS ({self.retry_delay_ms}) must not exceed "
+                f"RETRY_MAX_DELAY_MS ({self.retry_max_delay_ms})"
+            )
         if self.breaker_min_calls > self.breaker_window:
             # the window could never hold enough calls: the breaker would never open
             raise ValueError(
@@ -168,19 +192,18 @@ class Settings(BaseSettings):
     def broker_list(self) -> list[str]:
         return self.kafka_brokers.split(",")
 
+    def librdkafka_variables(self) -> dict[str, str]:
+        """Extra `KAFKA_*` environment variables by name (see wa_worker/kafka_options.py)."""
+        known = {name.upper() for name in type(self).model_fields}
+        env_file = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+        return kafka_options.pass_through({**env_file, **os.environ}, known)
+
     def librdkafka_options(self) -> dict[str, str]:
         """Extra `KAFKA_*` environment variables, as librdkafka keys (SASL, SSL, tuning)."""
-        known = {name.upper() for name in type(self).model_fields}
-        options: dict[str, str] = {}
-        env_file = {k: v for k, v in dotenv_values(".env").items() if v is not None}
-        for name, value in {**env_file, **os.environ}.items():
-            if not name.startswith("KAFKA_") or name in known:
-                continue
-            key = name[len("KAFKA_") :].lower().replace("_", ".")
-            if key in _RESERVED_LIBRDKAFKA:
-                raise ConfigError(f"{name}: {key} is managed by the worker and cannot be set")
-            options[key] = value
-        return options
+        return {
+            kafka_options.option_name(name): value
+            for name, value in self.librdkafka_variables().items()
+        }
 
     def consumer_config(self) -> dict[str, Any]:
         return {
@@ -189,6 +212,7 @@ class Settings(BaseSettings):
             "receive.message.max.bytes": str(self.kafka_max_message_bytes * 2 + 512),
             # Bytewax runs one consumer per partition: the 64 MiB default prefetch each is too much.
             "queued.max.messages.kbytes": "16384",
+            "logger": librdkafka_logger(),
             **self.librdkafka_options(),
         }
 
@@ -201,11 +225,16 @@ class Settings(BaseSettings):
             "compression.type": "lz4",
             "message.timeout.ms": str(int(self.kafka_flush_timeout_s * 1000)),
             "message.max.bytes": str(self.kafka_max_message_bytes),
+            "logger": librdkafka_logger(),
             **self.librdkafka_options(),
         }
 
     def admin_config(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.kafka_brokers, **self.librdkafka_options()}
+        return {
+            "bootstrap.servers": self.kafka_brokers,
+            "logger": librdkafka_logger(),  # its lines go through the worker's log format
+            **self.librdkafka_options(),
+        }
 
 
 def _describe(error: Mapping[str, Any]) -> str:
@@ -221,7 +250,7 @@ def load_settings(**overrides: Any) -> Settings:
     """Read and validate every setting; raise ConfigError naming the first bad one."""
     try:
         settings = Settings(**overrides)
-        settings.librdkafka_options()
+        kafka_options.check(settings.librdkafka_variables())
     except ValidationError as exc:
         raise ConfigError("; ".join(_describe(e) for e in exc.errors())) from None
     return settings

@@ -5,7 +5,11 @@ snapshot. Instead, the first signal starts a drain: the inbound source stops tak
 conversations start no new work, in-flight handler calls finish (up to DRAIN_TIMEOUT_S), and
 then the completion source ends too. With every input ended, Bytewax closes the last epoch:
 the sink flushes, recovery snapshots (pending retries included) and the process exits 0.
-A second signal aborts at once.
+Calls still unfinished when the timeout runs out are abandoned (one line says how many): their
+events are handled again after the restart, from the snapshot.
+
+A second signal aborts at once: one line, exit code 128 + the signal (143 for SIGTERM, 130
+for SIGINT), no flush and no snapshot, so the next start resumes from the last snapshot.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -26,6 +31,9 @@ class Drain:
         self._started = threading.Event()
         self._deadline = float("inf")
         self.timeout_s = 30.0
+        self._unfinished: Callable[[], int] = lambda: 0
+        self._expiry_lock = threading.Lock()
+        self._expiry_reported = False
 
     @property
     def draining(self) -> bool:
@@ -41,24 +49,44 @@ class Drain:
                 self.timeout_s,
             )
 
-    def expired(self) -> bool:
-        return time.monotonic() >= self._deadline
+    def count_unfinished_with(self, count: Callable[[], int]) -> None:
+        """How many calls are still unfinished (the I/O runtime's count), for the timeout line."""
+        self._unfinished = count
 
-    def install_signal_handlers(self, timeout_s: float, in_cluster: bool = False) -> None:
+    def expired(self) -> bool:
+        """Asked once in-flight work is all that keeps the drain going."""
+        if time.monotonic() < self._deadline:
+            return False
+        with self._expiry_lock:
+            reported, self._expiry_reported = self._expiry_reported, True
+        if not reported:
+            log.warning(
+                "DRAIN_TIMEOUT_S (%gs) ran out: abandoning %d unfinished calls (handler calls "
+                "and claims); their events are handled again after the restart",
+                self.timeout_s,
+                self._unfinished(),
+            )
+        return True
+
+    def install_signal_handlers(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
+            name = signal.Signals(signum).name
             if self.draining:
-                log.warning("second %s: aborting without drain", signal.Signals(signum).name)
-                if in_cluster:
-                    # Bytewax's teardown after an interrupt would close this process's
-                    # connections cleanly and wait for the other processes to hang up, which
-                    # they never do: all would hang. Exiting at once drops the connections like
-                    # a crash, so the others stop too (and all resume from the last snapshot).
-                    sys.stderr.flush()
-                    os._exit(128 + signum)
-                raise KeyboardInterrupt
-            self.start(signal.Signals(signum).name)
+                log.warning(
+                    "second %s: aborting without drain (exit %d); work since the last "
+                    "snapshot is done again after the restart",
+                    name,
+                    128 + signum,
+                )
+                # Not KeyboardInterrupt: raised inside Bytewax's run loop it becomes a Rust
+                # panic with a traceback (exit 1), and in a cluster the teardown would wait
+                # forever for the other processes. Exiting drops everything like a crash;
+                # recovery makes that safe (the others stop too, all resume from the snapshot).
+                sys.stderr.flush()
+                os._exit(128 + signum)
+            self.start(name)
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)

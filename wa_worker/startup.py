@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from confluent_kafka.admin import AdminClient
 
 from wa_worker import health, logs
 from wa_worker.breaker import BREAKER
+from wa_worker.errors import ConfigError
+from wa_worker.handlers import load_callable
 from wa_worker.offsets import POSITIONS, OffsetReporter
-from wa_worker.settings import Settings
+from wa_worker.runtime import IoRuntime
+from wa_worker.settings import LogFormat, Settings
 from wa_worker.shutdown import DRAIN
 
 log = logging.getLogger(__name__)
@@ -32,12 +37,13 @@ def require_kafka_topics(settings: Settings, timeout_s: float = 15.0) -> None:
         admin = AdminClient({**settings.admin_config(), "log_level": 0})
         metadata = admin.list_topics(timeout=timeout_s)
     except Exception as exc:  # noqa: BLE001  (any failure means: cannot start)
-        _exit(f"KAFKA_BROKERS: cannot reach Kafka at {settings.kafka_brokers} ({exc})")
+        _exit(f"KAFKA_BROKERS: cannot reach Kafka at {settings.kafka_brokers} ({exc})", settings)
     missing = [t for t in topics if t not in metadata.topics]
     if missing:
         _exit(
             f"Kafka at {settings.kafka_brokers} has no topic {', '.join(missing)} "
-            "(create it, e.g. `scripts/devstack up`, or set the KAFKA_*_TOPIC settings)"
+            "(create it, e.g. `scripts/devstack up`, or set the KAFKA_*_TOPIC settings)",
+            settings,
         )
 
 
@@ -95,16 +101,30 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def require_handler(settings: Settings) -> None:
+    """Load HANDLER_CALLABLE now: loaded inside Bytewax, a typo becomes a Rust panic."""
+    if settings.handler_callable:
+        try:
+            load_callable(settings.handler_callable)
+        except ConfigError as exc:
+            _exit(f"invalid setting {exc}", settings)
+
+
 def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -> None:
+    require_handler(settings)
     logs.configure_from(settings)
-    DRAIN.install_signal_handlers(settings.drain_timeout_s, in_bytewax_cluster())
+    DRAIN.install_signal_handlers(settings.drain_timeout_s)
+    # The dataflow's runtime (IoRuntime.instance) exists by the time a drain can time out.
+    DRAIN.count_unfinished_with(lambda: IoRuntime.instance(settings).unfinished())
     BREAKER.configure_from(settings)
     process_id = bytewax_process_id()
     if port := health_port(settings, process_id):
         try:
             health.serve(health.HealthApp(health.Probes(settings), DRAIN, paused_reason), port)
         except OSError as exc:
-            _exit(f"HEALTH_PORT: cannot listen on :{port} for process {process_id} ({exc})")
+            _exit(
+                f"HEALTH_PORT: cannot listen on :{port} for process {process_id} ({exc})", settings
+            )
         log.info("health and metrics on :%d (/health /livez /readyz /metrics)", port)
     OffsetReporter(
         POSITIONS,
@@ -116,6 +136,11 @@ def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -
     tune_gc()
 
 
-def _exit(message: str) -> None:
-    print(f"wa-worker: {message}", file=sys.stderr)
+def _exit(message: str, settings: Settings) -> None:
+    """One line and exit code 2; a JSON line when LOG_FORMAT=json, like every other line."""
+    line = f"wa-worker: {message}"
+    if settings.log_format is LogFormat.JSON:
+        when = datetime.now(UTC).isoformat(timespec="milliseconds")
+        line = json.dumps({"ts": when, "level": "CRITICAL", "logger": __name__, "msg": line})
+    print(line, file=sys.stderr)
     raise SystemExit(2)
