@@ -11,13 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools import devstack
+from devtools.devstack import free_port
+from devtools.handler_server import HandlerServer, Reply
+from devtools.kafka import group_caught_up, produce, read_topic
+from devtools.webhooks import conversation_webhook
+from devtools.worker import WorkerProcess
 from tests.conftest import Stack, Topics
-from tests.support.handler_server import HandlerServer, Reply
-from tests.support.kafka import group_caught_up, produce, read_topic
-from tests.support.webhooks import conversation_webhook
-from tests.support.worker import WorkerProcess
-from wa_worker import devstack
-from wa_worker.devstack import free_port
 
 
 def _wait_for(url: str, timeout_s: float = 30) -> httpx.Response:
