@@ -15,8 +15,8 @@ from pathlib import Path
 
 from bench.models import Contestant, Kind
 from bench.stack import ROOT, RunTopics, Stack
-from tests.support.worker import WorkerProcess
-from wa_worker.devstack import free_port
+from devtools.devstack import free_port
+from devtools.worker import WorkerProcess
 from wa_worker.settings import Settings
 
 _LIVE: list[Running] = []

@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bench.workload import Record
-from wa_worker import devstack
+from devtools import devstack
 from wa_worker.kafka_produce import produce_waiting
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tests.support.handler_server import Call
-from tests.support.kafka import Record
+from devtools.handler_server import Call
+from devtools.kafka import Record
 
 
 @dataclass

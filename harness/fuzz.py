@@ -7,7 +7,7 @@ import json
 import random
 from typing import Any
 
-from tests.support.webhooks import envelope, messages_value, payload, status, text_message
+from devtools.webhooks import envelope, messages_value, payload, status, text_message
 
 
 def _random_json(rng: random.Random, depth: int = 0) -> Any:

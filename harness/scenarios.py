@@ -17,15 +17,15 @@ from typing import Any
 
 import redis
 
+from devtools import devstack
+from devtools.devstack import Service, create_topics
+from devtools.handler_server import HandlerServer, Reply
+from devtools.kafka import produce, read_topic
+from devtools.worker import WorkerProcess
 from harness.accounting import Report, account
 from harness.fuzz import fuzz_inputs
 from harness.traffic import SteadyProducer, Traffic, build
 from operators.parse import parse_record
-from tests.support.handler_server import HandlerServer, Reply
-from tests.support.kafka import produce, read_topic
-from tests.support.worker import WorkerProcess
-from wa_worker import devstack
-from wa_worker.devstack import Service, create_topics
 from wa_worker.models.records import DeadLetter
 
 HANDLER_TIMEOUT_S = 1.0

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Producer
 
-from tests.support.webhooks import envelope, messages_value, payload, status, text_message
+from devtools.webhooks import envelope, messages_value, payload, status, text_message
 
 POISON_SHAPES = [
     b"not json",

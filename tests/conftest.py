@@ -1,6 +1,6 @@
 """Fixtures: a real Kafka broker and Redis server for the whole session, and per-test names.
 
-The stack is the project's own (`wa_worker.devstack`), started in `.stack/test` on free ports
+The stack is the project's own (`devtools.devstack`), started in `.stack/test` on free ports
 and stopped at the end. To use services you already run, set WA_TEST_KAFKA_BROKERS and
 WA_TEST_REDIS_URL.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.worker import ROOT, WorkerProcess
+from devtools.worker import ROOT, WorkerProcess
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def stack() -> Iterator[Stack]:
     if brokers and redis_url:
         yield Stack(brokers, redis_url, owned=False)
         return
-    from wa_worker import devstack
+    from devtools import devstack
 
     kafka, redis_server = devstack.services(ROOT / ".stack" / "test")
     redis_port = devstack.start_redis(0, service=redis_server)
@@ -65,7 +65,7 @@ def topic_partitions() -> int:
 
 @pytest.fixture
 def topics(stack: Stack, topic_partitions: int) -> Topics:
-    from wa_worker.devstack import create_topics
+    from devtools.devstack import create_topics
 
     run = uuid.uuid4().hex[:10]
     names = Topics(f"t{run}.inbound", f"t{run}.processed", f"t{run}.dlq")

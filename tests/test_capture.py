@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from devtools.kafka import produce, read_topic
+from devtools.webhooks import conversation_webhook, messages_value, payload, text_message
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
-from tests.support.kafka import produce, read_topic
-from tests.support.webhooks import conversation_webhook, messages_value, payload, text_message
 from wa_worker.capture_file import LineKind, read_file
 from wa_worker.topic_reader import ReadRequest
 

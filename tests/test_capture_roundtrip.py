@@ -11,11 +11,11 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from devtools.handler_server import HandlerServer
+from devtools.kafka import read_topic
+from devtools.webhooks import conversation_webhook, messages_value, payload, text_message
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
-from tests.support.handler_server import HandlerServer
-from tests.support.kafka import read_topic
-from tests.support.webhooks import conversation_webhook, messages_value, payload, text_message
 
 KafkaRecord = tuple[bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]
 

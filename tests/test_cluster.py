@@ -23,14 +23,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.devstack import free_port
+from devtools.handler_server import HandlerServer, Reply
+from devtools.kafka import Record, group_caught_up, produce, read_topic
+from devtools.webhooks import conversation_webhook
+from devtools.worker import WorkerProcess
 from harness.accounting import Report, account, table
 from harness.traffic import POISON_SHAPES, Traffic, build
 from tests.conftest import Stack, Topics
-from tests.support.handler_server import HandlerServer, Reply
-from tests.support.kafka import Record, group_caught_up, produce, read_topic
-from tests.support.webhooks import conversation_webhook
-from tests.support.worker import WorkerProcess
-from wa_worker.devstack import free_port
 from wa_worker.startup import in_bytewax_cluster
 
 PARTITIONS = 4

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pickle
 from datetime import UTC, datetime, timedelta
 
+from devtools.webhooks import conversation_webhook
 from operators.backoff import BackoffPolicy
 from operators.conversation import ConversationLogic, ConversationPolicy, OpenGate
 from operators.parse import parse_record
-from tests.support.webhooks import conversation_webhook
 from wa_worker.models.completions import ClaimResult, ClaimStatus, HandleResult, HandleStatus
 from wa_worker.models.records import DeadLetter, ErrorClass, Processed, WebhookEvent
 

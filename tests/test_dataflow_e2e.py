@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 import pytest
 
+from devtools.handler_server import HandlerServer
+from devtools.kafka import produce, read_topic
+from devtools.webhooks import conversation_webhook, envelope, messages_value, payload, status
+from devtools.worker import WorkerProcess
 from tests.conftest import Stack, Topics
-from tests.support.handler_server import HandlerServer
-from tests.support.kafka import produce, read_topic
-from tests.support.webhooks import conversation_webhook, envelope, messages_value, payload, status
-from tests.support.worker import WorkerProcess
 
 POISON = [
     b"not json at all",
@@ -94,7 +94,7 @@ def test_order_kept_within_a_conversation_while_others_proceed(
     stack: Stack, topics: Topics, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     """A conversation stuck in retry holds only itself; its own events stay in order."""
-    from tests.support.handler_server import Reply
+    from devtools.handler_server import Reply
 
     def plan(event: dict[str, object], attempt: int) -> Reply:
         if event["event_key"] == "wamid.slow.0" and attempt <= 2:

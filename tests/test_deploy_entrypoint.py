@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kafka import produce, read_topic
-from tests.support.webhooks import conversation_webhook
-from tests.support.worker import ROOT
-from wa_worker.devstack import free_port
+from devtools.devstack import free_port
+from devtools.kafka import produce, read_topic
+from devtools.webhooks import conversation_webhook
+from devtools.worker import ROOT
 from wa_worker.settings import load_settings
 from wa_worker.startup import health_port
 

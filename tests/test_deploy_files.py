@@ -23,7 +23,7 @@ import pytest
 import typer
 import yaml
 
-from tests.support.worker import ROOT
+from devtools.worker import ROOT
 from wa_worker import cli
 from wa_worker.settings import Settings
 

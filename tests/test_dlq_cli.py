@@ -15,14 +15,14 @@ from typing import Any
 import httpx
 from confluent_kafka import Producer
 
+from devtools.devstack import free_port
+from devtools.handler_server import HandlerServer, Reply
+from devtools.kafka import produce, read_topic
+from devtools.webhooks import conversation_webhook, messages_value, payload, text_message
+from devtools.worker import WorkerProcess
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
-from tests.support.handler_server import HandlerServer, Reply
-from tests.support.kafka import produce, read_topic
-from tests.support.webhooks import conversation_webhook, messages_value, payload, text_message
-from tests.support.worker import WorkerProcess
 from wa_worker.cli_dlq import redis_client
-from wa_worker.devstack import free_port
 from wa_worker.settings import load_settings
 
 

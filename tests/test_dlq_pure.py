@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from tests.support.webhooks import conversation_webhook, payload, signed_envelope
+from devtools.webhooks import conversation_webhook, payload, signed_envelope
 from wa_worker.capture import LineKind, capture_line
 from wa_worker.dlq import (
     DeadLetterFilter,

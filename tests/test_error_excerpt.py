@@ -11,12 +11,12 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 
+from devtools.handler_server import HandlerServer, Reply
+from devtools.kafka import produce, read_topic
+from devtools.webhooks import envelope, messages_value, payload, text_message
+from devtools.worker import WorkerProcess
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
-from tests.support.handler_server import HandlerServer, Reply
-from tests.support.kafka import produce, read_topic
-from tests.support.webhooks import envelope, messages_value, payload, text_message
-from tests.support.worker import WorkerProcess
 from wa_worker.errors import ConfigError, PermanentError, TransientError
 from wa_worker.excerpt import error_excerpt
 from wa_worker.handlers import classify_response
@@ -147,8 +147,8 @@ def test_neither_the_dlq_nor_the_logs_get_the_message_text(
 
 
 def test_a_callables_multi_line_error_is_one_line() -> None:
+    from devtools.webhooks import conversation_webhook
     from operators.parse import parse_record
-    from tests.support.webhooks import conversation_webhook
     from wa_worker.memory_dedupe import memory_store
     from wa_worker.models.completions import HandleResult
     from wa_worker.models.records import WebhookEvent

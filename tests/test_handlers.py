@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools.handler_server import HandlerServer, Reply
+from devtools.webhooks import conversation_webhook
 from operators.parse import parse_record
-from tests.support.handler_server import HandlerServer, Reply
-from tests.support.webhooks import conversation_webhook
 from wa_worker.errors import PermanentError, TransientError
 from wa_worker.handlers import HttpHandler, classify_response, header_safe, parse_retry_after
 

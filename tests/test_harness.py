@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.worker import ROOT
 from harness.accounting import Report, table
 from harness.scenarios import SCENARIOS, SHORT, Lab
-from tests.support.worker import ROOT
 
 REPORTS: list[Report] = []
 

@@ -16,13 +16,14 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools import devstack
+from devtools.devstack import free_port
+from devtools.handler_server import HandlerServer, Reply
+from devtools.kafka import group_caught_up, produce, read_topic
+from devtools.webhooks import conversation_webhook
+from devtools.worker import WorkerProcess
 from tests.conftest import Stack, Topics
-from tests.support.handler_server import HandlerServer, Reply
-from tests.support.kafka import group_caught_up, produce, read_topic
-from tests.support.webhooks import conversation_webhook
-from tests.support.worker import WorkerProcess
-from wa_worker import devstack, health
-from wa_worker.devstack import free_port
+from wa_worker import health
 from wa_worker.librdkafka_log import RepeatFilter
 from wa_worker.settings import load_settings
 from wa_worker.shutdown import Drain

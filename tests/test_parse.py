@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from operators.parse import parse_record
-from tests.support.webhooks import (
+from devtools.webhooks import (
     envelope,
     messages_value,
     payload,
     signed_envelope,
     text_message,
 )
+from operators.parse import parse_record
 from wa_worker.models.records import (
     ENVELOPE_CARRY_LIMIT,
     DeadLetter,

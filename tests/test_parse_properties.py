@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devtools.webhooks import envelope, messages_value, payload, status, text_message
 from operators.parse import parse_record
-from tests.support.webhooks import envelope, messages_value, payload, status, text_message
 from wa_worker import jsonbytes
 from wa_worker.models.records import (
     DeadLetter,

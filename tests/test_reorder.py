@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from devtools.webhooks import envelope, messages_value, payload, status, text_message
 from operators import reorder
 from operators.backoff import BackoffPolicy
 from operators.conversation import (
@@ -19,7 +20,6 @@ from operators.conversation import (
 )
 from operators.finish import FinishTracker
 from operators.parse import parse_record
-from tests.support.webhooks import envelope, messages_value, payload, status, text_message
 from tests.test_conversation import Backlog, Clock, FakeSubmitter, claimed
 from wa_worker.errors import ConfigError
 from wa_worker.models.completions import HandleResult, HandleStatus

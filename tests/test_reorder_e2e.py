@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from devtools.handler_server import HandlerServer, Reply
+from devtools.kafka import group_caught_up, read_topic
+from devtools.webhooks import envelope, messages_value, payload, text_message
+from devtools.worker import WorkerProcess
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
-from tests.support.handler_server import HandlerServer, Reply
-from tests.support.kafka import group_caught_up, read_topic
-from tests.support.webhooks import envelope, messages_value, payload, text_message
-from tests.support.worker import WorkerProcess
 
 PARTITIONS = 3
 T0 = 1_700_000_000

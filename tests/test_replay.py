@@ -15,19 +15,19 @@ from typing import Any
 import pytest
 import redis
 
-from sinks.file_sink import FileRecord
-from tests.conftest import Stack, Topics
-from tests.support.cli import run_cli
-from tests.support.handler_server import HandlerServer, Reply
-from tests.support.kafka import produce, read_topic
-from tests.support.webhooks import (
+from devtools.handler_server import HandlerServer, Reply
+from devtools.kafka import produce, read_topic
+from devtools.webhooks import (
     conversation_webhook,
     envelope,
     messages_value,
     payload,
     text_message,
 )
-from tests.support.worker import ROOT, WorkerProcess
+from devtools.worker import ROOT, WorkerProcess
+from sinks.file_sink import FileRecord
+from tests.conftest import Stack, Topics
+from tests.support.cli import run_cli
 from wa_worker.capture_file import FileLine, LineKind, read_line
 
 WEBHOOKS = 60  # two messages each; every 10th delivered twice under a new webhook id

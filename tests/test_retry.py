@@ -8,11 +8,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from devtools.handler_server import HandlerServer, Reply
+from devtools.kafka import produce, read_topic
+from devtools.webhooks import conversation_webhook
+from devtools.worker import WorkerProcess
 from tests.conftest import Stack, Topics
-from tests.support.handler_server import HandlerServer, Reply
-from tests.support.kafka import produce, read_topic
-from tests.support.webhooks import conversation_webhook
-from tests.support.worker import WorkerProcess
 
 
 def _by_key(plans: dict[str, Callable[[int], Reply]]) -> Callable[[dict[str, Any], int], Reply]:

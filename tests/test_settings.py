@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.support.worker import ROOT
+from devtools.worker import ROOT
 from wa_worker.errors import ConfigError
 from wa_worker.settings import load_settings
 

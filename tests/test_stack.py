@@ -7,8 +7,8 @@ import uuid
 import redis
 from confluent_kafka.admin import AdminClient
 
+from devtools.kafka import produce, read_topic
 from tests.conftest import Stack, Topics
-from tests.support.kafka import produce, read_topic
 
 
 def test_kafka_round_trip_through_a_real_broker(stack: Stack, topics: Topics) -> None:

@@ -19,14 +19,14 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
+from devtools.kafka import Record, produce, read_topic
+from devtools.webhooks import envelope, messages_value, payload, text_message
+from devtools.worker import WorkerProcess
 from sinks.file_sink import FileRecord
 from sinks.records import Topics as RecordTopics
 from sinks.records import to_record
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
-from tests.support.kafka import Record, produce, read_topic
-from tests.support.webhooks import envelope, messages_value, payload, text_message
-from tests.support.worker import WorkerProcess
 from tests.test_replay import closed_port
 from wa_worker.models.records import (
     DeadLetter,

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tests.support.worker import ROOT
+from devtools.worker import ROOT
 
 
 def run_cli(

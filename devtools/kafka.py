@@ -108,7 +108,9 @@ def read_topic(
 def _pairs(headers: object) -> list[tuple[str, object]]:
     if isinstance(headers, dict):
         return list(headers.items())
-    return list(headers or [])  # type: ignore[call-overload]
+    if isinstance(headers, list | tuple):
+        return [(str(name), value) for name, value in headers]
+    return []
 
 
 def group_caught_up(

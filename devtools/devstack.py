@@ -1,8 +1,8 @@
 """A real local Kafka (KRaft, from Maven Central jars) and Redis (Debian's redis-server).
 
-    python -m wa_worker.devstack up      # idempotent; prints KAFKA_BROKERS=… and REDIS_URL=…
-    python -m wa_worker.devstack status
-    python -m wa_worker.devstack down
+    python -m devtools.devstack up      # idempotent; prints KAFKA_BROKERS=… and REDIS_URL=…
+    python -m devtools.devstack status
+    python -m devtools.devstack down
 
 Everything lives under a state folder (`.stack/` by default, `DEVSTACK_DIR` to change): the jar
 cache (`kafka/lib`, reused), data, logs and pid files. Processes are stopped by their recorded pid,

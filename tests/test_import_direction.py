@@ -1,0 +1,97 @@
+"""Imports go one way: the worker never imports dev tooling, tests, the harness or the bench, and
+the harness and bench share only `devtools` with the tests, not the tests themselves.
+
+Read from the source (ast), not by importing: imports inside functions count too. A rule is an
+importer glob (from the repository root) and the module prefixes those files must not import.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from devtools.worker import ROOT
+
+DEV_AND_TEST = ("devtools", "tests", "harness", "bench")
+RULES: list[tuple[str, tuple[str, ...]]] = [
+    # The shipped worker (the wheel's packages) stands alone.
+    ("wa_worker/**/*.py", DEV_AND_TEST),
+    ("operators/**/*.py", DEV_AND_TEST),
+    ("sinks/**/*.py", DEV_AND_TEST),
+    ("dataflow.py", DEV_AND_TEST),
+    # Tools share dev tooling with the tests through devtools/, never through tests/.
+    ("harness/**/*.py", ("tests",)),
+    ("bench/**/*.py", ("tests",)),
+    ("devtools/**/*.py", ("tests", "harness", "bench")),
+]
+
+
+def _module_of(path: Path, root: Path) -> list[str]:
+    """The dotted package a file's relative imports start from."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return parts if path.name == "__init__.py" else parts[:-1]
+
+
+def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
+    """Every module `path` imports, relative imports made absolute."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = _module_of(path, root)
+                package = package[: len(package) - (node.level - 1)]
+                base = ".".join([*package, *([node.module] if node.module else [])])
+            else:
+                base = node.module or ""
+            found.add(base)
+            # `from pkg import mod` may import the module pkg.mod.
+            found.update(
+                f"{base}.{alias.name}" if base else alias.name
+                for alias in node.names
+                if alias.name != "*"
+            )
+    return found
+
+
+def violations(pattern: str, forbidden: tuple[str, ...], root: Path = ROOT) -> list[str]:
+    bad: list[str] = []
+    for path in sorted(root.glob(pattern)):
+        hits = {
+            module
+            for module in imported_modules(path, root)
+            if any(module == p or module.startswith(p + ".") for p in forbidden)
+        }
+        # `from a.b import c` also yields a.b.c: report a.b alone.
+        shown = sorted(m for m in hits if not any(m.startswith(h + ".") for h in hits))
+        bad.extend(f"{path.relative_to(root)} imports {module}" for module in shown)
+    return bad
+
+
+@pytest.mark.parametrize(("pattern", "forbidden"), RULES, ids=[rule[0] for rule in RULES])
+def test_import_direction(pattern: str, forbidden: tuple[str, ...]) -> None:
+    assert list(ROOT.glob(pattern)), f"{pattern} matches no file: the rule checks nothing"
+    assert violations(pattern, forbidden) == []
+
+
+def test_the_scan_sees_every_kind_of_import(tmp_path: Path) -> None:
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "sub" / "mod.py").write_text(
+        "import os\n"
+        "import tests.support.cli\n"
+        "from tests import conftest\n"
+        "from ..low import thing\n"  # relative: pkg.low
+        "def later():\n"
+        "    from bench.stack import Stack\n"
+    )
+    assert violations("pkg/**/*.py", ("tests", "bench", "pkg.low"), tmp_path) == [
+        "pkg/sub/mod.py imports bench.stack",
+        "pkg/sub/mod.py imports pkg.low",
+        "pkg/sub/mod.py imports tests",
+    ]
+    # `from pkg import low` is an import of the module pkg.low.
+    (tmp_path / "pkg" / "top.py").write_text("from pkg import low\n")
+    assert violations("pkg/top.py", ("pkg.low",), tmp_path) == ["pkg/top.py imports pkg.low"]
