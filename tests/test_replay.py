@@ -305,3 +305,17 @@ def test_replay_shares_the_workers_dedupe_only_when_given_its_prefix(
         env, "replay", str(capture), "--dedupe-prefix", "", module="wa_worker", check=False
     )
     assert refused.returncode == 2 and "--dedupe-prefix" in refused.stderr
+
+
+def test_a_handler_callable_that_cannot_be_loaded_stops_replay_with_one_line(
+    stack: Stack, redis_prefix: str, tmp_path: Path
+) -> None:
+    capture = tmp_path / "day.jsonl"
+    capture.write_bytes(conversation_webhook("w1", "31611", ["wamid.one"]) + b"\n")
+    env = {**base_env(stack.redis_url, redis_prefix, ""), "HANDLER_CALLABLE": "no_such_mod:handle"}
+    result = run_cli(env, "replay", str(capture), "-o", str(tmp_path / "o"), check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "wa-worker: invalid setting HANDLER_CALLABLE: cannot load 'no_such_mod:handle': "
+        "No module named 'no_such_mod'"
+    ]

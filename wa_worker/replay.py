@@ -48,6 +48,7 @@ from wa_worker.health import mask_secrets
 from wa_worker.memory_dedupe import memory_store
 from wa_worker.runtime import IoRuntime, StoreFactory
 from wa_worker.settings import Settings, load_settings_or_exit
+from wa_worker.startup import require_handler
 
 
 @dataclass(frozen=True)
@@ -290,6 +291,7 @@ def replay_command(
     if dedupe_prefix is not None and not dedupe_prefix:
         raise typer.BadParameter("must not be empty", param_hint="--dedupe-prefix")
     settings = load_settings_or_exit()
+    require_handler(settings)  # a HANDLER_CALLABLE typo: one line, not a Rust panic
     logs.configure_from(settings)
     err = Console(stderr=True)
     dedupe = choose_dedupe(settings, in_memory, dedupe_prefix)
