@@ -1,4 +1,6 @@
-"""wa-worker's dataflow. Run with `wa-worker run` (= `python -m bytewax.run dataflow -r …`).
+"""wa-worker's dataflow, and its composition root. Run with `wa-worker run`
+(= `python -m bytewax.run wa_worker.dataflow -r …`; `python -m bytewax.run dataflow` from a
+checkout).
 
 Kafka inbound ─→ parse & split ─┬─→ events ─→ key by conversation ─┐
                                 │                 completions ─────┴─→ claim · handle · retry
@@ -7,58 +9,121 @@ Kafka inbound ─→ parse & split ─┬─→ events ─→ key by conversatio
                                                                            ↓
                                                     processed topic  |  DLQ topic (+ mark done)
 
-The steps between the inputs and the output live in operators/pipeline.py, shared with
-`wa-worker replay` (the same operators on a file, offline).
+`build` wires the steps between a source and a sink; the worker gives it Kafka on both sides,
+`wa-worker replay` a file (the same operators, offline). Importing this module has no side
+effects: `flow`, the worker's dataflow, is made on first access (Bytewax reads it once), and
+only then are settings loaded, Kafka checked, signal handlers and the health server installed.
+
+Step ids are the ones the worker always had (tests/test_step_ids.py pins them): renaming one
+would orphan recovered state.
 """
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.connectors.kafka import KafkaError
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
 
-from operators.completions import CompletionSource
-from operators.inbound import inbound_source
-from operators.pipeline import outcome_records
-from sinks.kafka_sink import KafkaOutcomeSink
-from wa_worker.backlog import BACKLOG
-from wa_worker.breaker import BREAKER
-from wa_worker.runtime import IoRuntime
-from wa_worker.settings import load_settings_or_exit
-from wa_worker.shutdown import DRAIN
-from wa_worker.startup import require_kafka_topics, start_process
-
-settings = load_settings_or_exit()
-require_kafka_topics(settings)
-start_process(settings, paused_reason=lambda: "draining" if DRAIN.draining else BREAKER.reason())
-
-
-def runtime() -> IoRuntime:
-    return IoRuntime.instance(settings)
+from wa_worker.core.services import Services
+from wa_worker.models.records import DeadLetter
+from wa_worker.operators.completions import CompletionSource, EndSignal
+from wa_worker.operators.conversation import conversation_builder, route_key
+from wa_worker.operators.finish import FinishTracker
+from wa_worker.operators.inbound import InboundItem, consumer_error, inbound_source, is_message
+from wa_worker.operators.parse import is_event, parse_batch
+from wa_worker.process.startup import require_kafka_topics, start_process
+from wa_worker.settings import Settings, load_settings_or_exit
+from wa_worker.sinks.kafka_sink import KafkaOutcomeSink
+from wa_worker.sinks.records import KafkaRecord, Topics, to_record
 
 
-flow = Dataflow("wa-worker")
+def build(
+    flow_id: str,
+    services: Services,
+    source: Source[InboundItem],
+    sink: tuple[str, Sink[KafkaRecord]],
+    finish: FinishTracker | None = None,
+) -> Dataflow:
+    """One output record (processed or dead letter) per inbound event or unusable record.
 
-# Input stops during a drain, while the handler's circuit is open, and while the process
-# holds MAX_EVENTS_IN_PROGRESS unfinished events.
-BACKLOG.configure(settings.max_events_in_progress)
-inbound = op.input(
-    "inbound",
-    flow,
-    inbound_source(settings, DRAIN, hold=lambda: BREAKER.is_open() or BACKLOG.full()),
-)
-completions = op.input("completions", flow, CompletionSource(runtime, DRAIN))
-# parse & split, key by conversation, claim · handle · retry, outcomes (operators/pipeline.py)
-records = outcome_records(
-    inbound,
-    completions,
-    settings,
-    runtime,
-    paused=lambda: DRAIN.draining,  # draining: conversations start no new work
-    handler_gate=BREAKER,
-    backlog=BACKLOG,
-)
-op.output(
-    "kafka-out",
-    records,
-    KafkaOutcomeSink(settings.producer_config(), runtime, settings.kafka_flush_timeout_s),
-)
+    `sink` is the output step's id and sink. `finish`: for a bounded input, counts what is
+    still open so the run ends once every event has its outcome (else the drain ends it).
+    """
+    settings = services.settings
+    flow = Dataflow(flow_id)
+    inbound = op.input("inbound", flow, source)
+    end: EndSignal = finish or services.drain
+    completions = op.input("completions", flow, CompletionSource(services.runtime, end))
+
+    # Consumer errors that carry a record become dead letters; the rest are logged.
+    readable = op.branch("readable", inbound, is_message)
+    unreadable = op.flat_map(
+        "consumer-errors",
+        cast(Stream[KafkaError[bytes | None, bytes | None]], readable.falses),
+        consumer_error,
+    )
+
+    # Parse & split: each envelope into events, or a dead letter saying why not.
+    parse = parse_batch(_app_secret(settings))
+    parsed = op.flat_map_batch(
+        "parse", readable.trues, finish.counted_parse(parse) if finish else parse
+    )
+    split = op.branch("valid", parsed, is_event)
+    invalid = cast(Stream[DeadLetter], split.falses)
+
+    # Per conversation: claim in Redis, call the handler, retry with backoff, in order.
+    by_conversation = op.key_on("by-conversation", split.trues, route_key(settings.handler_ordered))
+    builder = conversation_builder(
+        settings,
+        services.runtime,
+        paused=lambda: services.drain.draining,  # draining: conversations start no new work
+        handler_gate=services.breaker,
+        backlog=services.backlog,
+    )
+    handled = op.stateful_batch(
+        "handle",
+        op.merge("events-and-results", by_conversation, completions),
+        finish.counted_logic(builder) if finish else builder,
+    )
+
+    # Outcomes: processed records and dead letters, checked to fit the producer's limit.
+    outcomes = op.merge("outcomes", op.key_rm("unkey", handled), invalid, unreadable)
+    topics = Topics(
+        settings.kafka_processed_topic, settings.kafka_dlq_topic, settings.kafka_inbound_topic
+    )
+    max_bytes = settings.kafka_max_message_bytes
+    records = op.map("to-records", outcomes, lambda o: to_record(o, topics, max_bytes))
+    op.output(sink[0], records, sink[1])
+    return flow
+
+
+def worker_flow() -> Dataflow:
+    """The worker: Kafka in, Kafka out. Starts the process's services (signals, health,
+    offset reporter) too, so it is called once, by Bytewax reading `flow`."""
+    settings = load_settings_or_exit()
+    require_kafka_topics(settings)
+    services = Services.create(settings)
+    start_process(settings, services)
+    # Input waits during a drain, while the handler's circuit is open and while the process
+    # holds MAX_EVENTS_IN_PROGRESS unfinished events.
+    source = inbound_source(settings, services.drain, services.hold_input, services.positions)
+    sink = KafkaOutcomeSink(
+        settings.producer_config(), services.runtime, settings.kafka_flush_timeout_s
+    )
+    return build("wa-worker", services, source, ("kafka-out", sink))
+
+
+def _app_secret(settings: Settings) -> bytes | None:
+    secret = settings.wa_app_secret
+    return secret.get_secret_value().encode() if secret else None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "flow":
+        flow = globals()["flow"] = worker_flow()
+        return flow
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

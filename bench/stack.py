@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from bench.workload import Record
 from devtools import devstack
-from wa_worker.kafka_produce import produce_waiting
+from wa_worker.core.kafka_produce import produce_waiting
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".stack" / "bench"

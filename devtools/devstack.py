@@ -329,7 +329,7 @@ def _kafka_ready(port: int) -> bool:
 
 def create_topics(brokers: str, names: list[str], partitions: int, timeout_s: float = 30) -> None:
     """Create missing topics sized for Meta's 3 MB payloads; wait until each has a leader."""
-    from wa_worker.topics import TopicSpec, ensure_topics
+    from wa_worker.cli.topics import TopicSpec, ensure_topics
 
     config = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
     specs = [TopicSpec(n, partitions, 1, config) for n in names]
@@ -337,8 +337,13 @@ def create_topics(brokers: str, names: list[str], partitions: int, timeout_s: fl
 
 
 def _create_worker_topics(brokers: str, partitions: int) -> None:
+    from wa_worker.cli.topics import (
+        DLQ_RETENTION_DAYS,
+        RETENTION_DAYS,
+        ensure_topics,
+        worker_topics,
+    )
     from wa_worker.settings import load_settings
-    from wa_worker.topics import DLQ_RETENTION_DAYS, RETENTION_DAYS, ensure_topics, worker_topics
 
     settings = load_settings(kafka_brokers=brokers)
     specs = worker_topics(settings, partitions, 1, RETENTION_DAYS, DLQ_RETENTION_DAYS)

@@ -1,9 +1,9 @@
 """Container health probe (stdlib only: the slim image has no curl).
 
 `python healthcheck.py [/livez|/readyz|/health]` GETs the worker's health server on this
-container's port and exits 0 on 200, 1 otherwise, with the reason on stderr. The port follows the
-worker's rule (wa_worker.startup.health_port): HEALTH_PORT plus the Bytewax process id, except in
-a Kubernetes pod, where every pod serves on HEALTH_PORT.
+container's port and exits 0 on 200, 1 otherwise, with the reason on stderr. The port follows
+the worker's rule (wa_worker.process.startup.health_port): HEALTH_PORT plus the Bytewax process
+id, except in a Kubernetes pod, where every pod serves on HEALTH_PORT.
 """
 
 from __future__ import annotations

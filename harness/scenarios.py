@@ -25,8 +25,8 @@ from devtools.worker import WorkerProcess
 from harness.accounting import Report, account
 from harness.fuzz import fuzz_inputs
 from harness.traffic import SteadyProducer, Traffic, build
-from operators.parse import parse_record
 from wa_worker.models.records import DeadLetter
+from wa_worker.operators.parse import parse_record
 
 HANDLER_TIMEOUT_S = 1.0
 

@@ -8,14 +8,14 @@ from typing import Protocol
 
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 
+from wa_worker.core.runtime import IoRuntime
 from wa_worker.models.completions import Completion
-from wa_worker.runtime import IoRuntime
 
 _MAX_BATCH = 5000
 
 
 class EndSignal(Protocol):
-    """When the source may end: the worker's drain (`wa_worker.shutdown.Drain`), or a replay's
+    """When the source may end: the worker's drain (`wa_worker.core.shutdown.Drain`), or a replay's
     `operators.finish.FinishTracker` once every event has its outcome."""
 
     @property

@@ -31,9 +31,7 @@ from typing import Protocol
 
 from bytewax.operators import StatefulBatchLogic
 
-from operators import reorder
-from operators.backoff import BackoffPolicy, poll_delay_s
-from wa_worker import metrics
+from wa_worker.core import metrics
 from wa_worker.models.completions import (
     ClaimResult,
     ClaimStatus,
@@ -42,6 +40,8 @@ from wa_worker.models.completions import (
     HandleStatus,
 )
 from wa_worker.models.records import DeadLetter, ErrorClass, Outcome, Processed, WebhookEvent
+from wa_worker.operators import reorder
+from wa_worker.operators.backoff import BackoffPolicy, poll_delay_s
 from wa_worker.settings import Settings
 
 Clock = Callable[[], datetime]

@@ -1,9 +1,9 @@
 """A replay file as the dataflow's inbound source: each line becomes the Kafka record the
 worker would have read, so the parse step and everything after it run unchanged.
 
-What a line is (envelope, bare Meta body, captured Kafka record, blank, bad) is decided by
-`wa_worker.capture_file`, the same rule `publish` follows. Blank lines are skipped; a bad line
-is passed on as it is, so the parser dead-letters it with its reason, and is named in the
+What a line is (envelope, bare Meta body, captured Kafka record, blank, bad) is decided
+by `wa_worker.models.capture_file`, the same rule `publish` follows. Blank lines are skipped; a
+bad line is passed on as it is, so the parser dead-letters it with its reason, and is named in the
 summary by its line number. The synthetic position is topic = the file's path, partition 0,
 offset = the line number: a dead letter's `wa-source-offset` is the file line.
 """
@@ -18,10 +18,10 @@ from typing import BinaryIO
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from operators.finish import FinishTracker
-from wa_worker.capture_file import BadKind, BadLines, FileLine, LineKind, read_line
+from wa_worker.models.capture_file import BadKind, BadLines, FileLine, LineKind, read_line
+from wa_worker.operators.finish import FinishTracker
+from wa_worker.operators.inbound import InboundItem
 
-Message = KafkaSourceMessage[bytes | None, bytes | None]
 _PARTITION = "0"
 _NOT_JSON = {BadKind.NOT_UTF8, BadKind.NOT_JSON, BadKind.TOO_DEEP}
 
@@ -55,7 +55,8 @@ class LineCounts:
             self.bare_bodies += line.kind is LineKind.BARE_BODY
 
 
-class _FilePartition(StatefulSourcePartition[Message, tuple[int, int]]):
+# Typed as the Kafka input is, so the flow takes either (a file yields messages only).
+class _FilePartition(StatefulSourcePartition[InboundItem, tuple[int, int]]):
     def __init__(
         self,
         path: Path,
@@ -77,10 +78,10 @@ class _FilePartition(StatefulSourcePartition[Message, tuple[int, int]]):
         self._hold = hold
         self._progress = progress
 
-    def next_batch(self) -> list[Message]:
+    def next_batch(self) -> list[InboundItem]:
         if self._hold():
             return []  # the handler's breaker is open: take no new input meanwhile
-        batch: list[Message] = []
+        batch: list[InboundItem] = []
         read = 0
         while len(batch) < self._batch_size:
             raw = self._file.readline()
@@ -117,7 +118,7 @@ class _FilePartition(StatefulSourcePartition[Message, tuple[int, int]]):
         self._file.close()
 
 
-class FileSource(FixedPartitionedSource[Message, tuple[int, int]]):
+class FileSource(FixedPartitionedSource[InboundItem, tuple[int, int]]):
     """One partition: the file is read once, in order, by one worker."""
 
     def __init__(

@@ -20,9 +20,9 @@ from datetime import datetime
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.operators import StatefulBatchLogic
 
-from operators.conversation import ConversationState
 from wa_worker.models.completions import Completion
 from wa_worker.models.records import DeadLetter, Outcome, WebhookEvent
+from wa_worker.operators.conversation import ConversationState
 
 Message = KafkaSourceMessage[bytes | None, bytes | None]
 ParseStep = Callable[[list[Message]], list[WebhookEvent | DeadLetter]]

@@ -17,11 +17,11 @@ from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 from confluent_kafka.admin import AdminClient
 
-from wa_worker import metrics
+from wa_worker.core import metrics
+from wa_worker.core.offsets import PositionBook
+from wa_worker.core.shutdown import Drain
 from wa_worker.models.records import DeadLetter, ErrorClass, SourcePosition
-from wa_worker.offsets import POSITIONS, PositionBook
 from wa_worker.settings import Settings, StartOffset
-from wa_worker.shutdown import Drain
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,12 @@ def is_message(item: InboundItem) -> TypeGuard[KafkaSourceMessage[bytes | None, 
     return isinstance(item, KafkaSourceMessage)
 
 
-def inbound_source(settings: Settings, drain: Drain, hold: Callable[[], bool]) -> InboundSource:
+def inbound_source(
+    settings: Settings, drain: Drain, hold: Callable[[], bool], book: PositionBook
+) -> InboundSource:
     earliest = settings.kafka_start_offset is StartOffset.EARLIEST
     return InboundSource(
-        book=POSITIONS,
+        book=book,
         drain=drain,
         hold=hold,
         admin_config=settings.admin_config(),

@@ -14,7 +14,7 @@ from typing import Any, TypeGuard, TypeVar
 from bytewax.connectors.kafka import KafkaSourceMessage
 from pydantic import BaseModel, ValidationError
 
-from wa_worker import metrics
+from wa_worker.core import metrics
 from wa_worker.errors import InputError, SignatureError
 from wa_worker.models.records import (
     ENVELOPE_CARRY_LIMIT,

@@ -24,8 +24,8 @@ from typing import BinaryIO
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import BaseModel
 
-from sinks.kafka_sink import DoneMarks
-from sinks.records import KafkaRecord
+from wa_worker.sinks.kafka_sink import DoneMarks
+from wa_worker.sinks.records import KafkaRecord
 
 PROCESSED_FILE = "processed.jsonl"
 DLQ_FILE = "dlq.jsonl"

@@ -23,11 +23,11 @@ from typing import Any, Protocol
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from sinks.records import KafkaRecord, without_envelope
-from wa_worker import metrics
-from wa_worker.dedupe import DoneMark
+from wa_worker.core import metrics
+from wa_worker.core.dedupe import DoneMark
+from wa_worker.core.kafka_produce import produce_waiting
 from wa_worker.errors import DeliveryError
-from wa_worker.kafka_produce import produce_waiting
+from wa_worker.sinks.records import KafkaRecord, without_envelope
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 
-from wa_worker import jsonbytes
+from wa_worker.core import jsonbytes
 from wa_worker.models.records import DeadLetter, ErrorClass, Outcome, Processed
 
 # librdkafka counts a record's framing (and the broker its batch's) on top of key, value and

@@ -12,8 +12,8 @@ from bench import report
 from bench.models import Contestant, Kind, Latency, Results, Row, RunFigures, Soak
 from bench.procstats import cpu_seconds, memory_kb
 from bench.workload import generate
-from operators.parse import parse_record
 from wa_worker.models.records import WebhookEvent
+from wa_worker.operators.parse import parse_record
 
 
 def test_workload_is_one_kilobyte_messages_with_ten_percent_exact_redeliveries():

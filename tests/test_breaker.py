@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wa_worker.breaker import CircuitBreaker
+from wa_worker.core.breaker import CircuitBreaker
 
 
 class Clock:

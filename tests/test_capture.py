@@ -16,8 +16,8 @@ from devtools.kafka import produce, read_topic
 from devtools.webhooks import conversation_webhook, messages_value, payload, text_message
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
-from wa_worker.capture_file import LineKind, read_file
-from wa_worker.topic_reader import ReadRequest
+from wa_worker.cli.topic_reader import ReadRequest
+from wa_worker.models.capture_file import LineKind, read_file
 
 
 def capture(env: dict[str, str], out: Path, *args: str) -> str:

@@ -1,4 +1,4 @@
-"""The capture file format (wa_worker/capture_file.py): one rule for what a line is, and any
+"""The capture file format (wa_worker/models/capture_file.py): one rule for what a line is, and any
 Kafka record written as a line reads back as itself."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wa_worker.capture_file import (
+from wa_worker.models.capture_file import (
     BadKind,
     BadLines,
     LineKind,

@@ -1,5 +1,5 @@
 """Capture files on the real stack: `capture`, `publish` and `replay` read and write them by one
-rule (wa_worker/capture_file.py), and records go round capture → publish byte for byte."""
+rule (wa_worker/models/capture_file.py), and records go round capture → publish byte for byte."""
 
 from __future__ import annotations
 

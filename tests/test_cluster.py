@@ -31,7 +31,7 @@ from devtools.worker import WorkerProcess
 from harness.accounting import Report, account, table
 from harness.traffic import POISON_SHAPES, Traffic, build
 from tests.conftest import Stack, Topics
-from wa_worker.startup import in_bytewax_cluster
+from wa_worker.process.startup import in_bytewax_cluster
 
 PARTITIONS = 4
 PARSE_ERROR_CLASSES = {"invalid_json", "invalid_envelope", "invalid_payload"}

@@ -6,11 +6,11 @@ import pickle
 from datetime import UTC, datetime, timedelta
 
 from devtools.webhooks import conversation_webhook
-from operators.backoff import BackoffPolicy
-from operators.conversation import ConversationLogic, ConversationPolicy, OpenGate
-from operators.parse import parse_record
 from wa_worker.models.completions import ClaimResult, ClaimStatus, HandleResult, HandleStatus
 from wa_worker.models.records import DeadLetter, ErrorClass, Processed, WebhookEvent
+from wa_worker.operators.backoff import BackoffPolicy
+from wa_worker.operators.conversation import ConversationLogic, ConversationPolicy, OpenGate
+from wa_worker.operators.parse import parse_record
 
 
 class FakeSubmitter:

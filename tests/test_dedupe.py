@@ -9,7 +9,7 @@ import redis
 import redis.asyncio as aioredis
 
 from tests.conftest import Stack
-from wa_worker.dedupe import (
+from wa_worker.core.dedupe import (
     AsyncDedupeStore,
     AttemptRecord,
     ClaimRequest,

@@ -18,8 +18,8 @@ from devtools.devstack import free_port
 from devtools.kafka import produce, read_topic
 from devtools.webhooks import conversation_webhook
 from devtools.worker import ROOT
+from wa_worker.process.startup import health_port
 from wa_worker.settings import load_settings
-from wa_worker.startup import health_port
 
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 RECOVERY_SHIM = ROOT / "docker" / "entrypoint-recovery.sh"

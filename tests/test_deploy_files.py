@@ -24,7 +24,7 @@ import typer
 import yaml
 
 from devtools.worker import ROOT
-from wa_worker import cli
+from wa_worker.cli import app as cli
 from wa_worker.settings import Settings
 
 K8S_VERSION = "1.30.0"

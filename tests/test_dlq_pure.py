@@ -13,8 +13,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from devtools.webhooks import conversation_webhook, payload, signed_envelope
-from wa_worker.capture import LineKind, capture_line
-from wa_worker.dlq import (
+from wa_worker.cli.capture import LineKind, capture_line
+from wa_worker.cli.dlq import (
     DeadLetterFilter,
     DeadLetterRecord,
     check_classes,
@@ -23,9 +23,9 @@ from wa_worker.dlq import (
     parse_ref,
     redrive_records,
 )
-from wa_worker.redaction import KEPT_KEYS, redact_envelope
-from wa_worker.timespec import parse_when
-from wa_worker.topic_reader import OffsetRange, clamp, parse_offset_specs
+from wa_worker.cli.redaction import KEPT_KEYS, redact_envelope
+from wa_worker.cli.timespec import parse_when
+from wa_worker.cli.topic_reader import OffsetRange, clamp, parse_offset_specs
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

@@ -17,9 +17,9 @@ from devtools.webhooks import envelope, messages_value, payload, text_message
 from devtools.worker import WorkerProcess
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
+from wa_worker.core.excerpt import error_excerpt
+from wa_worker.core.handlers import classify_response
 from wa_worker.errors import ConfigError, PermanentError, TransientError
-from wa_worker.excerpt import error_excerpt
-from wa_worker.handlers import classify_response
 from wa_worker.settings import load_settings
 
 SECRET_TEXT = "Meet me at 5th avenue, card 4111 1111 1111 1111"
@@ -148,11 +148,11 @@ def test_neither_the_dlq_nor_the_logs_get_the_message_text(
 
 def test_a_callables_multi_line_error_is_one_line() -> None:
     from devtools.webhooks import conversation_webhook
-    from operators.parse import parse_record
-    from wa_worker.memory_dedupe import memory_store
+    from wa_worker.core.memory_dedupe import memory_store
+    from wa_worker.core.runtime import IoRuntime
     from wa_worker.models.completions import HandleResult
     from wa_worker.models.records import WebhookEvent
-    from wa_worker.runtime import IoRuntime
+    from wa_worker.operators.parse import parse_record
 
     class Handler:
         async def __call__(self, event: object) -> None:

@@ -12,9 +12,9 @@ import pytest
 
 from devtools.handler_server import HandlerServer, Reply
 from devtools.webhooks import conversation_webhook
-from operators.parse import parse_record
+from wa_worker.core.handlers import HttpHandler, classify_response, header_safe, parse_retry_after
 from wa_worker.errors import PermanentError, TransientError
-from wa_worker.handlers import HttpHandler, classify_response, header_safe, parse_retry_after
+from wa_worker.operators.parse import parse_record
 
 
 def _response(status: int, **kwargs: object) -> httpx.Response:
@@ -85,7 +85,7 @@ def test_http_handler_sends_the_event_and_classifies_replies() -> None:
 
 
 def test_json_bytes_fall_back_for_what_orjson_refuses() -> None:
-    from wa_worker import jsonbytes
+    from wa_worker.core import jsonbytes
 
     assert jsonbytes.dumps({"a": [1, "é"]}) == '{"a":[1,"é"]}'.encode()
     big = {"n": 2**70, "s": "\ud800"}  # both can come out of json.loads on Meta's payloads
@@ -99,8 +99,8 @@ def test_runtime_close_writes_done_markers_and_closes_the_handler(
 ) -> None:
     import redis
 
-    from wa_worker.dedupe import dedupe_keys
-    from wa_worker.runtime import IoRuntime
+    from wa_worker.core.dedupe import dedupe_keys
+    from wa_worker.core.runtime import IoRuntime
     from wa_worker.settings import load_settings_or_exit
 
     for name, value in worker_env.items():

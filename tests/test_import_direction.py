@@ -1,5 +1,6 @@
-"""Imports go one way: the worker never imports dev tooling, tests, the harness or the bench, and
-the harness and bench share only `devtools` with the tests, not the tests themselves.
+"""Imports go one way (ARCHITECTURE.md): core ← flow steps ← composition ← CLI, process set-up
+beside the flow on the core; the worker never imports dev tooling, tests, the harness or the
+bench, and those share only `devtools` with the tests, not the tests themselves.
 
 Read from the source (ast), not by importing: imports inside functions count too. A rule is an
 importer glob (from the repository root) and the module prefixes those files must not import.
@@ -15,12 +16,31 @@ import pytest
 from devtools.worker import ROOT
 
 DEV_AND_TEST = ("devtools", "tests", "harness", "bench")
+# The tiers of ARCHITECTURE.md, bottom up. The flow is reached as wa_worker.operators,
+# wa_worker.sinks and wa_worker.dataflow only: the root names are the same files again.
+ROOT_NAMES = ("operators", "sinks", "dataflow")
+FLOW = ("wa_worker.operators", "wa_worker.sinks")
+COMPOSITION = ("wa_worker.dataflow",)
+PROCESS = ("wa_worker.process",)
+CLI = ("wa_worker.cli", "wa_worker.__main__", "wa_worker.replay")
+ABOVE_CORE = (*FLOW, *COMPOSITION, *PROCESS, *CLI)
+CORE = ("wa_worker/errors.py", "wa_worker/settings.py", "wa_worker/models/**/*.py")
 RULES: list[tuple[str, tuple[str, ...]]] = [
     # The shipped worker (the wheel's packages) stands alone.
-    ("wa_worker/**/*.py", DEV_AND_TEST),
-    ("operators/**/*.py", DEV_AND_TEST),
-    ("sinks/**/*.py", DEV_AND_TEST),
-    ("dataflow.py", DEV_AND_TEST),
+    ("wa_worker/**/*.py", (*DEV_AND_TEST, *ROOT_NAMES)),
+    ("operators/**/*.py", (*DEV_AND_TEST, *ROOT_NAMES)),
+    ("sinks/**/*.py", (*DEV_AND_TEST, *ROOT_NAMES)),
+    ("dataflow.py", (*DEV_AND_TEST, *ROOT_NAMES)),
+    # The core imports nothing built on it.
+    *((pattern, ABOVE_CORE) for pattern in CORE),
+    ("wa_worker/core/**/*.py", ABOVE_CORE),
+    # Flow steps import the core (and each other), never their composition or the CLI.
+    ("operators/**/*.py", (*COMPOSITION, *PROCESS, *CLI)),
+    ("sinks/**/*.py", (*COMPOSITION, *PROCESS, *CLI, "wa_worker.operators")),
+    # Process set-up (start-up checks, health, logs) serves the core, not the flow.
+    ("wa_worker/process/**/*.py", (*FLOW, *COMPOSITION, *CLI)),
+    # The composition root assembles the flow; the CLI sits above it.
+    ("dataflow.py", CLI),
     # Tools share dev tooling with the tests through devtools/, never through tests/.
     ("harness/**/*.py", ("tests",)),
     ("bench/**/*.py", ("tests",)),

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import Stack
-from wa_worker.dedupe import (
+from wa_worker.core.dedupe import (
     AsyncDedupeStore,
     AttemptRecord,
     ClaimRequest,
@@ -18,7 +18,7 @@ from wa_worker.dedupe import (
     DedupeStore,
     DoneMark,
 )
-from wa_worker.memory_dedupe import MemoryDedupeStore
+from wa_worker.core.memory_dedupe import MemoryDedupeStore
 from wa_worker.models.completions import ClaimStatus
 
 DAY_MS = 86_400_000

@@ -23,10 +23,10 @@ from devtools.kafka import group_caught_up, produce, read_topic
 from devtools.webhooks import conversation_webhook
 from devtools.worker import WorkerProcess
 from tests.conftest import Stack, Topics
-from wa_worker import health
-from wa_worker.librdkafka_log import RepeatFilter
+from wa_worker.core.librdkafka_log import RepeatFilter
+from wa_worker.core.shutdown import Drain
+from wa_worker.process import health
 from wa_worker.settings import load_settings
-from wa_worker.shutdown import Drain
 
 
 def _wait_for(url: str, timeout_s: float = 30) -> httpx.Response:

@@ -22,7 +22,6 @@ from devtools.webhooks import (
     signed_envelope,
     text_message,
 )
-from operators.parse import parse_record
 from wa_worker.models.records import (
     ENVELOPE_CARRY_LIMIT,
     DeadLetter,
@@ -31,6 +30,7 @@ from wa_worker.models.records import (
     SourcePosition,
     WebhookEvent,
 )
+from wa_worker.operators.parse import parse_record
 
 WABA_ID = "102290129340398"
 PHONE_NUMBER_ID = "106540352242922"
@@ -1191,7 +1191,7 @@ def test_a_body_with_a_lone_surrogate_is_a_bad_signature() -> None:
 
 @pytest.mark.parametrize("where", ["message", "body_string"])
 def test_json_nested_deeper_than_the_limit_is_dead_lettered(where: str) -> None:
-    from operators.parse import MAX_JSON_DEPTH
+    from wa_worker.operators.parse import MAX_JSON_DEPTH
 
     deep: dict[str, object] = {}
     cur = deep

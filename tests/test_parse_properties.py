@@ -20,8 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devtools.webhooks import envelope, messages_value, payload, status, text_message
-from operators.parse import parse_record
-from wa_worker import jsonbytes
+from wa_worker.core import jsonbytes
 from wa_worker.models.records import (
     DeadLetter,
     ErrorClass,
@@ -29,6 +28,7 @@ from wa_worker.models.records import (
     SourcePosition,
     WebhookEvent,
 )
+from wa_worker.operators.parse import parse_record
 
 SOURCE = SourcePosition(topic="whatsapp.inbound", partition=0, offset=7)
 SECRET = b"property-test-app-secret"

@@ -10,20 +10,20 @@ from typing import Any
 import pytest
 
 from devtools.webhooks import envelope, messages_value, payload, status, text_message
-from operators import reorder
-from operators.backoff import BackoffPolicy
-from operators.conversation import (
+from tests.test_conversation import Backlog, Clock, FakeSubmitter, claimed
+from wa_worker.errors import ConfigError
+from wa_worker.models.completions import HandleResult, HandleStatus
+from wa_worker.models.records import Processed, WebhookEvent
+from wa_worker.operators import reorder
+from wa_worker.operators.backoff import BackoffPolicy
+from wa_worker.operators.conversation import (
     ConversationLogic,
     ConversationPolicy,
     ConversationState,
     conversation_builder,
 )
-from operators.finish import FinishTracker
-from operators.parse import parse_record
-from tests.test_conversation import Backlog, Clock, FakeSubmitter, claimed
-from wa_worker.errors import ConfigError
-from wa_worker.models.completions import HandleResult, HandleStatus
-from wa_worker.models.records import Processed, WebhookEvent
+from wa_worker.operators.finish import FinishTracker
+from wa_worker.operators.parse import parse_record
 from wa_worker.settings import load_settings
 
 WINDOW = timedelta(milliseconds=300)

@@ -25,10 +25,10 @@ from devtools.webhooks import (
     text_message,
 )
 from devtools.worker import ROOT, WorkerProcess
-from sinks.file_sink import FileRecord
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
-from wa_worker.capture_file import FileLine, LineKind, read_line
+from wa_worker.models.capture_file import FileLine, LineKind, read_line
+from wa_worker.sinks.file_sink import FileRecord
 
 WEBHOOKS = 60  # two messages each; every 10th delivered twice under a new webhook id
 

@@ -9,7 +9,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # t
 
 from tests.conftest import Stack
 from tests.support.cli import run_cli
-from wa_worker.topics import TopicSpec, create_missing
+from wa_worker.cli.topics import TopicSpec, create_missing
 
 
 def topics_create(env: dict[str, str], *args: str) -> str:

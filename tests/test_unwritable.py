@@ -22,9 +22,6 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from devtools.kafka import Record, produce, read_topic
 from devtools.webhooks import envelope, messages_value, payload, text_message
 from devtools.worker import WorkerProcess
-from sinks.file_sink import FileRecord
-from sinks.records import Topics as RecordTopics
-from sinks.records import to_record
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
 from tests.test_replay import closed_port
@@ -36,6 +33,9 @@ from wa_worker.models.records import (
     SourcePosition,
     WebhookEvent,
 )
+from wa_worker.sinks.file_sink import FileRecord
+from wa_worker.sinks.records import Topics as RecordTopics
+from wa_worker.sinks.records import to_record
 
 WA_ID = "31612345678"
 MAX = 5_242_880

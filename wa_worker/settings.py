@@ -20,9 +20,9 @@ from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from wa_worker import kafka_options
+from wa_worker.core import kafka_options
+from wa_worker.core.librdkafka_log import librdkafka_logger
 from wa_worker.errors import ConfigError
-from wa_worker.librdkafka_log import librdkafka_logger
 
 
 class StartOffset(StrEnum):
@@ -193,7 +193,7 @@ class Settings(BaseSettings):
         return self.kafka_brokers.split(",")
 
     def librdkafka_variables(self) -> dict[str, str]:
-        """Extra `KAFKA_*` environment variables by name (see wa_worker/kafka_options.py)."""
+        """Extra `KAFKA_*` environment variables by name (see wa_worker/core/kafka_options.py)."""
         known = {name.upper() for name in type(self).model_fields}
         env_file = {k: v for k, v in dotenv_values(".env").items() if v is not None}
         return kafka_options.pass_through({**env_file, **os.environ}, known)

@@ -9,7 +9,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from wa_worker.kafka_produce import produce_waiting
+from wa_worker.core.kafka_produce import produce_waiting
 
 MAX_MESSAGE_BYTES = 5_242_880
 

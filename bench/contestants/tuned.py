@@ -12,9 +12,9 @@ import redis
 from confluent_kafka import Message
 
 from bench.contestants.common import Deliveries, arguments, consumer, produce, producer, readable
-from operators.parse import parse_record
-from sinks.records import dead_letter_record, processed_record
 from wa_worker.models.records import DeadLetter, Processed, SourcePosition, WebhookEvent
+from wa_worker.operators.parse import parse_record
+from wa_worker.sinks.records import dead_letter_record, processed_record
 
 BATCH = 1000
 LEASE_MS = 30_000

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import threading
 
-from wa_worker import metrics
-
 
 class Backlog:
     def __init__(self, limit: int = 0) -> None:
@@ -33,7 +31,3 @@ class Backlog:
     @property
     def count(self) -> int:
         return self._count
-
-
-BACKLOG = Backlog()
-metrics.EVENTS_IN_PROGRESS.set_function(lambda: BACKLOG.count)

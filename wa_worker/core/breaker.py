@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from wa_worker import metrics
+from wa_worker.core import metrics
 from wa_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,3 @@ class CircuitBreaker:
         self._recent.clear()
         metrics.BREAKER_OPEN.set(0)
         log.warning("handler circuit closed: the handler answers again")
-
-
-BREAKER = CircuitBreaker()

@@ -13,9 +13,9 @@ from datetime import datetime
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Message, TopicPartition
 
+from wa_worker.cli.timespec import to_ms
 from wa_worker.errors import ConfigError
 from wa_worker.settings import Settings
-from wa_worker.timespec import to_ms
 
 # Offsets per partition; the key None applies to every partition without its own entry.
 OffsetSpec = Mapping[int | None, int]

@@ -10,14 +10,14 @@ import redis
 import typer
 from rich.table import Table
 
-from wa_worker import dlq
-from wa_worker.cli_support import failures_reported, progress, stdout_console, when
-from wa_worker.dedupe import DedupeAdmin, MarkerState, dedupe_keys
-from wa_worker.excerpt import one_line
-from wa_worker.logs import redact
-from wa_worker.redaction import redact_envelope
+from wa_worker.cli import dlq
+from wa_worker.cli.redaction import redact_envelope
+from wa_worker.cli.support import failures_reported, progress, stdout_console, when
+from wa_worker.cli.topic_reader import ReadRequest
+from wa_worker.core.dedupe import DedupeAdmin, MarkerState, dedupe_keys
+from wa_worker.core.excerpt import one_line
+from wa_worker.process.logs import redact
 from wa_worker.settings import Settings, load_settings_or_exit
-from wa_worker.topic_reader import ReadRequest
 
 dlq_app = typer.Typer(help="Inspect and re-drive the dead-letter topic.", no_args_is_help=True)
 

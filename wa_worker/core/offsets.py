@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from wa_worker import metrics
+from wa_worker.core import metrics
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,3 @@ class OffsetReporter:
                 TopicPartition(topic, partition), timeout=2, cached=False
             )
             metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, high - position))
-
-
-POSITIONS = PositionBook()

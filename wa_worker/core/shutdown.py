@@ -90,6 +90,3 @@ class Drain:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-
-
-DRAIN = Drain()

@@ -1,6 +1,6 @@
-"""Save records of a topic as a capture file (`wa_worker.capture_file`), so production traffic
-can be replayed locally (`wa-worker replay`) or published again (`wa-worker publish`) with the
-same bytes. Pure line-making apart from `capture`."""
+"""Save records of a topic as a capture file (`wa_worker.models.capture_file`), so production
+traffic can be replayed locally (`wa-worker replay`) or published again (`wa-worker publish`)
+with the same bytes. Pure line-making apart from `capture`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import BinaryIO
 
-from wa_worker import topic_reader
-from wa_worker.capture_file import Headers, record_line
+from wa_worker.cli import topic_reader
+from wa_worker.models.capture_file import Headers, record_line
 from wa_worker.settings import Settings
 
 

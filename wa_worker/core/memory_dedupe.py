@@ -1,6 +1,6 @@
 """The dedupe store in process memory, for offline replays when Redis is not reachable.
 
-Same interface and semantics as the Redis store (`wa_worker.dedupe`): a claim with a lease
+Same interface and semantics as the Redis store (`wa_worker.core.dedupe`): a claim with a lease
 before the handler, attempts recorded with the claim, a done marker after the outcome is
 written, all kept for the dedupe window. What it cannot give is memory across processes:
 duplicates are recognised within one run only.
@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from wa_worker.dedupe import AttemptRecord, ClaimReply, ClaimRequest, DoneMark, dedupe_keys
+from wa_worker.core.dedupe import AttemptRecord, ClaimReply, ClaimRequest, DoneMark, dedupe_keys
 from wa_worker.models.completions import ClaimStatus
 from wa_worker.settings import Settings
 

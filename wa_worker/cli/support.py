@@ -20,8 +20,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from wa_worker.cli.timespec import parse_when
 from wa_worker.errors import WorkerError
-from wa_worker.timespec import parse_when
 
 
 def stdout_console() -> Console:

@@ -8,19 +8,16 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 from confluent_kafka.admin import AdminClient
 
-from wa_worker import health, logs
-from wa_worker.breaker import BREAKER
+from wa_worker.core.handlers import load_callable
+from wa_worker.core.offsets import OffsetReporter
+from wa_worker.core.services import Services
 from wa_worker.errors import ConfigError
-from wa_worker.handlers import load_callable
-from wa_worker.offsets import POSITIONS, OffsetReporter
-from wa_worker.runtime import IoRuntime
+from wa_worker.process import health, logs
 from wa_worker.settings import LogFormat, Settings
-from wa_worker.shutdown import DRAIN
 
 log = logging.getLogger(__name__)
 
@@ -110,24 +107,25 @@ def require_handler(settings: Settings) -> None:
             _exit(f"invalid setting {exc}", settings)
 
 
-def start_process(settings: Settings, paused_reason: Callable[[], str | None]) -> None:
+def start_process(settings: Settings, services: Services) -> None:
     require_handler(settings)
     logs.configure_from(settings)
-    DRAIN.install_signal_handlers(settings.drain_timeout_s)
-    # The dataflow's runtime (IoRuntime.instance) exists by the time a drain can time out.
-    DRAIN.count_unfinished_with(lambda: IoRuntime.instance(settings).unfinished())
-    BREAKER.configure_from(settings)
+    services.drain.install_signal_handlers(settings.drain_timeout_s)
+    services.drain.count_unfinished_with(services.unfinished_calls)
     process_id = bytewax_process_id()
     if port := health_port(settings, process_id):
         try:
-            health.serve(health.HealthApp(health.Probes(settings), DRAIN, paused_reason), port)
+            health.serve(
+                health.HealthApp(health.Probes(settings), services.drain, services.paused_reason),
+                port,
+            )
         except OSError as exc:
             _exit(
                 f"HEALTH_PORT: cannot listen on :{port} for process {process_id} ({exc})", settings
             )
         log.info("health and metrics on :%d (/health /livez /readyz /metrics)", port)
     OffsetReporter(
-        POSITIONS,
+        services.positions,
         settings.consumer_config() | {"bootstrap.servers": settings.kafka_brokers},
         settings.kafka_group_id,
         settings.offsets_report_interval_s,

@@ -10,11 +10,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from wa_worker import topic_reader
-from wa_worker.kafka_produce import produce_waiting
+from wa_worker.cli import topic_reader
+from wa_worker.cli.timespec import from_ms
+from wa_worker.core.kafka_produce import produce_waiting
 from wa_worker.models.records import ErrorClass
 from wa_worker.settings import Settings
-from wa_worker.timespec import from_ms
 
 OutRecord = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # value None: tombstone
 

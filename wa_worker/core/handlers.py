@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from wa_worker import jsonbytes
+from wa_worker.core import jsonbytes
+from wa_worker.core.excerpt import error_excerpt, request_texts
 from wa_worker.errors import ConfigError, PermanentError, TransientError
-from wa_worker.excerpt import error_excerpt, request_texts
 from wa_worker.models.records import WebhookEvent
 from wa_worker.settings import Settings
 

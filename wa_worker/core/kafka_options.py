@@ -32,7 +32,7 @@ _KUBERNETES = re.compile(
     r"|PORT|PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)"
 )
 _PROPERTY = re.compile(r'property:? "([^"]+)"')
-_SILENT = logging.getLogger("wa_worker.kafka_options.check")
+_SILENT = logging.getLogger("wa_worker.core.kafka_options.check")
 _SILENT.addHandler(logging.NullHandler())
 _SILENT.propagate = False
 

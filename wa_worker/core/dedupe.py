@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 import redis
 import redis.asyncio as aioredis
 
-from wa_worker import metrics
+from wa_worker.core import metrics
 from wa_worker.models.completions import ClaimStatus
 from wa_worker.settings import Settings
 
@@ -120,7 +120,7 @@ class DedupeKeys:
 
 class DedupeStore(Protocol):
     """What the I/O runtime needs: Redis (`AsyncDedupeStore`) or, offline, in process memory
-    (`wa_worker.memory_dedupe.MemoryDedupeStore`)."""
+    (`wa_worker.core.memory_dedupe.MemoryDedupeStore`)."""
 
     async def run_batch(
         self,

@@ -26,9 +26,9 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import make_wsgi_app
 from pydantic import BaseModel, ConfigDict, Field
 
-from wa_worker import metrics
+from wa_worker.core import metrics
+from wa_worker.core.shutdown import Drain
 from wa_worker.settings import Settings
-from wa_worker.shutdown import Drain
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]

@@ -19,14 +19,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any
 
-from wa_worker import metrics
-from wa_worker.breaker import BREAKER
-from wa_worker.dedupe import AttemptRecord, ClaimRequest, DedupeStore, DoneMark, redis_store
+from wa_worker.core import metrics
+from wa_worker.core.breaker import CircuitBreaker
+from wa_worker.core.dedupe import AttemptRecord, ClaimRequest, DedupeStore, DoneMark, redis_store
+from wa_worker.core.excerpt import one_line
+from wa_worker.core.handlers import Handler, build_handler, passthrough
 from wa_worker.errors import PermanentError, TransientError
-from wa_worker.excerpt import one_line
-from wa_worker.handlers import Handler, build_handler, passthrough
 from wa_worker.models.completions import (
     ClaimResult,
     ClaimStatus,
@@ -45,19 +45,18 @@ StoreFactory = Callable[[Settings], DedupeStore]
 
 
 class IoRuntime:
-    _instance: ClassVar[IoRuntime | None] = None
-    _instance_lock: ClassVar[threading.Lock] = threading.Lock()
-
     def __init__(
         self,
         settings: Settings,
         handler: Handler | None = None,
         store_factory: StoreFactory = redis_store,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.completions: queue.SimpleQueue[tuple[str, Completion]] = queue.SimpleQueue()
         self._settings = settings
         self._handler = handler or build_handler(settings)
         self._store_factory = store_factory  # Redis, or in-process memory for offline replay
+        self._breaker = breaker or CircuitBreaker(enabled=False)  # told every call's outcome
         self._timeout_s = settings.handler_timeout_ms / 1000
         self._outstanding = 0  # claims and calls submitted, result not yet on `completions`
         self._lock = threading.Lock()
@@ -70,14 +69,6 @@ class IoRuntime:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._setup(), self._loop).result()
         atexit.register(self.close)
-
-    @classmethod
-    def instance(cls, settings: Settings) -> IoRuntime:
-        """One runtime per process, shared by its Bytewax workers."""
-        with cls._instance_lock:
-            if cls._instance is None:
-                cls._instance = IoRuntime(settings)
-            return cls._instance
 
     async def _setup(self) -> None:
         self._store = self._store_factory(self._settings)
@@ -261,7 +252,7 @@ class IoRuntime:
             metrics.HANDLER_LATENCY.observe(latency)
             if outcome.status is not HandleStatus.OK:
                 metrics.FAILED.labels(outcome.status.value).inc()
-            BREAKER.record(answered=outcome.status is not HandleStatus.TRANSIENT)
+            self._breaker.record(answered=outcome.status is not HandleStatus.TRANSIENT)
             self._complete(route_key, replace(outcome, latency_s=latency))
 
 

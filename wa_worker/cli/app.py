@@ -9,11 +9,12 @@ from pathlib import Path
 
 import typer
 
-from wa_worker import capture_file, dlq
-from wa_worker.cli_dlq import dlq_app
-from wa_worker.cli_support import failures_reported
-from wa_worker.cli_tools import capture, topics_app
-from wa_worker.replay import replay_command
+from wa_worker.cli import dlq
+from wa_worker.cli.dlq_commands import dlq_app
+from wa_worker.cli.replay import replay_command
+from wa_worker.cli.support import failures_reported
+from wa_worker.cli.tools import capture, topics_app
+from wa_worker.models import capture_file
 from wa_worker.settings import load_settings_or_exit
 
 app = typer.Typer(
@@ -33,7 +34,7 @@ def main() -> None:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run(ctx: typer.Context) -> None:
-    """Run the dataflow with recovery: `python -m bytewax.run dataflow -r DIR -s S -b B`.
+    """Run the dataflow with recovery: `python -m bytewax.run wa_worker.dataflow -r DIR …`.
 
     Initialises the recovery directory when missing. Extra arguments go to bytewax.run
     (e.g. `-w 2` workers, `-i 0 -a "host1:2101;host2:2101"` for a cluster).
@@ -56,7 +57,9 @@ def run(ctx: typer.Context) -> None:
         sys.executable,
         "-m",
         "bytewax.run",
-        "dataflow",
+        # The package's module, so an installed wheel runs without a checkout; from a working
+        # directory holding wa_worker/ (a checkout, waxctl's tarball), that copy is the one.
+        "wa_worker.dataflow",
         "-r",
         str(recovery),
         "-s",
@@ -70,7 +73,7 @@ def run(ctx: typer.Context) -> None:
     os.execv(sys.executable, argv)
 
 
-app.command("replay")(replay_command)  # offline: the dataflow on a file (wa_worker/replay.py)
+app.command("replay")(replay_command)  # offline: the dataflow on a file (cli/replay.py)
 
 
 @app.command()
@@ -84,7 +87,7 @@ def publish(
 ) -> None:
     """Publish a capture file's records to the inbound topic, to feed a running worker.
 
-    Lines are read as replay reads them (wa_worker/capture_file.py). Bad lines are not sent:
+    Lines are read as replay reads them (wa_worker/models/capture_file.py). Bad lines are not sent:
     each is named (FILE:LINE: reason) and the command exits 1 after sending the others."""
     settings = load_settings_or_exit()
     bad = capture_file.BadLines(path)

@@ -7,11 +7,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from wa_worker import capture as capturing
-from wa_worker.cli_support import failures_reported, progress, stdout_console, when
+from wa_worker.cli import capture as capturing
+from wa_worker.cli.support import failures_reported, progress, stdout_console, when
+from wa_worker.cli.topic_reader import ReadRequest, parse_offset_specs
+from wa_worker.cli.topics import DLQ_RETENTION_DAYS, RETENTION_DAYS, ensure_topics, worker_topics
 from wa_worker.settings import load_settings_or_exit
-from wa_worker.topic_reader import ReadRequest, parse_offset_specs
-from wa_worker.topics import DLQ_RETENTION_DAYS, RETENTION_DAYS, ensure_topics, worker_topics
 
 topics_app = typer.Typer(help="Create the worker's Kafka topics.", no_args_is_help=True)
 

@@ -1,0 +1,1 @@
+"""The operator CLI (`wa-worker`) and the logic of its commands."""

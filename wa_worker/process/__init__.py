@@ -1,0 +1,1 @@
+"""Process set-up: start-up checks, the health server, logging."""
