@@ -9,11 +9,15 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Iterator
-from typing import Any, TypeGuard, TypeVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import repeat
+from typing import Any, TypeGuard
 
 from bytewax.connectors.kafka import KafkaSourceMessage
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from operators.salvage import BadPart, salvage_entries, salvage_value, summary
 from wa_worker import metrics
 from wa_worker.errors import InputError, SignatureError
 from wa_worker.models.records import (
@@ -26,26 +30,32 @@ from wa_worker.models.records import (
     WebhookEvent,
 )
 from wa_worker.models.webhook import Entry, Value, WebhookPayload
+from wa_worker.timespec import from_ms
 
 WHATSAPP_OBJECT = "whatsapp_business_account"
 SIGNATURE_HEADER = "X-Hub-Signature-256"
-M = TypeVar("M", bound=BaseModel)
 
 
 def parse_record(
-    raw: bytes | None, source: SourcePosition | None, app_secret: bytes | None = None
+    raw: bytes | None,
+    source: SourcePosition | None,
+    app_secret: bytes | None = None,
+    received_ms: int | None = None,
 ) -> list[WebhookEvent | DeadLetter]:
-    """Split one inbound record into events; anything unusable becomes one DeadLetter."""
+    """Split one inbound record into events. A part that fails validation (an entry, a change,
+    a messages value, a message, a status) is a DeadLetter of its own among them; a record with
+    nothing usable is one DeadLetter. `received_ms`: the record's Kafka time, which stands in
+    for an unusable envelope timestamp (else the current time)."""
     webhook_id: str | None = None
     try:
-        envelope = _load_envelope(raw)
+        envelope, received_at, coerced = _load_envelope(raw, received_ms)
         webhook_id = envelope.id
-        payload = _load_payload(envelope, app_secret)
-        carried = raw if raw is not None and len(raw) <= ENVELOPE_CARRY_LIMIT else None
-        events = list(_split(envelope, payload, source, carried))
-        if not events:
+        entries = _load_entries(envelope, app_secret)
+        hook = _Webhook(raw or b"", source, envelope, received_at, coerced)
+        out = list(_split(hook, entries))
+        if not out:
             raise InputError("webhook has no changes", ErrorClass.INVALID_PAYLOAD)
-        return list(events)
+        return out
     except InputError as exc:
         error_class = ErrorClass(exc.reason)
         reason = str(exc)
@@ -61,6 +71,43 @@ def parse_record(
             original=raw if raw is not None else b"",
         )
     ]
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a µs on the hot path
+class _Webhook:
+    """What the events and dead letters of one record share."""
+
+    raw: bytes
+    source: SourcePosition | None
+    envelope: Envelope
+    received_at: datetime | None
+    coerced: tuple[str, ...]  # envelope-level: ("received_at",) or ()
+
+    @property
+    def carried(self) -> bytes | None:
+        return self.raw if len(self.raw) <= ENVELOPE_CARRY_LIMIT else None
+
+    def letter(self, bad: BadPart, entry: Any, event_key: str | None = None) -> DeadLetter:
+        """A dead letter for one bad part, carrying the original bytes (or, for a large record,
+        an envelope rebuilt around `entry`, the entry holding just that part)."""
+        carried = self.carried
+        if carried is None:
+            rebuilt = {
+                "id": self.envelope.id,
+                "headers": self.envelope.headers,
+                "body": {"object": WHATSAPP_OBJECT, "entry": [entry]},
+                "timestamp": self.received_at.isoformat() if self.received_at else None,
+            }
+            carried = json.dumps(rebuilt).encode()
+        return DeadLetter(
+            error_class=ErrorClass.INVALID_PAYLOAD,
+            reason=f"invalid {bad.what}: {bad.reason}"[:500],
+            webhook_id=self.envelope.id,
+            event_key=event_key,
+            source=self.source,
+            original=carried,
+            rebuilt=len(self.raw) > ENVELOPE_CARRY_LIMIT,
+        )
 
 
 def verify_signature(body: bytes, header: str | None, app_secret: bytes) -> None:
@@ -103,7 +150,9 @@ def _check_depth(text: bytes | str, data: Any) -> None:
             level.extend((v, depth + 1) for v in value)
 
 
-def _load_envelope(raw: bytes | None) -> Envelope:
+def _load_envelope(
+    raw: bytes | None, received_ms: int | None
+) -> tuple[Envelope, datetime | None, tuple[str, ...]]:
     if not raw:
         raise InputError("empty record", ErrorClass.INVALID_ENVELOPE)
     try:
@@ -112,12 +161,20 @@ def _load_envelope(raw: bytes | None) -> Envelope:
         raise InputError(f"envelope is not JSON: {exc}"[:300], ErrorClass.INVALID_JSON) from exc
     _check_depth(raw, data)
     try:
-        return Envelope.model_validate(data)
+        envelope = Envelope.model_validate(data)
+        return envelope, envelope.timestamp, ()
     except ValidationError as exc:
-        raise InputError(f"invalid envelope: {_summary(exc)}", ErrorClass.INVALID_ENVELOPE) from exc
+        if not isinstance(data, dict) or any(e["loc"][:1] != ("timestamp",) for e in exc.errors()):
+            raise InputError(
+                f"invalid envelope: {_summary(exc)}", ErrorClass.INVALID_ENVELOPE
+            ) from exc
+    # The timestamp only dates the webhook: the receive time stands in for it, and the events
+    # say so, rather than the webhook being lost to a dead letter no re-drive can mend.
+    envelope = Envelope.model_validate({k: v for k, v in data.items() if k != "timestamp"})
+    return envelope, from_ms(received_ms) or datetime.now(UTC), ("received_at",)
 
 
-def _load_payload(envelope: Envelope, app_secret: bytes | None) -> WebhookPayload:
+def _load_entries(envelope: Envelope, app_secret: bytes | None) -> list[Entry | BadPart]:
     body: Any = envelope.body
     if isinstance(body, str):
         if app_secret is not None:
@@ -130,43 +187,59 @@ def _load_payload(envelope: Envelope, app_secret: bytes | None) -> WebhookPayloa
         except (ValueError, RecursionError) as exc:
             raise InputError(f"body is not JSON: {exc}"[:300], ErrorClass.INVALID_JSON) from exc
         _check_depth(text, body)
-    payload = _validated(WebhookPayload, body, "not a WhatsApp payload")
-    if payload.object != WHATSAPP_OBJECT:
+    entries: list[Entry | BadPart]
+    try:
+        payload = WebhookPayload.model_validate(body)
+        kind, entries = payload.object, list(payload.entry)
+    except ValidationError as exc:
+        entries = salvage_entries(body, exc)  # raises when the payload itself is unusable
+        kind = body["object"]
+    if kind != WHATSAPP_OBJECT:
         raise InputError(
-            f"not a WhatsApp payload: object is {payload.object[:80]!r}", ErrorClass.INVALID_PAYLOAD
+            f"not a WhatsApp payload: object is {kind[:80]!r}", ErrorClass.INVALID_PAYLOAD
         )
-    return payload
+    return entries
 
 
-def _split(
-    envelope: Envelope,
-    payload: WebhookPayload,
-    source: SourcePosition | None,
-    carried: bytes | None,
-) -> Iterator[WebhookEvent]:
+def _split(hook: _Webhook, entries: list[Entry | BadPart]) -> Iterator[WebhookEvent | DeadLetter]:
+    envelope = hook.envelope
     common: dict[str, Any] = {
         "webhook_id": envelope.id,
-        "object": payload.object,
+        "object": WHATSAPP_OBJECT,
         "envelope_headers": envelope.headers,
-        "received_at": envelope.timestamp,
-        "source": source,
-        "envelope_raw": carried,
+        "received_at": hook.received_at,
+        "source": hook.source,
+        "envelope_raw": hook.carried,
     }
-    for entry in payload.entry:
+    for entry in entries:
+        if isinstance(entry, BadPart):
+            yield hook.letter(entry, entry.container)
+            continue
         for change in entry.changes:
             if change.field == "messages":
-                yield from _split_messages_value(entry, change.value, common)
+                yield from _split_messages_value(hook, entry, change.value, common)
             else:
-                yield _change_event(entry, change.field, change.value, common)
+                yield _change_event(entry, change.field, change.value, common, hook.coerced)
 
 
 def _split_messages_value(
-    entry: Entry, raw_value: dict[str, Any], common: dict[str, Any]
-) -> Iterator[WebhookEvent]:
-    value = _validated(Value, raw_value, "invalid messages value")
+    hook: _Webhook, entry: Entry, raw_value: dict[str, Any], common: dict[str, Any]
+) -> Iterator[WebhookEvent | DeadLetter]:
+    coerced = hook.coerced
+    flags: dict[str, list[tuple[str, ...]]] = {}
+    bad: list[BadPart] = []
+    try:
+        value = Value.model_validate(raw_value)
+    except ValidationError as exc:
+        salvaged = salvage_value(raw_value, exc)
+        if isinstance(salvaged, BadPart):
+            yield hook.letter(salvaged, _entry_with(entry, salvaged.container))
+            return
+        value, raw_value, bad = salvaged.value, salvaged.raw, salvaged.bad
+        coerced, flags = coerced + salvaged.coerced, salvaged.item_coerced
     phone_number_id = value.metadata.phone_number_id if value.metadata else None
     business = phone_number_id or "-"  # Meta always sends metadata; never key on "None"
-    # Events carry the dicts as received: validation checks types, it does not rewrite values.
+    # Events carry the dicts as received (bar coercions): validation does not rewrite values.
     context = {k: v for k, v in raw_value.items() if k not in ("messages", "statuses", "errors")}
     base = {
         **common,
@@ -177,8 +250,13 @@ def _split_messages_value(
         "value_context": context,
     }
     contacts = value.contacts or []
-    for message, raw_message in zip(
-        value.messages or [], raw_value.get("messages") or [], strict=True
+    messages, statuses = value.messages or [], value.statuses or []
+    # `flags`: each item's own coercions, none when the value validated at once.
+    for message, raw_message, own in zip(
+        messages,
+        raw_value.get("messages") or [],
+        flags.get("messages") or repeat((), len(messages)),
+        strict=True,
     ):
         contact = contacts[0] if contacts else None
         customer = (
@@ -192,10 +270,14 @@ def _split_messages_value(
             kind=EventKind.MESSAGE,
             wa_id=customer,
             payload=raw_message,
+            coerced=coerced + own,
             **base,
         )
-    for status, raw_status in zip(
-        value.statuses or [], raw_value.get("statuses") or [], strict=True
+    for status, raw_status, own in zip(
+        statuses,
+        raw_value.get("statuses") or [],
+        flags.get("statuses") or repeat((), len(statuses)),
+        strict=True,
     ):
         customer = status.recipient_id or status.recipient_user_id
         yield WebhookEvent(
@@ -204,23 +286,60 @@ def _split_messages_value(
             kind=EventKind.STATUS,
             wa_id=customer,
             payload=raw_status,
+            coerced=coerced + own,
             **base,
         )
     for raw_error in raw_value.get("errors") or []:
         yield WebhookEvent(
-            event_key="error:" + content_hash(phone_number_id, raw_error),
+            event_key=_error_key(phone_number_id, raw_error),
             conversation_key=f"{business}:-",
             kind=EventKind.ERROR,
             payload=raw_error,
+            coerced=coerced,
             **base,
         )
-    if not (value.messages or value.statuses or value.errors):
+    for part in bad:
+        key = _bad_item_key(part, phone_number_id)
+        yield hook.letter(part, _entry_with(entry, part.container), key)
+    if not (value.messages or value.statuses or value.errors or bad):
         # A messages change with nothing we split on is still passed on, never dropped.
-        yield _change_event(entry, "messages", raw_value, common)
+        yield _change_event(entry, "messages", raw_value, common, coerced)
+
+
+def _error_key(phone_number_id: str | None, raw_error: Any) -> str:
+    return "error:" + content_hash(phone_number_id, raw_error)
+
+
+def _bad_item_key(part: BadPart, phone_number_id: str | None) -> str | None:
+    """The event key the item would have had, when its own fields still give it."""
+    item = part.item
+    if part.what == "error":
+        return _error_key(phone_number_id, item)
+    if not isinstance(item, dict):
+        return None
+    wamid = item.get("id")
+    if not isinstance(wamid, str) or not wamid:
+        return None
+    if part.what == "message":
+        return wamid
+    state = item.get("status")
+    return f"{wamid}:{state}" if isinstance(state, str) and state else None
+
+
+def _entry_with(entry: Entry, value: Any) -> dict[str, Any]:
+    """The entry holding just one messages value, for a rebuilt envelope."""
+    out: dict[str, Any] = {"id": entry.id, "changes": [{"field": "messages", "value": value}]}
+    if entry.time is not None:
+        out["time"] = entry.time
+    return out
 
 
 def _change_event(
-    entry: Entry, field: str, value: dict[str, Any], common: dict[str, Any]
+    entry: Entry,
+    field: str,
+    value: dict[str, Any],
+    common: dict[str, Any],
+    coerced: tuple[str, ...],
 ) -> WebhookEvent:
     return WebhookEvent(
         event_key=f"change:{field}:" + content_hash(entry.id, entry.time, field, value),
@@ -230,15 +349,9 @@ def _change_event(
         entry_id=entry.id,
         entry_time=entry.time,
         payload=value,
+        coerced=coerced,
         **common,
     )
-
-
-def _validated(model: type[M], data: Any, what: str) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise InputError(f"{what}: {_summary(exc)}", ErrorClass.INVALID_PAYLOAD) from exc
 
 
 def content_hash(*parts: Any) -> str:
@@ -246,13 +359,8 @@ def content_hash(*parts: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def _summary(exc: ValidationError, limit: int = 3) -> str:
-    parts = []
-    for error in exc.errors()[:limit]:
-        loc = ".".join(str(p) for p in error["loc"]) or "(root)"
-        parts.append(f"{loc}: {error['msg']}")
-    more = exc.error_count() - limit
-    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+def _summary(exc: ValidationError) -> str:
+    return summary(exc.errors())
 
 
 def parse_batch(
@@ -273,6 +381,8 @@ def parse_batch(
                     topic=msg.topic or "", partition=msg.partition or 0, offset=msg.offset or 0
                 ),
                 app_secret,
+                # (type, ms): type 0 is "no timestamp"
+                msg.timestamp[1] if msg.timestamp and msg.timestamp[0] else None,
             )
             for item in parsed:
                 if isinstance(item, WebhookEvent):
