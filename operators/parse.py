@@ -91,14 +91,15 @@ class _Webhook:
         """A dead letter for one bad part, carrying the original bytes (or, for a large record,
         an envelope rebuilt around `entry`, the entry holding just that part)."""
         carried = self.carried
+        rebuilt = carried is None
         if carried is None:
-            rebuilt = {
+            envelope = {
                 "id": self.envelope.id,
                 "headers": self.envelope.headers,
                 "body": {"object": WHATSAPP_OBJECT, "entry": [entry]},
                 "timestamp": self.received_at.isoformat() if self.received_at else None,
             }
-            carried = json.dumps(rebuilt).encode()
+            carried = json.dumps(envelope).encode()
         return DeadLetter(
             error_class=ErrorClass.INVALID_PAYLOAD,
             reason=f"invalid {bad.what}: {bad.reason}"[:500],
@@ -106,7 +107,7 @@ class _Webhook:
             event_key=event_key,
             source=self.source,
             original=carried,
-            rebuilt=len(self.raw) > ENVELOPE_CARRY_LIMIT,
+            rebuilt=rebuilt,
         )
 
 

@@ -85,7 +85,10 @@ def salvage_entries(body: Any, exc: ValidationError) -> list[Entry | BadPart]:
         if index in bad_entries:
             out.append(BadPart("entry", summary(bad_entries[index]), raw_entry))
             continue
-        bad = bad_changes.get(index, {})
+        bad = bad_changes.get(index)
+        if bad is None:
+            out.append(Entry.model_validate(raw_entry))
+            continue
         changes = raw_entry["changes"]
         kept = [change for j, change in enumerate(changes) if j not in bad]
         out.append(Entry.model_validate({**raw_entry, "changes": kept}))

@@ -1200,6 +1200,14 @@ def test_a_bad_entry_is_dead_lettered_and_other_entries_go_on() -> None:
     assert dl.reason.startswith("invalid entry: entry.0.id"), dl.reason
 
 
+def test_an_entry_without_changes_beside_a_bad_one_is_no_error() -> None:
+    payload = messages_body(MESSAGE_TYPES["text"])
+    payload["entry"] += [{"id": "1", "time": 1}, {"changes": []}]  # no changes; no id
+    (event,), (dl,) = _split_out(wrap(payload))
+    assert event.event_key == wamid(1)
+    assert dl.reason.startswith("invalid entry: entry.2.id"), dl.reason
+
+
 def test_a_value_whose_items_are_all_bad_is_only_dead_letters() -> None:
     bad = [{**MESSAGE_TYPES["text"], "id": wamid(n), "text": 5} for n in (1, 2)]
     out = parse(wrap(messages_body(*bad)))

@@ -55,6 +55,7 @@ def check(raw: bytes | None, app_secret: bytes | None = None) -> list[WebhookEve
     for dl in dead:
         assert dl.error_class in PARSE_CLASSES
         assert dl.reason and len(dl.reason) <= 2000
+        assert not dl.reason.startswith("unparseable input"), dl.reason  # no parser bug hit
         assert dl.source == SOURCE
         assert dl.event is None
         if dl.is_rebuilt():
