@@ -8,10 +8,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from itertools import repeat
 from typing import Any, TypeGuard
 
 from bytewax.connectors.kafka import KafkaSourceMessage
@@ -51,8 +49,15 @@ def parse_record(
         envelope, received_at, coerced = _load_envelope(raw, received_ms)
         webhook_id = envelope.id
         entries = _load_entries(envelope, app_secret)
-        hook = _Webhook(raw or b"", source, envelope, received_at, coerced)
-        out = list(_split(hook, entries))
+        common: dict[str, Any] = {  # what every event of the record shares
+            "webhook_id": envelope.id,
+            "object": WHATSAPP_OBJECT,
+            "envelope_headers": envelope.headers,
+            "received_at": received_at,
+            "source": source,
+            "envelope_raw": raw if raw is not None and len(raw) <= ENVELOPE_CARRY_LIMIT else None,
+        }
+        out = list(_split(entries, common, coerced))
         if not out:
             raise InputError("webhook has no changes", ErrorClass.INVALID_PAYLOAD)
         return out
@@ -73,42 +78,32 @@ def parse_record(
     ]
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a µs on the hot path
-class _Webhook:
-    """What the events and dead letters of one record share."""
+def _part_letter(
+    bad: BadPart, entry: Any, common: dict[str, Any], event_key: str | None = None
+) -> DeadLetter:
+    """A dead letter for one bad part of a record, carrying the record's bytes or, for a large
+    record (bytes not carried), an envelope rebuilt around `entry`, the entry holding the part."""
+    carried: bytes | None = common["envelope_raw"]
+    return DeadLetter(
+        error_class=ErrorClass.INVALID_PAYLOAD,
+        reason=f"invalid {bad.what}: {bad.reason}"[:500],
+        webhook_id=common["webhook_id"],
+        event_key=event_key,
+        source=common["source"],
+        original=carried if carried is not None else _rebuilt_envelope(entry, common),
+        rebuilt=carried is None,
+    )
 
-    raw: bytes
-    source: SourcePosition | None
-    envelope: Envelope
-    received_at: datetime | None
-    coerced: tuple[str, ...]  # envelope-level: ("received_at",) or ()
 
-    @property
-    def carried(self) -> bytes | None:
-        return self.raw if len(self.raw) <= ENVELOPE_CARRY_LIMIT else None
-
-    def letter(self, bad: BadPart, entry: Any, event_key: str | None = None) -> DeadLetter:
-        """A dead letter for one bad part, carrying the original bytes (or, for a large record,
-        an envelope rebuilt around `entry`, the entry holding just that part)."""
-        carried = self.carried
-        rebuilt = carried is None
-        if carried is None:
-            envelope = {
-                "id": self.envelope.id,
-                "headers": self.envelope.headers,
-                "body": {"object": WHATSAPP_OBJECT, "entry": [entry]},
-                "timestamp": self.received_at.isoformat() if self.received_at else None,
-            }
-            carried = json.dumps(envelope).encode()
-        return DeadLetter(
-            error_class=ErrorClass.INVALID_PAYLOAD,
-            reason=f"invalid {bad.what}: {bad.reason}"[:500],
-            webhook_id=self.envelope.id,
-            event_key=event_key,
-            source=self.source,
-            original=carried,
-            rebuilt=rebuilt,
-        )
+def _rebuilt_envelope(entry: Any, common: dict[str, Any]) -> bytes:
+    received_at: datetime | None = common["received_at"]
+    envelope = {
+        "id": common["webhook_id"],
+        "headers": common["envelope_headers"],
+        "body": {"object": WHATSAPP_OBJECT, "entry": [entry]},
+        "timestamp": received_at.isoformat() if received_at else None,
+    }
+    return json.dumps(envelope).encode()
 
 
 def verify_signature(body: bytes, header: str | None, app_secret: bytes) -> None:
@@ -175,7 +170,7 @@ def _load_envelope(
     return envelope, from_ms(received_ms) or datetime.now(UTC), ("received_at",)
 
 
-def _load_entries(envelope: Envelope, app_secret: bytes | None) -> list[Entry | BadPart]:
+def _load_entries(envelope: Envelope, app_secret: bytes | None) -> Sequence[Entry | BadPart]:
     body: Any = envelope.body
     if isinstance(body, str):
         if app_secret is not None:
@@ -188,10 +183,10 @@ def _load_entries(envelope: Envelope, app_secret: bytes | None) -> list[Entry | 
         except (ValueError, RecursionError) as exc:
             raise InputError(f"body is not JSON: {exc}"[:300], ErrorClass.INVALID_JSON) from exc
         _check_depth(text, body)
-    entries: list[Entry | BadPart]
+    entries: Sequence[Entry | BadPart]
     try:
         payload = WebhookPayload.model_validate(body)
-        kind, entries = payload.object, list(payload.entry)
+        kind, entries = payload.object, payload.entry
     except ValidationError as exc:
         entries = salvage_entries(body, exc)  # raises when the payload itself is unusable
         kind = body["object"]
@@ -202,42 +197,36 @@ def _load_entries(envelope: Envelope, app_secret: bytes | None) -> list[Entry | 
     return entries
 
 
-def _split(hook: _Webhook, entries: list[Entry | BadPart]) -> Iterator[WebhookEvent | DeadLetter]:
-    envelope = hook.envelope
-    common: dict[str, Any] = {
-        "webhook_id": envelope.id,
-        "object": WHATSAPP_OBJECT,
-        "envelope_headers": envelope.headers,
-        "received_at": hook.received_at,
-        "source": hook.source,
-        "envelope_raw": hook.carried,
-    }
+def _split(
+    entries: Sequence[Entry | BadPart], common: dict[str, Any], coerced: tuple[str, ...]
+) -> Iterator[WebhookEvent | DeadLetter]:
+    """`coerced`: what the envelope had coerced, shared by every event."""
     for entry in entries:
         if isinstance(entry, BadPart):
-            yield hook.letter(entry, entry.container)
+            yield _part_letter(entry, entry.container, common)
             continue
         for change in entry.changes:
             if change.field == "messages":
-                yield from _split_messages_value(hook, entry, change.value, common)
+                yield from _split_messages_value(entry, change.value, common, coerced)
             else:
-                yield _change_event(entry, change.field, change.value, common, hook.coerced)
+                yield _flag(_change_event(entry, change.field, change.value, common), coerced)
 
 
 def _split_messages_value(
-    hook: _Webhook, entry: Entry, raw_value: dict[str, Any], common: dict[str, Any]
+    entry: Entry, raw_value: dict[str, Any], common: dict[str, Any], coerced: tuple[str, ...]
 ) -> Iterator[WebhookEvent | DeadLetter]:
-    coerced = hook.coerced
-    flags: dict[str, list[tuple[str, ...]]] = {}
+    flags: dict[str, list[tuple[str, ...]]] = {}  # each kept item's own coercions
     bad: list[BadPart] = []
     try:
         value = Value.model_validate(raw_value)
     except ValidationError as exc:
         salvaged = salvage_value(raw_value, exc)
         if isinstance(salvaged, BadPart):
-            yield hook.letter(salvaged, _entry_with(entry, salvaged.container))
+            yield _part_letter(salvaged, _entry_with(entry, salvaged.container), common)
             return
         value, raw_value, bad = salvaged.value, salvaged.raw, salvaged.bad
         coerced, flags = coerced + salvaged.coerced, salvaged.item_coerced
+    flagged = bool(coerced or flags)  # checked once: valid input skips all of it
     phone_number_id = value.metadata.phone_number_id if value.metadata else None
     business = phone_number_id or "-"  # Meta always sends metadata; never key on "None"
     # Events carry the dicts as received (bar coercions): validation does not rewrite values.
@@ -251,13 +240,9 @@ def _split_messages_value(
         "value_context": context,
     }
     contacts = value.contacts or []
-    messages, statuses = value.messages or [], value.statuses or []
-    # `flags`: each item's own coercions, none when the value validated at once.
-    for message, raw_message, own in zip(
-        messages,
-        raw_value.get("messages") or [],
-        flags.get("messages") or repeat((), len(messages)),
-        strict=True,
+    own = iter(flags.get("messages", ()))
+    for message, raw_message in zip(
+        value.messages or [], raw_value.get("messages") or [], strict=True
     ):
         contact = contacts[0] if contacts else None
         customer = (
@@ -265,46 +250,50 @@ def _split_messages_value(
             or message.from_user_id
             or (contact.wa_id or contact.user_id if contact else None)
         )
-        yield WebhookEvent(
+        event = WebhookEvent(
             event_key=message.id,
             conversation_key=f"{business}:{customer or '-'}",
             kind=EventKind.MESSAGE,
             wa_id=customer,
             payload=raw_message,
-            coerced=coerced + own,
             **base,
         )
-    for status, raw_status, own in zip(
-        statuses,
-        raw_value.get("statuses") or [],
-        flags.get("statuses") or repeat((), len(statuses)),
-        strict=True,
+        yield _flag(event, coerced + next(own, ())) if flagged else event
+    own = iter(flags.get("statuses", ()))
+    for status, raw_status in zip(
+        value.statuses or [], raw_value.get("statuses") or [], strict=True
     ):
         customer = status.recipient_id or status.recipient_user_id
-        yield WebhookEvent(
+        event = WebhookEvent(
             event_key=f"{status.id}:{status.status}",
             conversation_key=f"{business}:{customer or '-'}",
             kind=EventKind.STATUS,
             wa_id=customer,
             payload=raw_status,
-            coerced=coerced + own,
             **base,
         )
+        yield _flag(event, coerced + next(own, ())) if flagged else event
     for raw_error in raw_value.get("errors") or []:
-        yield WebhookEvent(
+        event = WebhookEvent(
             event_key=_error_key(phone_number_id, raw_error),
             conversation_key=f"{business}:-",
             kind=EventKind.ERROR,
             payload=raw_error,
-            coerced=coerced,
             **base,
         )
+        yield _flag(event, coerced) if flagged else event
     for part in bad:
         key = _bad_item_key(part, phone_number_id)
-        yield hook.letter(part, _entry_with(entry, part.container), key)
+        yield _part_letter(part, _entry_with(entry, part.container), common, key)
     if not (value.messages or value.statuses or value.errors or bad):
         # A messages change with nothing we split on is still passed on, never dropped.
-        yield _change_event(entry, "messages", raw_value, common, coerced)
+        yield _flag(_change_event(entry, "messages", raw_value, common), coerced)
+
+
+def _flag(event: WebhookEvent, coerced: tuple[str, ...]) -> WebhookEvent:
+    """The event with the fields the worker rewrote. Set after building it, and only when
+    there are some: passing even an empty `coerced` costs every event its validation."""
+    return event.model_copy(update={"coerced": coerced}) if coerced else event
 
 
 def _error_key(phone_number_id: str | None, raw_error: Any) -> str:
@@ -336,11 +325,7 @@ def _entry_with(entry: Entry, value: Any) -> dict[str, Any]:
 
 
 def _change_event(
-    entry: Entry,
-    field: str,
-    value: dict[str, Any],
-    common: dict[str, Any],
-    coerced: tuple[str, ...],
+    entry: Entry, field: str, value: dict[str, Any], common: dict[str, Any]
 ) -> WebhookEvent:
     return WebhookEvent(
         event_key=f"change:{field}:" + content_hash(entry.id, entry.time, field, value),
@@ -350,7 +335,6 @@ def _change_event(
         entry_id=entry.id,
         entry_time=entry.time,
         payload=value,
-        coerced=coerced,
         **common,
     )
 
