@@ -1,4 +1,5 @@
-"""Parse an inbound Kafka record into WhatsApp events, or a dead letter saying why not.
+"""Parse an inbound Kafka record into WhatsApp events, and dead letters saying why not for
+whatever part of it is unusable (operators/salvage.py finds which).
 
 No I/O. Whatever the bytes, `parse_record` returns a list; it never raises.
 """
