@@ -1,4 +1,5 @@
-"""Parse an inbound Kafka record into WhatsApp events, or a dead letter saying why not.
+"""Parse an inbound Kafka record into WhatsApp events, and dead letters saying why not for
+whatever part of it is unusable (operators/salvage.py finds which).
 
 No I/O. Whatever the bytes, `parse_record` returns a list; it never raises.
 """
@@ -8,13 +9,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterator
-from typing import Any, TypeGuard, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeGuard
 
 from bytewax.connectors.kafka import KafkaSourceMessage
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from wa_worker.core import metrics
+from wa_worker.core.timespec import from_ms
 from wa_worker.errors import InputError, SignatureError
 from wa_worker.models.records import (
     ENVELOPE_CARRY_LIMIT,
@@ -26,26 +29,39 @@ from wa_worker.models.records import (
     WebhookEvent,
 )
 from wa_worker.models.webhook import Entry, Value, WebhookPayload
+from wa_worker.operators.salvage import BadPart, salvage_entries, salvage_value, summary
 
 WHATSAPP_OBJECT = "whatsapp_business_account"
 SIGNATURE_HEADER = "X-Hub-Signature-256"
-M = TypeVar("M", bound=BaseModel)
 
 
 def parse_record(
-    raw: bytes | None, source: SourcePosition | None, app_secret: bytes | None = None
+    raw: bytes | None,
+    source: SourcePosition | None,
+    app_secret: bytes | None = None,
+    received_ms: int | None = None,
 ) -> list[WebhookEvent | DeadLetter]:
-    """Split one inbound record into events; anything unusable becomes one DeadLetter."""
+    """Split one inbound record into events. A part that fails validation (an entry, a change,
+    a messages value, a message, a status) is a DeadLetter of its own among them; a record with
+    nothing usable is one DeadLetter. `received_ms`: the record's Kafka time, which stands in
+    for an unusable envelope timestamp (else the current time)."""
     webhook_id: str | None = None
     try:
-        envelope = _load_envelope(raw)
+        envelope, received_at, coerced = _load_envelope(raw, received_ms)
         webhook_id = envelope.id
-        payload = _load_payload(envelope, app_secret)
-        carried = raw if raw is not None and len(raw) <= ENVELOPE_CARRY_LIMIT else None
-        events = list(_split(envelope, payload, source, carried))
-        if not events:
+        entries = _load_entries(envelope, app_secret)
+        common: dict[str, Any] = {  # what every event of the record shares
+            "webhook_id": envelope.id,
+            "object": WHATSAPP_OBJECT,
+            "envelope_headers": envelope.headers,
+            "received_at": received_at,
+            "source": source,
+            "envelope_raw": raw if raw is not None and len(raw) <= ENVELOPE_CARRY_LIMIT else None,
+        }
+        out = list(_split(entries, common, coerced))
+        if not out:
             raise InputError("webhook has no changes", ErrorClass.INVALID_PAYLOAD)
-        return list(events)
+        return out
     except InputError as exc:
         error_class = ErrorClass(exc.reason)
         reason = str(exc)
@@ -61,6 +77,34 @@ def parse_record(
             original=raw if raw is not None else b"",
         )
     ]
+
+
+def _part_letter(
+    bad: BadPart, entry: Any, common: dict[str, Any], event_key: str | None = None
+) -> DeadLetter:
+    """A dead letter for one bad part of a record, carrying the record's bytes or, for a large
+    record (bytes not carried), an envelope rebuilt around `entry`, the entry holding the part."""
+    carried: bytes | None = common["envelope_raw"]
+    return DeadLetter(
+        error_class=ErrorClass.INVALID_PAYLOAD,
+        reason=f"invalid {bad.what}: {bad.reason}"[:500],
+        webhook_id=common["webhook_id"],
+        event_key=event_key,
+        source=common["source"],
+        original=carried if carried is not None else _rebuilt_envelope(entry, common),
+        rebuilt=carried is None,
+    )
+
+
+def _rebuilt_envelope(entry: Any, common: dict[str, Any]) -> bytes:
+    received_at: datetime | None = common["received_at"]
+    envelope = {
+        "id": common["webhook_id"],
+        "headers": common["envelope_headers"],
+        "body": {"object": WHATSAPP_OBJECT, "entry": [entry]},
+        "timestamp": received_at.isoformat() if received_at else None,
+    }
+    return json.dumps(envelope).encode()
 
 
 def verify_signature(body: bytes, header: str | None, app_secret: bytes) -> None:
@@ -103,7 +147,9 @@ def _check_depth(text: bytes | str, data: Any) -> None:
             level.extend((v, depth + 1) for v in value)
 
 
-def _load_envelope(raw: bytes | None) -> Envelope:
+def _load_envelope(
+    raw: bytes | None, received_ms: int | None
+) -> tuple[Envelope, datetime | None, tuple[str, ...]]:
     if not raw:
         raise InputError("empty record", ErrorClass.INVALID_ENVELOPE)
     try:
@@ -112,12 +158,20 @@ def _load_envelope(raw: bytes | None) -> Envelope:
         raise InputError(f"envelope is not JSON: {exc}"[:300], ErrorClass.INVALID_JSON) from exc
     _check_depth(raw, data)
     try:
-        return Envelope.model_validate(data)
+        envelope = Envelope.model_validate(data)
+        return envelope, envelope.timestamp, ()
     except ValidationError as exc:
-        raise InputError(f"invalid envelope: {_summary(exc)}", ErrorClass.INVALID_ENVELOPE) from exc
+        if not isinstance(data, dict) or any(e["loc"][:1] != ("timestamp",) for e in exc.errors()):
+            raise InputError(
+                f"invalid envelope: {_summary(exc)}", ErrorClass.INVALID_ENVELOPE
+            ) from exc
+    # The timestamp only dates the webhook: the receive time stands in for it, and the events
+    # say so, rather than the webhook being lost to a dead letter no re-drive can mend.
+    envelope = Envelope.model_validate({k: v for k, v in data.items() if k != "timestamp"})
+    return envelope, from_ms(received_ms) or datetime.now(UTC), ("received_at",)
 
 
-def _load_payload(envelope: Envelope, app_secret: bytes | None) -> WebhookPayload:
+def _load_entries(envelope: Envelope, app_secret: bytes | None) -> Sequence[Entry | BadPart]:
     body: Any = envelope.body
     if isinstance(body, str):
         if app_secret is not None:
@@ -130,43 +184,53 @@ def _load_payload(envelope: Envelope, app_secret: bytes | None) -> WebhookPayloa
         except (ValueError, RecursionError) as exc:
             raise InputError(f"body is not JSON: {exc}"[:300], ErrorClass.INVALID_JSON) from exc
         _check_depth(text, body)
-    payload = _validated(WebhookPayload, body, "not a WhatsApp payload")
-    if payload.object != WHATSAPP_OBJECT:
+    entries: Sequence[Entry | BadPart]
+    try:
+        payload = WebhookPayload.model_validate(body)
+        kind, entries = payload.object, payload.entry
+    except ValidationError as exc:
+        entries = salvage_entries(body, exc)  # raises when the payload itself is unusable
+        kind = body["object"]
+    if kind != WHATSAPP_OBJECT:
         raise InputError(
-            f"not a WhatsApp payload: object is {payload.object[:80]!r}", ErrorClass.INVALID_PAYLOAD
+            f"not a WhatsApp payload: object is {kind[:80]!r}", ErrorClass.INVALID_PAYLOAD
         )
-    return payload
+    return entries
 
 
 def _split(
-    envelope: Envelope,
-    payload: WebhookPayload,
-    source: SourcePosition | None,
-    carried: bytes | None,
-) -> Iterator[WebhookEvent]:
-    common: dict[str, Any] = {
-        "webhook_id": envelope.id,
-        "object": payload.object,
-        "envelope_headers": envelope.headers,
-        "received_at": envelope.timestamp,
-        "source": source,
-        "envelope_raw": carried,
-    }
-    for entry in payload.entry:
+    entries: Sequence[Entry | BadPart], common: dict[str, Any], coerced: tuple[str, ...]
+) -> Iterator[WebhookEvent | DeadLetter]:
+    """`coerced`: what the envelope had coerced, shared by every event."""
+    for entry in entries:
+        if isinstance(entry, BadPart):
+            yield _part_letter(entry, entry.container, common)
+            continue
         for change in entry.changes:
             if change.field == "messages":
-                yield from _split_messages_value(entry, change.value, common)
+                yield from _split_messages_value(entry, change.value, common, coerced)
             else:
-                yield _change_event(entry, change.field, change.value, common)
+                yield _flag(_change_event(entry, change.field, change.value, common), coerced)
 
 
 def _split_messages_value(
-    entry: Entry, raw_value: dict[str, Any], common: dict[str, Any]
-) -> Iterator[WebhookEvent]:
-    value = _validated(Value, raw_value, "invalid messages value")
+    entry: Entry, raw_value: dict[str, Any], common: dict[str, Any], coerced: tuple[str, ...]
+) -> Iterator[WebhookEvent | DeadLetter]:
+    flags: dict[str, list[tuple[str, ...]]] = {}  # each kept item's own coercions
+    bad: list[BadPart] = []
+    try:
+        value = Value.model_validate(raw_value)
+    except ValidationError as exc:
+        salvaged = salvage_value(raw_value, exc)
+        if isinstance(salvaged, BadPart):
+            yield _part_letter(salvaged, _entry_with(entry, salvaged.container), common)
+            return
+        value, raw_value, bad = salvaged.value, salvaged.raw, salvaged.bad
+        coerced, flags = coerced + salvaged.coerced, salvaged.item_coerced
+    flagged = bool(coerced or flags)  # checked once: valid input skips all of it
     phone_number_id = value.metadata.phone_number_id if value.metadata else None
     business = phone_number_id or "-"  # Meta always sends metadata; never key on "None"
-    # Events carry the dicts as received: validation checks types, it does not rewrite values.
+    # Events carry the dicts as received (bar coercions): validation does not rewrite values.
     context = {k: v for k, v in raw_value.items() if k not in ("messages", "statuses", "errors")}
     base = {
         **common,
@@ -177,6 +241,7 @@ def _split_messages_value(
         "value_context": context,
     }
     contacts = value.contacts or []
+    own = iter(flags.get("messages", ()))
     for message, raw_message in zip(
         value.messages or [], raw_value.get("messages") or [], strict=True
     ):
@@ -186,7 +251,7 @@ def _split_messages_value(
             or message.from_user_id
             or (contact.wa_id or contact.user_id if contact else None)
         )
-        yield WebhookEvent(
+        event = WebhookEvent(
             event_key=message.id,
             conversation_key=f"{business}:{customer or '-'}",
             kind=EventKind.MESSAGE,
@@ -194,11 +259,13 @@ def _split_messages_value(
             payload=raw_message,
             **base,
         )
+        yield _flag(event, coerced + next(own, ())) if flagged else event
+    own = iter(flags.get("statuses", ()))
     for status, raw_status in zip(
         value.statuses or [], raw_value.get("statuses") or [], strict=True
     ):
         customer = status.recipient_id or status.recipient_user_id
-        yield WebhookEvent(
+        event = WebhookEvent(
             event_key=f"{status.id}:{status.status}",
             conversation_key=f"{business}:{customer or '-'}",
             kind=EventKind.STATUS,
@@ -206,17 +273,56 @@ def _split_messages_value(
             payload=raw_status,
             **base,
         )
+        yield _flag(event, coerced + next(own, ())) if flagged else event
     for raw_error in raw_value.get("errors") or []:
-        yield WebhookEvent(
-            event_key="error:" + content_hash(phone_number_id, raw_error),
+        event = WebhookEvent(
+            event_key=_error_key(phone_number_id, raw_error),
             conversation_key=f"{business}:-",
             kind=EventKind.ERROR,
             payload=raw_error,
             **base,
         )
-    if not (value.messages or value.statuses or value.errors):
+        yield _flag(event, coerced) if flagged else event
+    for part in bad:
+        key = _bad_item_key(part, phone_number_id)
+        yield _part_letter(part, _entry_with(entry, part.container), common, key)
+    if not (value.messages or value.statuses or value.errors or bad):
         # A messages change with nothing we split on is still passed on, never dropped.
-        yield _change_event(entry, "messages", raw_value, common)
+        yield _flag(_change_event(entry, "messages", raw_value, common), coerced)
+
+
+def _flag(event: WebhookEvent, coerced: tuple[str, ...]) -> WebhookEvent:
+    """The event with the fields the worker rewrote. Set after building it, and only when
+    there are some: passing even an empty `coerced` costs every event its validation."""
+    return event.model_copy(update={"coerced": coerced}) if coerced else event
+
+
+def _error_key(phone_number_id: str | None, raw_error: Any) -> str:
+    return "error:" + content_hash(phone_number_id, raw_error)
+
+
+def _bad_item_key(part: BadPart, phone_number_id: str | None) -> str | None:
+    """The event key the item would have had, when its own fields still give it."""
+    item = part.item
+    if part.what == "error":
+        return _error_key(phone_number_id, item)
+    if not isinstance(item, dict):
+        return None
+    wamid = item.get("id")
+    if not isinstance(wamid, str) or not wamid:
+        return None
+    if part.what == "message":
+        return wamid
+    state = item.get("status")
+    return f"{wamid}:{state}" if isinstance(state, str) and state else None
+
+
+def _entry_with(entry: Entry, value: Any) -> dict[str, Any]:
+    """The entry holding just one messages value, for a rebuilt envelope."""
+    out: dict[str, Any] = {"id": entry.id, "changes": [{"field": "messages", "value": value}]}
+    if entry.time is not None:
+        out["time"] = entry.time
+    return out
 
 
 def _change_event(
@@ -234,25 +340,13 @@ def _change_event(
     )
 
 
-def _validated(model: type[M], data: Any, what: str) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise InputError(f"{what}: {_summary(exc)}", ErrorClass.INVALID_PAYLOAD) from exc
-
-
 def content_hash(*parts: Any) -> str:
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def _summary(exc: ValidationError, limit: int = 3) -> str:
-    parts = []
-    for error in exc.errors()[:limit]:
-        loc = ".".join(str(p) for p in error["loc"]) or "(root)"
-        parts.append(f"{loc}: {error['msg']}")
-    more = exc.error_count() - limit
-    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+def _summary(exc: ValidationError) -> str:
+    return summary(exc.errors())
 
 
 def parse_batch(
@@ -273,6 +367,8 @@ def parse_batch(
                     topic=msg.topic or "", partition=msg.partition or 0, offset=msg.offset or 0
                 ),
                 app_secret,
+                # (type, ms): type 0 is "no timestamp"
+                msg.timestamp[1] if msg.timestamp and msg.timestamp[0] else None,
             )
             for item in parsed:
                 if isinstance(item, WebhookEvent):

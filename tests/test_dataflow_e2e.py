@@ -6,12 +6,22 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
 
 from devtools.handler_server import HandlerServer
 from devtools.kafka import produce, read_topic
-from devtools.webhooks import conversation_webhook, envelope, messages_value, payload, status
+from devtools.webhooks import (
+    PHONE_NUMBER_ID,
+    conversation_webhook,
+    envelope,
+    messages_value,
+    payload,
+    status,
+    text_message,
+)
 from devtools.worker import WorkerProcess
 from tests.conftest import Stack, Topics
 
@@ -121,3 +131,73 @@ def test_order_kept_within_a_conversation_while_others_proceed(
     for i in range(5):
         fast_keys = [k for k in ok_order if k.startswith(f"wamid.fast.{i}.")]
         assert fast_keys == [f"wamid.fast.{i}.{j}" for j in range(3)]
+
+
+def test_a_bad_event_is_dead_lettered_alone_and_type_slips_are_coerced(
+    stack: Stack,
+    topics: Topics,
+    start_worker: Callable[..., WorkerProcess],
+    redis_client: redis.Redis,
+    redis_prefix: str,
+) -> None:
+    """One webhook: a message with a numeric timestamp, a broken one, a good one. Another: a
+    status with numeric timestamp and phone_number_id. A third: an envelope timestamp that is
+    no time. Everything usable reaches the handler; only the broken message is dead-lettered,
+    under its own key, and its dedupe marker says so (a re-drive resets it)."""
+    wa_id = "31650001"
+    numeric = {**text_message("wamid.num", wa_id), "timestamp": 1700000000}
+    broken = {**text_message("wamid.bad", wa_id), "text": 42}
+    mixed = envelope(
+        "w-mixed",
+        payload(messages_value([numeric, broken, text_message("wamid.ok", wa_id)], wa_id=wa_id)),
+    )
+    read = {**status("wamid.out.9", wa_id, "read"), "timestamp": 1700000002}
+    value = messages_value(statuses=[read])
+    value["metadata"]["phone_number_id"] = int(PHONE_NUMBER_ID)
+    undated = json.loads(
+        envelope("w-undated", payload(messages_value([text_message("wamid.undated", wa_id)])))
+    )
+    undated["timestamp"] = "yesterday"
+    produce(
+        stack.brokers,
+        topics.inbound,
+        [
+            (b"w-mixed", mixed),
+            (b"w-status", envelope("w-status", payload(value))),
+            (b"w-undated", json.dumps(undated).encode()),
+        ],
+    )
+    with HandlerServer() as handler:
+        worker = start_worker(HANDLER_URL=handler.url)
+        processed = read_topic(
+            stack.brokers, topics.processed, until=lambda rs: len(rs) >= 4, timeout_s=90
+        )
+        dlq = read_topic(stack.brokers, topics.dlq, until=lambda rs: len(rs) >= 1, timeout_s=30)
+        assert worker.running(), worker.log()
+
+    events = {r.header("wa-event-key") or "": json.loads(r.value)["event"] for r in processed}
+    assert sorted(events) == ["wamid.num", "wamid.ok", "wamid.out.9:read", "wamid.undated"]
+    assert events["wamid.num"]["coerced"] == ["payload.timestamp"]
+    assert events["wamid.num"]["payload"]["timestamp"] == "1700000000"
+    assert events["wamid.ok"]["coerced"] == []
+    assert events["wamid.out.9:read"]["coerced"] == [
+        "value_context.metadata.phone_number_id",
+        "payload.timestamp",
+    ]
+    assert events["wamid.out.9:read"]["phone_number_id"] == PHONE_NUMBER_ID
+    assert events["wamid.undated"]["coerced"] == ["received_at"]
+    received = datetime.fromisoformat(events["wamid.undated"]["received_at"])
+    assert abs(received - datetime.now(UTC)) < timedelta(minutes=5)  # the record's Kafka time
+    assert sorted(c.event_key for c in handler.calls) == sorted(events)
+
+    (letter,) = dlq
+    assert letter.header("wa-event-key") == "wamid.bad"
+    assert letter.header("wa-error-class") == "invalid_payload"
+    assert (letter.header("wa-error-reason") or "").startswith("invalid message: messages.1.text")
+    assert letter.header("wa-webhook-id") == "w-mixed"
+    assert letter.value == mixed  # the original bytes, as for any dead letter
+    marker = f"{redis_prefix}evt:wamid.bad"
+    deadline = time.monotonic() + 15
+    while redis_client.hget(marker, "outcome") is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert redis_client.hget(marker, "outcome") == b"dlq"

@@ -24,8 +24,8 @@ from wa_worker.cli.dlq import (
     redrive_records,
 )
 from wa_worker.cli.redaction import KEPT_KEYS, redact_envelope
-from wa_worker.cli.timespec import parse_when
 from wa_worker.cli.topic_reader import OffsetRange, clamp, parse_offset_specs
+from wa_worker.core.timespec import parse_when
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 

@@ -30,7 +30,7 @@ from wa_worker.models.records import (
     SourcePosition,
     WebhookEvent,
 )
-from wa_worker.operators.parse import parse_record
+from wa_worker.operators.parse import content_hash, parse_record
 
 WABA_ID = "102290129340398"
 PHONE_NUMBER_ID = "106540352242922"
@@ -993,7 +993,6 @@ BAD_INPUT: dict[str, tuple[Any, ErrorClass, str]] = {
     "envelope_missing_body": (_env(id=WEBHOOK_ID), _E, "body: field required"),
     "envelope_body_is_list": (_env(id=WEBHOOK_ID, body=[_GOOD]), _E, "body."),
     "envelope_body_is_null": (_env(id=WEBHOOK_ID, body=None), _E, "body."),
-    "envelope_bad_timestamp": (_env(id=WEBHOOK_ID, body=_GOOD, timestamp="soon"), _E, "timestamp"),
     "envelope_headers_not_object": (_env(id=WEBHOOK_ID, body=_GOOD, headers="a: 1"), _E, "headers"),
     "body_string_not_json": (wrap("object=whatsapp&entry=1"), _J, "body is not JSON"),
     "body_string_empty": (wrap(""), _J, "body is not JSON"),
@@ -1068,14 +1067,215 @@ def test_bad_input_is_exactly_one_dead_letter(name: str) -> None:
         assert dl.webhook_id == WEBHOOK_ID  # the envelope was readable
 
 
-def test_one_bad_message_dead_letters_the_whole_webhook() -> None:
+# -- one bad part among good ones -------------------------------------------------------------
+
+
+def _split_out(raw: bytes) -> tuple[list[WebhookEvent], list[DeadLetter]]:
+    out = parse(raw)
+    return (
+        [e for e in out if isinstance(e, WebhookEvent)],
+        [d for d in out if isinstance(d, DeadLetter)],
+    )
+
+
+def test_one_bad_message_is_its_own_dead_letter_and_its_sibling_goes_on() -> None:
     good = MESSAGE_TYPES["text"]
-    bad = {**MESSAGE_TYPES["image"], "id": {"not": "a string"}}
+    bad = {**MESSAGE_TYPES["image"], "id": wamid(2), "image": "not an object"}
     raw = wrap(messages_body(good, bad))
-    dl = dead_letter(raw)
+    (event,), (dl,) = _split_out(raw)
+    assert event.event_key == wamid(1) and event.payload == good
     assert dl.error_class is ErrorClass.INVALID_PAYLOAD
-    assert "messages.1.id" in dl.reason
-    assert dl.original == raw
+    assert dl.reason.startswith("invalid message: messages.1.image"), dl.reason
+    assert dl.event_key == wamid(2)  # the re-drive tools find it, and its marker, by this key
+    assert dl.webhook_id == WEBHOOK_ID and dl.source == SOURCE
+    assert dl.original == raw and not dl.is_rebuilt()
+
+
+def test_a_message_without_a_usable_id_is_dead_lettered_without_a_key() -> None:
+    bad = {**MESSAGE_TYPES["image"], "id": {"not": "a string"}}
+    (event,), (dl,) = _split_out(wrap(messages_body(MESSAGE_TYPES["text"], bad)))
+    assert event.event_key == wamid(1)
+    assert "messages.1.id" in dl.reason and dl.event_key is None
+
+
+def test_numeric_message_timestamp_is_coerced_and_flagged() -> None:
+    numeric = {**MESSAGE_TYPES["text"], "timestamp": 1714566615}
+    sibling = {**MESSAGE_TYPES["image"], "id": wamid(2)}
+    first, second = events(wrap(messages_body(numeric, sibling)))
+    assert first.event_key == wamid(1)  # the key it has with a string timestamp
+    assert first.payload == {**numeric, "timestamp": "1714566615"}
+    assert first.coerced == ("payload.timestamp",)
+    assert first.for_handler()["coerced"] == ["payload.timestamp"]
+    assert second.payload == sibling and second.coerced == ()
+    assert numeric["timestamp"] == 1714566615  # the input is not rewritten in place
+
+
+@pytest.mark.parametrize("given", [1714566615.0])
+def test_an_integral_float_timestamp_is_coerced(given: float) -> None:
+    event = one_event(wrap(messages_body({**MESSAGE_TYPES["text"], "timestamp": given})))
+    assert event.payload["timestamp"] == "1714566615"
+
+
+@pytest.mark.parametrize("given", [True, 1714566615.5, float("inf"), [1714566615], {"s": 1}])
+def test_a_timestamp_that_is_no_whole_number_is_not_coerced(given: Any) -> None:
+    (event,), (dl,) = _split_out(
+        wrap(messages_body({**MESSAGE_TYPES["text"], "timestamp": given}, MESSAGE_TYPES["image"]))
+    )
+    assert dl.event_key == wamid(1) and "messages.0.timestamp" in dl.reason
+    assert event.event_key == MESSAGE_TYPES["image"]["id"]
+
+
+def test_numeric_status_timestamp_is_coerced_and_flagged() -> None:
+    numeric = {**STATUSES["delivered"], "timestamp": 1714566700}
+    first, second = events(wrap(statuses_body(numeric, STATUSES["read"])))
+    assert first.event_key == f"{wamid(1)}:delivered"
+    assert first.payload["timestamp"] == "1714566700"
+    assert first.coerced == ("payload.timestamp",)
+    assert second.event_key == f"{wamid(1)}:read" and second.coerced == ()
+
+
+def test_bad_status_is_keyed_on_its_id_and_state() -> None:
+    bad = {**STATUSES["read"], "errors": "none"}
+    (event,), (dl,) = _split_out(wrap(statuses_body(STATUSES["sent"], bad)))
+    assert event.event_key == f"{wamid(1)}:sent"
+    assert dl.event_key == f"{wamid(1)}:read" and "statuses.1.errors" in dl.reason
+
+
+def test_bad_value_level_error_is_keyed_as_it_would_be() -> None:
+    bad = {**VALUE_ERROR, "code": "not a number"}
+    (event,), (dl,) = _split_out(wrap(errors_body(VALUE_ERROR, bad)))
+    assert event.kind is EventKind.ERROR
+    assert dl.reason.startswith("invalid error: errors.1.code"), dl.reason
+    assert dl.event_key == "error:" + content_hash(PHONE_NUMBER_ID, bad)  # as a valid one is
+
+
+def test_numeric_phone_number_id_is_coerced_for_every_event_of_the_value() -> None:
+    as_text = events(wrap(messages_body(MESSAGE_TYPES["text"])))
+    v = value(messages=[MESSAGE_TYPES["text"]], statuses=[STATUSES["read"]], contacts=[sender()])
+    v["metadata"] = {**v["metadata"], "phone_number_id": int(PHONE_NUMBER_ID)}
+    message, status_event = events(wrap(body(("messages", v))))
+    assert message.phone_number_id == PHONE_NUMBER_ID
+    assert message.conversation_key == as_text[0].conversation_key
+    assert message.value_context["metadata"]["phone_number_id"] == PHONE_NUMBER_ID
+    assert message.event_key == as_text[0].event_key
+    for event in (message, status_event):
+        assert event.coerced == ("value_context.metadata.phone_number_id",)
+
+
+def test_coercions_add_up_on_one_event() -> None:
+    v = value(messages=[{**MESSAGE_TYPES["text"], "timestamp": 1}], contacts=[sender()])
+    v["metadata"] = {**v["metadata"], "phone_number_id": int(PHONE_NUMBER_ID)}
+    raw = _env(id=WEBHOOK_ID, body=body(("messages", v)), timestamp="yesterday")
+    event = one_event(raw)
+    assert event.coerced == (
+        "received_at",
+        "value_context.metadata.phone_number_id",
+        "payload.timestamp",
+    )
+
+
+def test_a_bad_messages_value_is_dead_lettered_and_other_changes_go_on() -> None:
+    broken = {**value(messages=[MESSAGE_TYPES["text"]]), "metadata": {"phone_number_id": ["x"]}}
+    raw = wrap(body(("messages", broken), ("account_update", OTHER_FIELDS["account_update"])))
+    (event,), (dl,) = _split_out(raw)
+    assert event.kind is EventKind.CHANGE
+    assert dl.reason.startswith("invalid messages value: metadata.phone_number_id"), dl.reason
+    assert dl.event_key is None  # it holds events that could not be told apart
+
+
+def test_a_bad_change_is_dead_lettered_and_its_siblings_go_on() -> None:
+    payload = messages_body(MESSAGE_TYPES["text"])
+    payload["entry"][0]["changes"].insert(0, {"value": {"event": "x"}})  # no field
+    (event,), (dl,) = _split_out(wrap(payload))
+    assert event.event_key == wamid(1)
+    assert dl.reason.startswith("invalid change: entry.0.changes.0.field"), dl.reason
+    assert dl.event_key is None
+
+
+def test_a_bad_entry_is_dead_lettered_and_other_entries_go_on() -> None:
+    payload = messages_body(MESSAGE_TYPES["text"])
+    payload["entry"].insert(0, {"time": 1, "changes": payload["entry"][0]["changes"]})  # no id
+    (event,), (dl,) = _split_out(wrap(payload))
+    assert event.event_key == wamid(1)
+    assert dl.reason.startswith("invalid entry: entry.0.id"), dl.reason
+
+
+def test_an_entry_without_changes_beside_a_bad_one_is_no_error() -> None:
+    payload = messages_body(MESSAGE_TYPES["text"])
+    payload["entry"] += [{"id": "1", "time": 1}, {"changes": []}]  # no changes; no id
+    (event,), (dl,) = _split_out(wrap(payload))
+    assert event.event_key == wamid(1)
+    assert dl.reason.startswith("invalid entry: entry.2.id"), dl.reason
+
+
+def test_a_value_whose_items_are_all_bad_is_only_dead_letters() -> None:
+    bad = [{**MESSAGE_TYPES["text"], "id": wamid(n), "text": 5} for n in (1, 2)]
+    out = parse(wrap(messages_body(*bad)))
+    assert [type(x) for x in out] == [DeadLetter, DeadLetter]  # no change event besides
+    assert [d.event_key for d in out if isinstance(d, DeadLetter)] == [wamid(1), wamid(2)]
+
+
+def test_a_bad_part_of_a_large_webhook_carries_an_envelope_rebuilt_around_it() -> None:
+    from wa_worker.sinks.records import dead_letter_record
+
+    big = {**MESSAGE_TYPES["text"], "text": {"body": "x" * (ENVELOPE_CARRY_LIMIT + 10)}}
+    bad = {**MESSAGE_TYPES["image"], "id": wamid(2), "image": "not an object"}
+    raw = wrap(messages_body(big, bad))
+    (event,), (dl,) = _split_out(raw)
+    assert event.event_key == wamid(1) and event.envelope_raw is None
+    assert dl.is_rebuilt() and dl.original is not None and len(dl.original) < 2000
+    headers = dict(dead_letter_record(dl, "dlq", "in").headers)
+    assert headers["wa-envelope-rebuilt"] == b"true"
+    assert headers["wa-event-key"] == wamid(2).encode()
+    # Re-driven, it fails the same way, alone.
+    (again,) = parse(dl.original)
+    assert isinstance(again, DeadLetter) and again.event_key == dl.event_key
+    assert again.reason.startswith("invalid message: messages.0.image"), again.reason
+    assert again.webhook_id == WEBHOOK_ID
+
+
+def test_unusable_envelope_timestamp_falls_back_to_the_receive_time() -> None:
+    raw = _env(id=WEBHOOK_ID, body=messages_body(MESSAGE_TYPES["text"]), timestamp="yesterday")
+    kafka_ms = 1714566620123
+    event = one_event_at(raw, kafka_ms)
+    assert event.received_at == datetime(2024, 5, 1, 12, 30, 20, 123000, tzinfo=UTC)
+    assert event.coerced == ("received_at",)
+    assert event.for_handler()["coerced"] == ["received_at"]
+    assert event.event_key == wamid(1)
+    # Without a Kafka time (a replayed file, say), the current time.
+    before = datetime.now(UTC)
+    event = one_event(raw)
+    assert event.received_at is not None and event.received_at >= before
+    assert event.coerced == ("received_at",)
+
+
+def one_event_at(raw: bytes, received_ms: int) -> WebhookEvent:
+    (event,) = parse_record(raw, SOURCE, None, received_ms)
+    assert isinstance(event, WebhookEvent), event
+    return event
+
+
+def test_a_good_envelope_timestamp_is_not_replaced() -> None:
+    event = one_event_at(wrap(messages_body(MESSAGE_TYPES["text"])), 1714566620123)
+    assert event.received_at == RECEIVED and event.coerced == ()
+
+
+def test_a_bad_timestamp_does_not_excuse_other_envelope_errors() -> None:
+    dl = dead_letter(_env(id=123, body=_GOOD, timestamp="soon"))
+    assert dl.error_class is ErrorClass.INVALID_ENVELOPE
+    assert "id:" in dl.reason and "timestamp" in dl.reason
+
+
+def test_events_pickled_before_coerced_existed_still_load() -> None:
+    import pickle
+
+    event = one_event(wrap(messages_body(MESSAGE_TYPES["text"])))
+    state = event.__getstate__()
+    del state["__dict__"]["coerced"]
+    old = WebhookEvent.__new__(WebhookEvent)
+    old.__setstate__(state)
+    assert old.coerced == () and old.for_handler() == event.for_handler()
+    assert pickle.loads(pickle.dumps(old)) == event
 
 
 def test_bad_input_also_dead_letters_with_an_app_secret() -> None:

@@ -1,7 +1,9 @@
 """Property tests: no input crashes `operators.parse.parse_record`.
 
-Whatever the bytes, the parser returns a non-empty list of WebhookEvent / DeadLetter, a
-DeadLetter is always alone and carries the input bytes untouched (b"" for None).
+Whatever the bytes, the parser returns a non-empty list of WebhookEvent / DeadLetter. A dead
+letter carries the input bytes untouched (b"" for None), or for a bad part of a large webhook an
+envelope rebuilt around that part, which fails the same way again; a bad part never takes its
+valid siblings with it.
 Pure: no services. Kept well under ~30 s in total.
 """
 
@@ -16,12 +18,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from devtools.webhooks import envelope, messages_value, payload, status, text_message
 from wa_worker.core import jsonbytes
 from wa_worker.models.records import (
+    ENVELOPE_CARRY_LIMIT,
     DeadLetter,
     ErrorClass,
     EventKind,
@@ -49,14 +52,24 @@ def check(raw: bytes | None, app_secret: bytes | None = None) -> list[WebhookEve
     for item in out:
         assert isinstance(item, WebhookEvent | DeadLetter), type(item)
     dead = [item for item in out if isinstance(item, DeadLetter)]
-    if dead:
-        assert len(out) == 1, "a DeadLetter is never mixed with events"
-        dl = dead[0]
-        assert dl.original == (raw if raw is not None else b"")
+    for dl in dead:
         assert dl.error_class in PARSE_CLASSES
         assert dl.reason and len(dl.reason) <= 2000
+        assert not dl.reason.startswith("unparseable input"), dl.reason  # no parser bug hit
         assert dl.source == SOURCE
         assert dl.event is None
+        if dl.is_rebuilt():
+            assert raw is not None and len(raw) > ENVELOPE_CARRY_LIMIT
+            assert dl.original is not None
+            (again,) = parse_record(dl.original, SOURCE)  # re-driven, it fails the same way
+            assert isinstance(again, DeadLetter)
+            assert (again.event_key, again.error_class) == (dl.event_key, dl.error_class)
+        else:
+            assert dl.original == (raw if raw is not None else b"")
+    if len(out) > 1 and dead:  # dead letters of parts, beside other parts
+        for dl in dead:
+            assert dl.error_class is ErrorClass.INVALID_PAYLOAD
+            assert dl.reason.startswith("invalid ") and dl.webhook_id, dl.reason
     for item in out:
         if isinstance(item, WebhookEvent):
             assert item.event_key
@@ -471,6 +484,79 @@ def test_generated_valid_webhooks_split_exactly(
             assert key.startswith(want_key)
         else:
             assert key == want_key
+
+
+@st.composite
+def one_item_corrupted(
+    draw: st.DrawFn,
+) -> tuple[dict[str, Any], list[tuple[str, str, str]], int, str | None]:
+    """A generated valid webhook with one message or status broken, the index of that item
+    among the expected events, and the key its dead letter must have (None: no usable id)."""
+    body, expected = draw(valid_webhooks())
+    items = [
+        (item, kind)
+        for entry in body["entry"]
+        for change in entry["changes"]
+        if change["field"] == "messages"
+        for kind, name in (("message", "messages"), ("status", "statuses"))
+        for item in change["value"].get(name, [])
+    ]
+    assume(items)
+    index = draw(st.integers(0, len(items) - 1))
+    item, kind = items[index]
+    position = [i for i, e in enumerate(expected) if e[0] in ("message", "status")][index]
+    how = draw(st.sampled_from(["id", "field"]))
+    if how == "id":
+        item["id"] = draw(st.one_of(st.just(""), st.integers(), st.dictionaries(keys, scalars)))
+        return body, expected, position, None
+    if kind == "message":
+        item["text"] = draw(st.one_of(st.integers(), st.text(max_size=5), st.lists(scalars)))
+    else:
+        item["errors"] = draw(st.one_of(st.integers(), st.text(max_size=5)))
+    return body, expected, position, expected[position][1]
+
+
+@FAST
+@given(one_item_corrupted(), st.booleans())
+def test_one_corrupted_item_leaves_its_siblings_alone(
+    case: tuple[dict[str, Any], list[tuple[str, str, str]], int, str | None], as_string: bool
+) -> None:
+    body, expected, position, key = case
+    out = check(envelope("webhook-1", json.dumps(body) if as_string else body))
+    dead = [item for item in out if isinstance(item, DeadLetter)]
+    assert len(dead) == 1 and dead[0].event_key == key
+    got = [s for s in summary(out) if s[0] != "dead"]
+    want = expected[:position] + expected[position + 1 :]
+    assert len(got) == len(want)
+    for (kind, key_got, conv), (want_kind, want_key, want_conv) in zip(got, want, strict=True):
+        assert (kind, conv) == (want_kind, want_conv)
+        assert key_got.startswith(want_key) if kind == "change" else key_got == want_key
+
+
+@FAST
+@given(
+    st.lists(st.tuples(st.integers(0, 2**40), st.booleans()), min_size=1, max_size=5),
+    st.one_of(st.none(), st.integers(1, 10**15)),
+)
+def test_numbers_for_digits_are_coerced_and_keys_kept(
+    stamps: list[tuple[int, bool]], phone_number_id: int | None
+) -> None:
+    messages = [text_message(f"wamid.{i}", "3161") for i in range(len(stamps))]
+    for message, (stamp, numeric) in zip(messages, stamps, strict=True):
+        message["timestamp"] = stamp if numeric else str(stamp)
+    pn = str(phone_number_id) if phone_number_id is not None else "106540352242922"
+    value = messages_value(messages, statuses=[status("wamid.out", "3161")], wa_id="3161")
+    value["metadata"]["phone_number_id"] = phone_number_id if phone_number_id is not None else pn
+    out = check(envelope("w", payload(value)))
+    assert all(isinstance(item, WebhookEvent) for item in out)
+    events = [item for item in out if isinstance(item, WebhookEvent)]
+    assert [e.event_key for e in events] == [m["id"] for m in messages] + ["wamid.out:delivered"]
+    shared = ("value_context.metadata.phone_number_id",) if phone_number_id is not None else ()
+    for event, (stamp, numeric) in zip(events, stamps, strict=False):
+        assert event.payload["timestamp"] == str(stamp)
+        assert event.coerced == shared + (("payload.timestamp",) if numeric else ())
+        assert event.conversation_key == f"{pn}:3161"
+    assert events[-1].coerced == shared
 
 
 # -- mutated valid payloads --------------------------------------------------------------------

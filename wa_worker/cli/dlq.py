@@ -11,8 +11,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from wa_worker.cli import topic_reader
-from wa_worker.cli.timespec import from_ms
 from wa_worker.core.kafka_produce import produce_waiting
+from wa_worker.core.timespec import from_ms
 from wa_worker.models.records import ErrorClass
 from wa_worker.settings import Settings
 

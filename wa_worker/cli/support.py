@@ -20,7 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from wa_worker.cli.timespec import parse_when
+from wa_worker.core.timespec import parse_when
 from wa_worker.errors import WorkerError
 
 

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Message, TopicPartition
 
-from wa_worker.cli.timespec import to_ms
+from wa_worker.core.timespec import to_ms
 from wa_worker.errors import ConfigError
 from wa_worker.settings import Settings
 

@@ -80,6 +80,14 @@ class WebhookEvent(BaseModel):
     received_at: datetime | None = None
     source: SourcePosition | None = None
     envelope_raw: bytes | None = None
+    # Fields the worker rewrote, as paths in the handler's JSON: `payload.timestamp` (a number
+    # where Meta sends digits), `received_at` (the envelope's was unusable: receive time).
+    coerced: tuple[str, ...] = ()
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        # Events pickled into recovery snapshots before `coerced` existed lack it.
+        state.get("__dict__", {}).setdefault("coerced", ())
+        super().__setstate__(state)
 
     def for_handler(self) -> dict[str, Any]:
         """The JSON the handler receives: the event without transport baggage.
@@ -101,6 +109,7 @@ class WebhookEvent(BaseModel):
             "payload": self.payload,
             "value_context": self.value_context,
             "received_at": to_jsonable_python(self.received_at),
+            "coerced": list(self.coerced),
         }
 
     def single_event_envelope(self) -> dict[str, Any]:
@@ -161,9 +170,12 @@ class DeadLetter(BaseModel):
     status_code: int | None = None
     original: bytes | None = None
     event: WebhookEvent | None = None
+    rebuilt: bool = False  # `original` is an envelope rebuilt around the failed part
 
     def is_rebuilt(self) -> bool:
         """True when the original bytes were too big to carry and the envelope is rebuilt."""
+        if self.rebuilt:
+            return True
         return self.original is None and self.event is not None and self.event.envelope_raw is None
 
     def envelope_bytes(self) -> bytes:
