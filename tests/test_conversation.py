@@ -6,6 +6,7 @@ import pickle
 from datetime import UTC, datetime, timedelta
 
 from devtools.webhooks import conversation_webhook
+from wa_worker.core import metrics
 from wa_worker.models.completions import ClaimResult, ClaimStatus, HandleResult, HandleStatus
 from wa_worker.models.records import DeadLetter, ErrorClass, Processed, WebhookEvent
 from wa_worker.operators.backoff import BackoffPolicy
@@ -157,6 +158,17 @@ def test_done_claim_is_a_duplicate_and_busy_claim_polls_again() -> None:
     assert first_wait == 0.25  # polled again soon: the holder may be just marking it done
     logic.on_batch([ClaimResult("wamid.b", submit.claims[1][1], ClaimStatus.ERROR)])
     assert (logic.notify_at() - clock.now).total_seconds() == 0.5
+
+
+def test_a_failed_claim_is_not_counted_again_as_a_redis_error() -> None:
+    # The runtime counts the failed batch once (wa_redis_errors_total); its N claims coming
+    # back as errors must not add N more.
+    logic, submit, _clock = make()
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    before = metrics.REDIS_ERRORS._value.get()
+    logic.on_batch([ClaimResult("wamid.a", submit.claims[0][1], ClaimStatus.ERROR)])
+    assert metrics.REDIS_ERRORS._value.get() == before
 
 
 def test_a_second_copy_of_a_queued_event_is_dropped() -> None:

@@ -15,7 +15,9 @@ DEAD_LETTERED = Counter(
 DUPLICATES = Counter("wa_events_duplicates_total", "Duplicate events dropped by dedupe")
 PARSE_ERRORS = Counter("wa_parse_errors_total", "Inbound records that could not be parsed")
 EVENTS_SPLIT = Counter("wa_events_received_total", "Events split out of inbound webhooks", ["kind"])
-REDIS_ERRORS = Counter("wa_redis_errors_total", "Redis operations that failed and will be retried")
+REDIS_ERRORS = Counter(
+    "wa_redis_errors_total", "Redis round trips (one per batch) that failed; their work is retried"
+)
 DONE_MARKS_PENDING = Gauge(
     "wa_done_marks_pending", "Delivered events whose done marker is not yet written to Redis"
 )
