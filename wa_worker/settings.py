@@ -17,11 +17,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wa_worker.core import kafka_options
-from wa_worker.core.librdkafka_log import librdkafka_logger
 from wa_worker.errors import ConfigError
 
 
@@ -39,6 +45,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
     )
+    _kafka: kafka_options.KafkaConfig = PrivateAttr()
 
     # Kafka
     kafka_brokers: str = "127.0.0.1:9092"
@@ -184,6 +191,20 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _build_kafka_config(self) -> Settings:
+        # Once, at load: `.env` and the environment are read here, not again for each client.
+        # A ConfigError (a bad KAFKA_* variable) passes through pydantic as it is.
+        known = {name.upper() for name in type(self).model_fields}
+        env_file = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+        self._kafka = kafka_options.KafkaConfig(
+            brokers=self.kafka_brokers,
+            max_message_bytes=self.kafka_max_message_bytes,
+            flush_timeout_s=self.kafka_flush_timeout_s,
+            variables=kafka_options.pass_through({**env_file, **os.environ}, known),
+        )
+        return self
+
     def secrets(self) -> tuple[str, ...]:
         """Values logs and tools must never print (the app secret, when set)."""
         return (self.wa_app_secret.get_secret_value(),) if self.wa_app_secret else ()
@@ -192,49 +213,27 @@ class Settings(BaseSettings):
     def broker_list(self) -> list[str]:
         return self.kafka_brokers.split(",")
 
+    @property
+    def kafka(self) -> kafka_options.KafkaConfig:
+        """Every Kafka client's config, built once when these settings were loaded."""
+        return self._kafka
+
     def librdkafka_variables(self) -> dict[str, str]:
         """Extra `KAFKA_*` environment variables by name (see wa_worker/core/kafka_options.py)."""
-        known = {name.upper() for name in type(self).model_fields}
-        env_file = {k: v for k, v in dotenv_values(".env").items() if v is not None}
-        return kafka_options.pass_through({**env_file, **os.environ}, known)
+        return dict(self._kafka.variables)
 
     def librdkafka_options(self) -> dict[str, str]:
         """Extra `KAFKA_*` environment variables, as librdkafka keys (SASL, SSL, tuning)."""
-        return {
-            kafka_options.option_name(name): value
-            for name, value in self.librdkafka_variables().items()
-        }
+        return dict(self._kafka.options)
 
     def consumer_config(self) -> dict[str, Any]:
-        return {
-            "fetch.message.max.bytes": str(self.kafka_max_message_bytes),
-            "fetch.max.bytes": str(self.kafka_max_message_bytes * 2),
-            "receive.message.max.bytes": str(self.kafka_max_message_bytes * 2 + 512),
-            # Bytewax runs one consumer per partition: the 64 MiB default prefetch each is too much.
-            "queued.max.messages.kbytes": "16384",
-            "logger": librdkafka_logger(),
-            **self.librdkafka_options(),
-        }
+        return self._kafka.consumer()
 
     def producer_config(self) -> dict[str, Any]:
-        return {
-            "bootstrap.servers": self.kafka_brokers,
-            "enable.idempotence": "true",
-            "acks": "all",
-            "linger.ms": "5",
-            "compression.type": "lz4",
-            "message.timeout.ms": str(int(self.kafka_flush_timeout_s * 1000)),
-            "message.max.bytes": str(self.kafka_max_message_bytes),
-            "logger": librdkafka_logger(),
-            **self.librdkafka_options(),
-        }
+        return self._kafka.producer()
 
     def admin_config(self) -> dict[str, Any]:
-        return {
-            "bootstrap.servers": self.kafka_brokers,
-            "logger": librdkafka_logger(),  # its lines go through the worker's log format
-            **self.librdkafka_options(),
-        }
+        return self._kafka.admin()
 
 
 def _describe(error: Mapping[str, Any]) -> str:

@@ -17,9 +17,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
+from wa_worker.core.librdkafka_log import librdkafka_logger
 from wa_worker.errors import ConfigError
 
 # librdkafka options a user may not override through KAFKA_*: the worker's guarantees rest on them.
@@ -35,6 +38,53 @@ _PROPERTY = re.compile(r'property:? "([^"]+)"')
 _SILENT = logging.getLogger("wa_worker.core.kafka_options.check")
 _SILENT.addHandler(logging.NullHandler())
 _SILENT.propagate = False
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """The librdkafka config of every client the worker makes (consumers, the producer, admin
+    clients), built once from the settings when they are loaded (`Settings.kafka`)."""
+
+    brokers: str
+    max_message_bytes: int
+    flush_timeout_s: float
+    variables: Mapping[str, str]  # the KAFKA_* pass-through, by variable name
+    options: Mapping[str, str] = field(init=False)  # the same, as librdkafka keys
+
+    def __post_init__(self) -> None:
+        options = {option_name(name): value for name, value in self.variables.items()}
+        object.__setattr__(self, "options", options)
+
+    def consumer(self) -> dict[str, Any]:
+        return {
+            "fetch.message.max.bytes": str(self.max_message_bytes),
+            "fetch.max.bytes": str(self.max_message_bytes * 2),
+            "receive.message.max.bytes": str(self.max_message_bytes * 2 + 512),
+            # Bytewax runs one consumer per partition: the 64 MiB default prefetch each is too much.
+            "queued.max.messages.kbytes": "16384",
+            "logger": librdkafka_logger(),
+            **self.options,
+        }
+
+    def producer(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.brokers,
+            "enable.idempotence": "true",
+            "acks": "all",
+            "linger.ms": "5",
+            "compression.type": "lz4",
+            "message.timeout.ms": str(int(self.flush_timeout_s * 1000)),
+            "message.max.bytes": str(self.max_message_bytes),
+            "logger": librdkafka_logger(),
+            **self.options,
+        }
+
+    def admin(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.brokers,
+            "logger": librdkafka_logger(),  # its lines go through the worker's log format
+            **self.options,
+        }
 
 
 def is_kubernetes_service_variable(name: str) -> bool:
