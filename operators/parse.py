@@ -63,7 +63,7 @@ def parse_record(
             raise InputError("webhook has no changes", ErrorClass.INVALID_PAYLOAD)
         return out
     except InputError as exc:
-        error_class = ErrorClass(exc.reason)
+        error_class = exc.reason
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001  (no input may crash the dataflow)
         error_class = ErrorClass.INVALID_PAYLOAD

@@ -39,6 +39,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("sinks/**/*.py", (*COMPOSITION, *PROCESS, *CLI, "wa_worker.operators")),
     # Process set-up (start-up checks, health, logs) serves the core, not the flow.
     ("wa_worker/process/**/*.py", (*FLOW, *COMPOSITION, *CLI)),
+    # Logging needs no HTTP server (it masks secrets with the core's rule).
+    ("wa_worker/process/logs.py", ("wa_worker.process.health",)),
     # The composition root assembles the flow; the CLI sits above it.
     ("dataflow.py", CLI),
     # Tools share dev tooling with the tests through devtools/, never through tests/.

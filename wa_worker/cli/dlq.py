@@ -13,6 +13,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from wa_worker.cli import topic_reader
 from wa_worker.core.kafka_produce import produce_waiting
 from wa_worker.core.timespec import from_ms
+from wa_worker.errors import CommandError, PublishError
 from wa_worker.models.records import ErrorClass
 from wa_worker.settings import Settings
 
@@ -116,7 +117,7 @@ def read_refs(settings: Settings, refs: Iterable[str]) -> list[DeadLetterRecord]
     for ref in refs:
         position = parse_ref(ref)
         if position is None:
-            raise ValueError(f"--ref {ref} is not PARTITION:OFFSET")
+            raise CommandError(f"--ref {ref} is not PARTITION:OFFSET")
         wanted[position] = ref
     found: list[DeadLetterRecord] = []
     with topic_reader.consumer(settings) as client:
@@ -129,7 +130,7 @@ def read_refs(settings: Settings, refs: Iterable[str]) -> list[DeadLetterRecord]
             found.extend(from_topic_record(r) for r in topic_reader.read(client, topic, one))
     missing = [ref for position, ref in sorted(wanted.items()) if position not in _positions(found)]
     if missing:
-        raise ValueError(f"no dead letter {', '.join(missing)} on {topic}")
+        raise CommandError(f"no dead letter {', '.join(missing)} on {topic}")
     return found
 
 
@@ -142,7 +143,7 @@ def check_classes(classes: Iterable[str]) -> frozenset[str]:
     known = [c.value for c in ErrorClass]
     unknown = sorted(set(classes) - set(known))
     if unknown:
-        raise ValueError(f"unknown --class {', '.join(unknown)} (one of: {', '.join(known)})")
+        raise CommandError(f"unknown --class {', '.join(unknown)} (one of: {', '.join(known)})")
     return frozenset(classes)
 
 
@@ -183,10 +184,6 @@ def latest_per_envelope(records: list[DeadLetterRecord]) -> list[DeadLetterRecor
         if not record.event_key:
             latest[record.value] = record
     return [r for r in records if r.event_key or latest[r.value] is r]
-
-
-class PublishError(RuntimeError):
-    """Some records were not written; the others were (and were flushed)."""
 
 
 def publish(

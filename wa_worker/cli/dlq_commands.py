@@ -16,6 +16,7 @@ from wa_worker.cli.support import failures_reported, progress, stdout_console, w
 from wa_worker.cli.topic_reader import ReadRequest
 from wa_worker.core.dedupe import DedupeAdmin, MarkerState, dedupe_keys
 from wa_worker.core.excerpt import one_line
+from wa_worker.errors import CommandError
 from wa_worker.process.logs import redact
 from wa_worker.settings import Settings, load_settings_or_exit
 
@@ -133,7 +134,7 @@ def _find(settings: Settings, ref: str) -> tuple[dlq.DeadLetterRecord, int]:
     else:
         found = dlq.select(dlq.read_dead_letters(settings), dlq.DeadLetterFilter(event_key=ref))
     if not found:
-        raise ValueError(f"no dead letter {ref} on {settings.kafka_dlq_topic}")
+        raise CommandError(f"no dead letter {ref} on {settings.kafka_dlq_topic}")
     return found[-1], len(found) - 1
 
 

@@ -35,13 +35,13 @@ from rich.table import Table
 
 from wa_worker import dataflow
 from wa_worker.core.dedupe import redis_store
+from wa_worker.core.masking import mask_secrets
 from wa_worker.core.memory_dedupe import memory_store
 from wa_worker.core.runtime import StoreFactory
 from wa_worker.core.services import Services
 from wa_worker.operators.file_source import FileSource, LineCounts
 from wa_worker.operators.finish import FinishTracker
 from wa_worker.process import logs
-from wa_worker.process.health import mask_secrets
 from wa_worker.process.startup import require_handler
 from wa_worker.settings import Settings, load_settings_or_exit
 from wa_worker.sinks.file_sink import DLQ_FILE, PROCESSED_FILE, FileOutcomeSink, OutcomeTally

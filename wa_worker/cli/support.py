@@ -61,7 +61,7 @@ def failures_reported() -> Iterator[None]:
     written) as one line, exit 1."""
     try:
         yield
-    except (WorkerError, ValueError, TimeoutError, RuntimeError, KafkaException) as exc:
+    except (WorkerError, TimeoutError, KafkaException) as exc:
         typer.echo(f"wa-worker: {exc}", err=True)
         raise typer.Exit(1) from None
     except OSError as exc:  # a file to read or write (a missing directory, no permission)

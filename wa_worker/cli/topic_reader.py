@@ -14,7 +14,7 @@ from datetime import datetime
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Message, TopicPartition
 
 from wa_worker.core.timespec import to_ms
-from wa_worker.errors import ConfigError
+from wa_worker.errors import CommandError, ConfigError
 from wa_worker.settings import Settings
 
 # Offsets per partition; the key None applies to every partition without its own entry.
@@ -72,7 +72,7 @@ def check_offset_bounds(
         start, end = _spec(starts, partition), _spec(ends, partition)
         if start is not None and end is not None and start >= end:
             where = "every partition" if partition is None else f"partition {partition}"
-            raise ValueError(
+            raise CommandError(
                 f"--from-offset {start} is not before --to-offset {end} (exclusive) for "
                 f"{where}: the range is empty"
             )
@@ -87,9 +87,9 @@ def parse_offset_specs(values: list[str]) -> dict[int | None, int]:
             number = int(offset)
             specs[int(partition) if sep else None] = number
         except ValueError:
-            raise ValueError(f"{value!r} is not an offset: use N or PARTITION:N") from None
+            raise CommandError(f"{value!r} is not an offset: use N or PARTITION:N") from None
         if number < 0:
-            raise ValueError(f"{value!r}: offsets are not negative")
+            raise CommandError(f"{value!r}: offsets are not negative")
     return specs
 
 
@@ -137,7 +137,7 @@ def plan(
     if request.partitions is not None:
         unknown = request.partitions - set(partitions)
         if unknown:
-            raise ValueError(f"{topic} has partitions {partitions}, not {sorted(unknown)}")
+            raise CommandError(f"{topic} has partitions {partitions}, not {sorted(unknown)}")
         partitions = sorted(request.partitions)
     since = _times(client, topic, partitions, request.since, timeout_s)
     until = _times(client, topic, partitions, request.until, timeout_s)
@@ -194,7 +194,7 @@ def read(
             if error.code() == KafkaError._PARTITION_EOF:
                 open_ranges.pop(partition, None)
                 continue
-            raise RuntimeError(f"reading {topic}: {error}")
+            raise CommandError(f"reading {topic}: {error}")
         wanted = open_ranges.get(partition)
         if wanted is None or offset >= wanted.end:
             open_ranges.pop(partition, None)

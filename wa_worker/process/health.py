@@ -11,7 +11,6 @@ The JSON keeps the original worker's shape. `/metrics` is prometheus-client's WS
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -27,18 +26,13 @@ from prometheus_client import make_wsgi_app
 from pydantic import BaseModel, ConfigDict, Field
 
 from wa_worker.core import metrics
+from wa_worker.core.masking import mask_secrets
 from wa_worker.core.shutdown import Drain
+from wa_worker.errors import ProbeFailed
 from wa_worker.settings import Settings
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
-
-
-def mask_secrets(text: str) -> str:
-    """Passwords inside URLs (redis://:secret@host) never leave the process."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 class Check(BaseModel):
@@ -48,12 +42,6 @@ class Check(BaseModel):
     latency_ms: int = Field(serialization_alias="latencyMs")
     error: str | None = None
     status_code: int | None = Field(None, serialization_alias="statusCode")
-
-
-class ProbeFailed(Exception):
-    def __init__(self, message: str, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 Probe = Callable[[], None]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from wa_worker.process.health import mask_secrets
+from wa_worker.core.masking import mask_secrets
 from wa_worker.settings import Settings
 
 _PHONE = re.compile(r"(?<![\w.])\+?\d{3,}(\d{4})(?![\d])")
