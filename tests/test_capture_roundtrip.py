@@ -130,7 +130,12 @@ def test_capture_then_publish_puts_back_the_same_records_byte_for_byte(
     assert "1 envelopes" in captured.stdout
 
     # Publish the file into another topic: the same records arrive there.
-    again = {**worker_env, "KAFKA_INBOUND_TOPIC": topics.processed}
+    # The three topics must differ: the processed setting takes the inbound name.
+    again = {
+        **worker_env,
+        "KAFKA_INBOUND_TOPIC": topics.processed,
+        "KAFKA_PROCESSED_TOPIC": topics.inbound,
+    }
     published = run_cli(again, "publish", str(path))
     assert f"published {len(original)} records" in published.stdout
     assert Counter(records_on(stack.brokers, topics.processed, len(original))) == Counter(original)
