@@ -13,6 +13,20 @@ from wa_worker.errors import ConfigError
 from wa_worker.settings import load_settings
 
 
+def start_up(
+    env: dict[str, str], argv: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Start the worker as a user would (`bytewax.run dataflow` by default), with only `env`."""
+    return subprocess.run(
+        [sys.executable, *(argv or ["-m", "bytewax.run", "dataflow"])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", **env},
+    )
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.chdir(tmp_path)  # no stray .env
@@ -166,14 +180,9 @@ def test_kubernetes_service_variables_are_not_librdkafka_options(
 def test_each_bad_setting_stops_start_up_with_one_line_naming_it(
     env: dict[str, str], line: str
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bytewax.run", "dataflow"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = start_up(
         # an unreachable broker: without the check the worker would stop later, not run
-        env={"PATH": "/usr/bin:/bin", "KAFKA_BROKERS": "127.0.0.1:1", "HEALTH_PORT": "0", **env},
+        {"KAFKA_BROKERS": "127.0.0.1:1", "HEALTH_PORT": "0", **env},
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
@@ -183,14 +192,7 @@ def test_each_bad_setting_stops_start_up_with_one_line_naming_it(
 def test_a_handler_callable_that_cannot_be_loaded_stops_start_up_with_one_line(
     worker_env: dict[str, str],
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bytewax.run", "dataflow"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", **worker_env, "HANDLER_CALLABLE": "no_such_mod:handle"},
-    )
+    result = start_up({**worker_env, "HANDLER_CALLABLE": "no_such_mod:handle"})
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines == [
@@ -203,14 +205,7 @@ def test_a_handler_callable_that_cannot_be_loaded_stops_start_up_with_one_line(
     "argv", [["-m", "bytewax.run", "dataflow"], ["-m", "wa_worker.cli", "run"]]
 )
 def test_start_up_stops_with_one_line(argv: list[str]) -> None:
-    result = subprocess.run(
-        [sys.executable, *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "MAX_RETRIES": "-1"},
-    )
+    result = start_up({"MAX_RETRIES": "-1"}, argv)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -219,28 +214,14 @@ def test_start_up_stops_with_one_line(argv: list[str]) -> None:
 
 
 def test_unreachable_kafka_stops_start_up_clearly() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bytewax.run", "dataflow"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "KAFKA_BROKERS": "127.0.0.1:1"},
-    )
+    result = start_up({"KAFKA_BROKERS": "127.0.0.1:1"})
     assert result.returncode == 2
     assert "wa-worker: KAFKA_BROKERS: cannot reach Kafka" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_with_log_format_json_an_unreachable_broker_is_reported_in_one_json_line() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bytewax.run", "dataflow"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "KAFKA_BROKERS": "127.0.0.1:1", "LOG_FORMAT": "json"},
-    )
+    result = start_up({"KAFKA_BROKERS": "127.0.0.1:1", "LOG_FORMAT": "json"})
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     record = json.loads(line)
