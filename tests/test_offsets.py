@@ -68,16 +68,20 @@ def _reporter(
     return OffsetReporter(book, {"bootstrap.servers": stack.brokers}, group, interval_s)
 
 
-def test_report_commits_snapshotted_positions_to_the_group(stack: Stack, topics: Topics) -> None:
-    group, book = _group(), PositionBook()
-    book.snapshotted((topics.inbound, 0), 3)
-    book.snapshotted((topics.inbound, 1), 1)
-    book.read((topics.inbound, 0), 5)  # read further than snapshotted: not what is committed
+def _report_once(stack: Stack, book: PositionBook, group: str) -> None:
     consumer = _consumer(stack, group)
     try:
         _reporter(stack, book, group).report(consumer)
     finally:
         consumer.close()
+
+
+def test_report_commits_snapshotted_positions_to_the_group(stack: Stack, topics: Topics) -> None:
+    group, book = _group(), PositionBook()
+    book.snapshotted((topics.inbound, 0), 3)
+    book.snapshotted((topics.inbound, 1), 1)
+    book.read((topics.inbound, 0), 5)  # read further than snapshotted: not what is committed
+    _report_once(stack, book, group)
     assert _committed(stack, group, topics.inbound, 2) == [3, 1]
 
 
@@ -109,11 +113,7 @@ def test_report_sets_the_lag_gauge_from_high_watermarks(stack: Stack, topics: To
     group, book = _group(), PositionBook()
     book.read((topics.inbound, 0), 1)
     book.read((topics.inbound, 1), high[1] + 5)  # past the end (a stale watermark): never < 0
-    consumer = _consumer(stack, group)
-    try:
-        _reporter(stack, book, group).report(consumer)
-    finally:
-        consumer.close()
+    _report_once(stack, book, group)
     assert _lag(topics.inbound, 0) == high[0] - 1
     assert _lag(topics.inbound, 1) == 0
     assert _committed(stack, group, topics.inbound, 2) == [-1001, -1001]  # nothing snapshotted
