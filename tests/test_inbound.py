@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -31,8 +30,10 @@ from wa_worker.operators.inbound import (
     InboundSource,
     _DrainablePartition,
     consumer_error,
+    inbound_source,
     is_message,
 )
+from wa_worker.settings import StartOffset, load_settings
 
 TOPIC = "orders"
 PART = (TOPIC, 4)
@@ -221,11 +222,11 @@ def _read(
 
 
 @pytest.fixture
-def dashed_topic(stack: Stack) -> Iterator[str]:
+def dashed_topic(stack: Stack) -> str:
     """One partition, a dash in the name (the part name is "<index>-<topic>")."""
     name = f"t{uuid.uuid4().hex[:10]}-in-bound"
     create_topics(stack.brokers, [name], partitions=1)
-    yield name
+    return name
 
 
 def test_a_built_partition_resumes_from_its_snapshot_and_books_its_positions(
@@ -240,6 +241,28 @@ def test_a_built_partition_resumes_from_its_snapshot_and_books_its_positions(
         assert [(i.offset, i.value) for i in items if is_message(i)] == [(3, b"v3"), (4, b"v4")]
         assert part.snapshot() == 5  # the next run resumes after what was read
         assert book.views() == ({(dashed_topic, 0): 5}, {(dashed_topic, 0): 5})
+    finally:
+        part.close()
+
+
+@pytest.mark.parametrize(("start", "first"), [(StartOffset.EARLIEST, 0), (StartOffset.LATEST, 3)])
+def test_kafka_start_offset_decides_where_a_partition_without_a_snapshot_starts(
+    stack: Stack, dashed_topic: str, start: StartOffset, first: int
+) -> None:
+    produce(stack.brokers, dashed_topic, [(b"k", b"old")] * 3)
+    settings = load_settings(
+        kafka_brokers=stack.brokers, kafka_inbound_topic=dashed_topic, kafka_start_offset=start
+    )
+    book = PositionBook()
+    source = inbound_source(settings, Drain(), lambda: False, book)
+    [for_part] = source.list_parts()
+    part = source.build_part("inbound", for_part, resume_state=None)
+    try:
+        # Earliest: the old records; latest: nothing, and the consumer settles at the end.
+        items = _read(part, 4 - first, timeout_s=3)
+        produce(stack.brokers, dashed_topic, [(b"k", b"new")])
+        items += _read(part, 4 - first - len(items))
+        assert [i.offset for i in items if is_message(i)] == list(range(first, 4))
     finally:
         part.close()
 
