@@ -15,6 +15,7 @@ from typing import Any, TypeGuard
 from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka.admin import AdminClient
 
 from wa_worker.core import metrics
@@ -130,15 +131,27 @@ def inbound_source(
     )
 
 
+# Errors about one record at its offset (it is corrupt or too large to fetch): that record is
+# what the DLQ gets. For any other error librdkafka puts its error text in the value, which is
+# no record, and the position may hold none (an offset out of range).
+RECORD_ERRORS = frozenset(
+    {
+        ConfluentKafkaError._BAD_MSG,
+        ConfluentKafkaError.INVALID_MSG,
+        ConfluentKafkaError.MSG_SIZE_TOO_LARGE,
+    }
+)
+
+
 def consumer_error(error: KafkaError[bytes | None, bytes | None]) -> list[DeadLetter]:
     """Consumer errors are mostly about the connection (broker down, rebalancing metadata):
-    librdkafka retries those itself, so they are logged and counted. One that carries a record
-    still sends that record to the DLQ; a fatal one stops the worker."""
+    librdkafka retries those itself, so they are logged and counted. One about a record sends
+    that record to the DLQ; a fatal one stops the worker."""
     if error.err.fatal():
         raise RuntimeError(f"fatal Kafka consumer error: {error.err}")
     metrics.CONSUMER_ERRORS.labels(error.err.name()).inc()
     msg = error.msg
-    if not msg.value:
+    if error.err.code() not in RECORD_ERRORS or not msg.value:
         log.warning("Kafka consumer error (retried by the client): %s", error.err)
         return []
     return [

@@ -240,11 +240,6 @@ def test_the_handler_check_carries_the_peers_status_code(
     assert body["checks"]["kafka"]["status"] == body["checks"]["redis"]["status"] == "ok"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mask_secrets ends the password at its first '@', but redis-py (and the settings) "
-    "take a raw '@' inside it: the rest of the password is printed (replay prints REDIS_URL)",
-)
 def test_mask_secrets_hides_a_password_that_holds_an_at_sign() -> None:
     url = "redis://:p@ssw0rd@cache:6379/0"
     assert load_settings(redis_url=url).redis_url == url  # accepted as it is

@@ -295,11 +295,6 @@ def test_an_error_carrying_a_record_dead_letters_that_record() -> None:
     assert _consumer_errors("_BAD_MSG") == before + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="librdkafka puts its error string in an error record's value, so consumer_error "
-    "dead-letters that text as if it were a record (here: offset out of range, no record)",
-)
 def test_a_real_consumer_error_without_a_record_is_not_dead_lettered(
     stack: Stack, dashed_topic: str
 ) -> None:
