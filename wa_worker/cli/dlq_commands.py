@@ -91,7 +91,7 @@ def _table(records: list[dlq.DeadLetterRecord], secrets: tuple[str, ...]) -> Tab
     for r in records:
         at = r.at.isoformat(timespec="seconds") if r.at else "-"
         event = r.event_key or (f"webhook {r.webhook_id}" if r.webhook_id else "-")
-        attempts = r.headers.get("wa-attempts", "-")
+        attempts = "-" if r.context.attempts is None else str(r.context.attempts)
         reason = redact(one_line(r.reason), secrets)  # dead letters from before: one row each
         table.add_row(at, r.ref, r.error_class, reason, event, attempts)
     return table
@@ -171,7 +171,7 @@ def dlq_redrive(
         )
         per_event = dlq.latest_per_event(chosen)
         # Written without their envelope (too large for the DLQ): nothing here to re-drive.
-        with_envelope = [r for r in per_event if "wa-envelope-dropped" not in r.headers]
+        with_envelope = [r for r in per_event if r.context.envelope_dropped is None]
         records = dlq.latest_per_envelope(with_envelope)
         keys = [r.event_key for r in records if r.event_key]
         markers = _reset_markers(settings, keys, dry_run)
