@@ -6,7 +6,6 @@ import json
 from collections import Counter
 from typing import Any
 
-import redis
 import typer
 from rich.table import Table
 
@@ -16,6 +15,7 @@ from wa_worker.cli.support import failures_reported, progress, stdout_console, w
 from wa_worker.cli.topic_reader import ReadRequest
 from wa_worker.core.dedupe import DedupeAdmin, MarkerState, dedupe_keys
 from wa_worker.core.excerpt import one_line
+from wa_worker.core.redis_client import redis_client
 from wa_worker.process.logs import redact
 from wa_worker.settings import Settings, load_settings_or_exit
 
@@ -215,12 +215,3 @@ def _reset_markers(settings: Settings, keys: list[str], dry_run: bool) -> dict[s
         return DedupeAdmin(client, dedupe_keys(settings)).reset_dead_lettered(keys, dry_run=dry_run)
     finally:
         client.close()
-
-
-def redis_client(settings: Settings) -> redis.Redis:
-    """REDIS_URL with the worker's REDIS_TIMEOUT_MS: a Redis that does not answer fails the
-    command instead of holding it."""
-    timeout = settings.redis_timeout_ms / 1000
-    return redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
