@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any, cast
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaError
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
@@ -33,7 +32,13 @@ from wa_worker.models.records import DeadLetter
 from wa_worker.operators.completions import CompletionSource, EndSignal
 from wa_worker.operators.conversation import conversation_builder, route_key
 from wa_worker.operators.finish import FinishTracker
-from wa_worker.operators.inbound import InboundItem, consumer_error, inbound_source, is_message
+from wa_worker.operators.inbound import (
+    InboundError,
+    InboundItem,
+    consumer_error,
+    inbound_source,
+    is_message,
+)
 from wa_worker.operators.parse import is_event, parse_batch
 from wa_worker.process.startup import require_kafka_topics, start_process
 from wa_worker.settings import Settings, load_settings_or_exit
@@ -63,7 +68,7 @@ def build(
     readable = op.branch("readable", inbound, is_message)
     unreadable = op.flat_map(
         "consumer-errors",
-        cast(Stream[KafkaError[bytes | None, bytes | None]], readable.falses),
+        cast(Stream[InboundError], readable.falses),
         consumer_error,
     )
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from devtools.handler_server import Call
 from devtools.kafka import Record
+from wa_worker.models.headers import EVENT_KEY
 
 
 @dataclass
@@ -36,8 +37,8 @@ def account(
     restarts: int,
     note: str = "",
 ) -> Report:
-    processed_keys = Counter(r.header("wa-event-key") for r in processed)
-    dlq_keys = {r.header("wa-event-key") for r in dlq if r.header("wa-event-key")}
+    processed_keys = Counter(r.header(EVENT_KEY) for r in processed)
+    dlq_keys = {r.header(EVENT_KEY) for r in dlq if r.header(EVENT_KEY)}
     dlq_values = Counter(r.value for r in dlq)
     successes = Counter(c.event_key for c in calls if 200 <= c.status < 300)
     missing_poison = sum(1 for p in poison if dlq_values[p] == 0)

@@ -25,6 +25,7 @@ from devtools.worker import WorkerProcess
 from harness.accounting import Report, account
 from harness.fuzz import fuzz_inputs
 from harness.traffic import SteadyProducer, Traffic, build
+from wa_worker.models.headers import ERROR_CLASS, EVENT_KEY
 from wa_worker.models.records import DeadLetter
 from wa_worker.operators.parse import parse_record
 
@@ -129,7 +130,7 @@ class Run:
         while True:
             processed = read_topic(self.lab.brokers, self.processed, timeout_s=30)
             dlq = read_topic(self.lab.brokers, self.dlq, timeout_s=30)
-            seen = {r.header("wa-event-key") for r in processed + dlq}
+            seen = {r.header(EVENT_KEY) for r in processed + dlq}
             values = {r.value for r in dlq}
             done = traffic.unique_events <= seen and all(p in values for p in traffic.poison)
             if done or time.monotonic() > deadline:
@@ -248,7 +249,7 @@ def flaky_handler(lab: Lab, workdir: Path, scale: Scale) -> Report:
         run.worker.start()
         producer.join()
         processed, dlq = run.settle(traffic)
-        exhausted = sum(1 for r in dlq if r.header("wa-error-class") == "retries_exhausted")
+        exhausted = sum(1 for r in dlq if r.header(ERROR_CLASS) == "retries_exhausted")
         return run.report(
             traffic, processed, dlq, f"{exhausted} exhausted 4 attempts (0.3^4 ≈ 0.8 % expected)"
         )
@@ -275,7 +276,7 @@ def handler_down(lab: Lab, workdir: Path, scale: Scale) -> Report:
         time.sleep(scale.outage_s * 2)
         producer.join()
         processed, dlq = run.settle(traffic)
-        dead = sum(1 for r in dlq if r.header("wa-error-class") == "retries_exhausted")
+        dead = sum(1 for r in dlq if r.header(ERROR_CLASS) == "retries_exhausted")
         return run.report(
             traffic,
             processed,
@@ -326,7 +327,7 @@ def fuzz(lab: Lab, workdir: Path, scale: Scale) -> Report:
         event_failures = Counter(
             f"{r.header('wa-error-class')}: {(r.header('wa-error-reason') or '')[:60]}"
             for r in dlq
-            if r.header("wa-event-key")
+            if r.header(EVENT_KEY)
         )
         report.note = (
             f"{len(traffic.poison)} inputs expected in the DLQ, "

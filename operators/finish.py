@@ -17,15 +17,14 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.operators import StatefulBatchLogic
 
 from wa_worker.models.completions import Completion
 from wa_worker.models.records import DeadLetter, Outcome, WebhookEvent
 from wa_worker.operators.conversation import ConversationState
+from wa_worker.operators.inbound import InboundMessage
 
-Message = KafkaSourceMessage[bytes | None, bytes | None]
-ParseStep = Callable[[list[Message]], list[WebhookEvent | DeadLetter]]
+ParseStep = Callable[[list[InboundMessage]], list[WebhookEvent | DeadLetter]]
 LogicValue = WebhookEvent | Completion
 Logic = StatefulBatchLogic[LogicValue, Outcome, ConversationState]
 LogicBuilder = Callable[[ConversationState | None], Logic]
@@ -74,7 +73,7 @@ class FinishTracker:
             return self._events
 
     def counted_parse(self, parse: ParseStep) -> ParseStep:
-        def counted(batch: list[Message]) -> list[WebhookEvent | DeadLetter]:
+        def counted(batch: list[InboundMessage]) -> list[WebhookEvent | DeadLetter]:
             out = parse(batch)
             events = sum(isinstance(item, WebhookEvent) for item in out)
             with self._lock:

@@ -26,9 +26,11 @@ from wa_worker.settings import Settings, StartOffset
 
 log = logging.getLogger(__name__)
 
-InboundItem = (
-    KafkaSourceMessage[bytes | None, bytes | None] | KafkaError[bytes | None, bytes | None]
-)
+# What the inbound source yields (a replay's file source too): a record, or the consumer's
+# error, with the raw bytes of key and value. Written once here; the flow's steps import them.
+InboundMessage = KafkaSourceMessage[bytes | None, bytes | None]
+InboundError = KafkaError[bytes | None, bytes | None]
+InboundItem = InboundMessage | InboundError
 
 
 class _DrainablePartition(StatefulSourcePartition[InboundItem, int | None]):
@@ -109,7 +111,7 @@ class InboundSource(KafkaSource):
         return _DrainablePartition(inner, (topic, int(index)), self._book, self._drain, self._hold)
 
 
-def is_message(item: InboundItem) -> TypeGuard[KafkaSourceMessage[bytes | None, bytes | None]]:
+def is_message(item: InboundItem) -> TypeGuard[InboundMessage]:
     return isinstance(item, KafkaSourceMessage)
 
 
@@ -143,7 +145,7 @@ RECORD_ERRORS = frozenset(
 )
 
 
-def consumer_error(error: KafkaError[bytes | None, bytes | None]) -> list[DeadLetter]:
+def consumer_error(error: InboundError) -> list[DeadLetter]:
     """Consumer errors are mostly about the connection (broker down, rebalancing metadata):
     librdkafka retries those itself, so they are logged and counted. One about a record sends
     that record to the DLQ; a fatal one stops the worker."""

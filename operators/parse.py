@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeGuard
 
-from bytewax.connectors.kafka import KafkaSourceMessage
 from pydantic import ValidationError
 
 from wa_worker.core import metrics
@@ -29,6 +28,7 @@ from wa_worker.models.records import (
     WebhookEvent,
 )
 from wa_worker.models.webhook import Entry, Value, WebhookPayload
+from wa_worker.operators.inbound import InboundMessage
 from wa_worker.operators.salvage import BadPart, salvage_entries, salvage_value, summary
 
 WHATSAPP_OBJECT = "whatsapp_business_account"
@@ -351,13 +351,11 @@ def _summary(exc: ValidationError) -> str:
 
 def parse_batch(
     app_secret: bytes | None,
-) -> Callable[
-    [list[KafkaSourceMessage[bytes | None, bytes | None]]], list[WebhookEvent | DeadLetter]
-]:
+) -> Callable[[list[InboundMessage]], list[WebhookEvent | DeadLetter]]:
     """The `flat_map_batch` step: every inbound record of a batch, parsed."""
 
     def parse(
-        batch: list[KafkaSourceMessage[bytes | None, bytes | None]],
+        batch: list[InboundMessage],
     ) -> list[WebhookEvent | DeadLetter]:
         out: list[WebhookEvent | DeadLetter] = []
         for msg in batch:

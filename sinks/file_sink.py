@@ -24,6 +24,7 @@ from typing import BinaryIO
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import BaseModel
 
+from wa_worker.models.headers import attempts_of, decoded
 from wa_worker.sinks.kafka_sink import DoneMarks
 from wa_worker.sinks.records import KafkaRecord
 
@@ -49,7 +50,7 @@ class FileRecord(BaseModel):
         return cls(
             topic=record.topic,
             key=record.key.decode(errors="replace") if record.key is not None else None,
-            headers={k: v.decode(errors="replace") for k, v in record.headers},
+            headers=decoded(record.headers),
             value=value,
             value_base64=value_b64,
         )
@@ -72,7 +73,7 @@ class OutcomeTally:
     on_count: Callable[[int], None] = lambda records: None  # e.g. a progress bar
 
     def count(self, record: KafkaRecord) -> None:
-        attempts = next((int(v) for k, v in record.headers if k == "wa-attempts"), 0)
+        attempts = attempts_of(record.headers) or 0
         self.retried_events += attempts > 1
         if record.error_class is None:
             self.processed += 1

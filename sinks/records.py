@@ -7,6 +7,7 @@ from datetime import datetime
 from functools import partial
 
 from wa_worker.core import jsonbytes
+from wa_worker.models.headers import DeadLetterHeaders, ProcessedHeaders, dropped
 from wa_worker.models.records import DeadLetter, ErrorClass, Outcome, Processed
 
 # librdkafka counts a record's framing (and the broker its batch's) on top of key, value and
@@ -30,20 +31,7 @@ class KafkaRecord:
 
     def log_context(self) -> dict[str, str]:
         """The DLQ headers worth a log line (names without the `wa-` prefix)."""
-        wanted = {
-            "wa-error-class",
-            "wa-error-reason",
-            "wa-webhook-id",
-            "wa-event-key",
-            "wa-attempts",
-            "wa-source-partition",
-            "wa-source-offset",
-        }
-        return {
-            k[3:].replace("-", "_"): v.decode(errors="replace")
-            for k, v in self.headers
-            if k in wanted
-        }
+        return DeadLetterHeaders.log_context(self.headers)
 
     def size(self) -> int:
         """Bytes the record takes against `message.max.bytes`, framing margin included."""
@@ -111,13 +99,13 @@ def processed_record(
         "handled_at": outcome.handled_at.isoformat(),
         "handler_latency_ms": round(outcome.handler_latency_s * 1000, 3),
     }
-    headers = [
-        ("wa-event-key", event.event_key.encode()),
-        ("wa-webhook-id", event.webhook_id.encode()),
-        ("wa-event-kind", event.kind.value.encode()),
-        ("wa-attempts", str(outcome.attempts).encode()),
-        ("wa-latency-ms", _latency_ms(event.received_at, outcome.handled_at).encode()),
-    ]
+    headers = ProcessedHeaders(
+        event_key=event.event_key,
+        webhook_id=event.webhook_id,
+        event_kind=event.kind.value,
+        attempts=outcome.attempts,
+        latency_ms=_latency_ms(event.received_at, outcome.handled_at),
+    ).to_headers()
     return KafkaRecord(
         topic=topic,
         key=event.conversation_key.encode(),
@@ -151,28 +139,27 @@ def unwritable_record(outcome: Processed, topics: Topics, reason: str) -> KafkaR
 def without_envelope(record: KafkaRecord, reason: str) -> KafkaRecord:
     """A dead letter Kafka refused, as its headers alone: the source topic, partition and offset
     still lead to the original (while the inbound topic keeps it)."""
-    headers = [*record.headers, ("wa-envelope-dropped", reason.encode())]
+    headers = [*record.headers, *dropped(reason)]
     return replace(record, value=b"", headers=headers)
 
 
 def dead_letter_record(letter: DeadLetter, topic: str, inbound_topic: str) -> KafkaRecord:
     """The original envelope, with the error context as headers (after Kafka Connect's DLQ)."""
     source = letter.source
-    context: dict[str, str | int | None] = {
-        "wa-error-class": letter.error_class.value,
-        "wa-error-reason": letter.reason,
-        "wa-webhook-id": letter.webhook_id,
-        "wa-event-key": letter.event_key,
-        "wa-attempts": letter.attempts,
-        "wa-first-failure-at": letter.first_failure_at.isoformat(),
-        "wa-last-failure-at": letter.last_failure_at.isoformat(),
-        "wa-source-topic": source.topic if source else inbound_topic,
-        "wa-source-partition": source.partition if source else None,
-        "wa-source-offset": source.offset if source else None,
-        "wa-status-code": letter.status_code,
-        "wa-envelope-rebuilt": "true" if letter.is_rebuilt() else None,
-    }
-    headers = [(k, str(v).encode()) for k, v in context.items() if v is not None]
+    headers = DeadLetterHeaders(
+        error_class=letter.error_class.value,
+        error_reason=letter.reason,
+        webhook_id=letter.webhook_id,
+        event_key=letter.event_key,
+        attempts=letter.attempts,
+        first_failure_at=letter.first_failure_at,
+        last_failure_at=letter.last_failure_at,
+        source_topic=source.topic if source else inbound_topic,
+        source_partition=source.partition if source else None,
+        source_offset=source.offset if source else None,
+        status_code=letter.status_code,
+        envelope_rebuilt=letter.is_rebuilt(),
+    ).to_headers()
     key = letter.event_key or letter.webhook_id
     return KafkaRecord(
         topic=topic,
@@ -185,7 +172,7 @@ def dead_letter_record(letter: DeadLetter, topic: str, inbound_topic: str) -> Ka
     )
 
 
-def _latency_ms(received_at: datetime | None, now: datetime) -> str:
+def _latency_ms(received_at: datetime | None, now: datetime) -> int | None:
     if received_at is None:
-        return ""
-    return str(round((now - received_at).total_seconds() * 1000))
+        return None
+    return round((now - received_at).total_seconds() * 1000)

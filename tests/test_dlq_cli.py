@@ -22,7 +22,7 @@ from devtools.webhooks import conversation_webhook, messages_value, payload, tex
 from devtools.worker import WorkerProcess
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
-from wa_worker.cli.dlq_commands import redis_client
+from wa_worker.core.redis_client import redis_client
 from wa_worker.settings import load_settings
 
 

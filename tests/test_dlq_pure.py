@@ -17,6 +17,7 @@ from wa_worker.cli.capture import LineKind, capture_line
 from wa_worker.cli.dlq import (
     DeadLetterFilter,
     DeadLetterRecord,
+    _describe,
     check_classes,
     latest_per_envelope,
     latest_per_event,
@@ -340,3 +341,19 @@ def test_classes_and_refs_are_checked() -> None:
         check_classes(["invalid_json", "nosuch"])
     assert parse_ref("2:15") == (2, 15)
     assert [parse_ref(r) for r in ("2:", ":1", "a:1", "1:-1", "wamid.x")] == [None] * 5
+
+
+def test_a_failed_publish_names_the_dead_letter_it_redrives_whatever_the_header_shape() -> None:
+    assert _describe(b"k", [("wa-redrive-of", b"dlq.t/0/2")]) == "dead letter dlq.t/0/2"
+    assert _describe(b"k", {"wa-redrive-of": b"dlq.t/0/2"}) == "dead letter dlq.t/0/2"
+    assert _describe(b"k", [("x", None)]) == "key k"
+    assert _describe(None, None) == "a record without key"
+
+
+def test_a_dead_letter_records_context_comes_from_its_headers() -> None:
+    letter = DeadLetterRecord(
+        0, 5, None, b"", {"wa-error-class": "invalid_json", "wa-attempts": "2"}, None
+    )
+    assert (letter.error_class, letter.reason, letter.event_key) == ("invalid_json", "", None)
+    assert letter.context.attempts == 2 and letter.context.envelope_dropped is None
+    assert letter.summary()["error-class"] == "invalid_json"

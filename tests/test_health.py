@@ -20,8 +20,9 @@ import pytest
 from devtools.devstack import free_port
 from tests.conftest import Stack, Topics
 from wa_worker.core import metrics
+from wa_worker.core.masking import mask_secrets
 from wa_worker.core.shutdown import Drain
-from wa_worker.process.health import HealthApp, Probes, mask_secrets
+from wa_worker.process.health import HealthApp, Probes
 from wa_worker.settings import Settings, load_settings
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -14,10 +15,18 @@ from wa_worker.cli import topic_reader
 from wa_worker.core.kafka_produce import produce_waiting
 from wa_worker.core.timespec import from_ms
 from wa_worker.errors import CommandError, PublishError
+from wa_worker.models.headers import (
+    PREFIX,
+    AnyHeaders,
+    DeadLetterHeaders,
+    Headers,
+    RedriveHeaders,
+    decoded,
+)
 from wa_worker.models.records import ErrorClass
 from wa_worker.settings import Settings
 
-OutRecord = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # value None: tombstone
+OutRecord = tuple[bytes | None, bytes | None, Headers]  # value None: tombstone
 
 
 @dataclass(frozen=True)
@@ -33,21 +42,25 @@ class DeadLetterRecord:
     def ref(self) -> str:
         return f"{self.partition}:{self.offset}"
 
+    @cached_property
+    def context(self) -> DeadLetterHeaders:
+        return DeadLetterHeaders.from_headers(self.headers)
+
     @property
     def event_key(self) -> str | None:
-        return self.headers.get("wa-event-key")
+        return self.context.event_key
 
     @property
     def webhook_id(self) -> str | None:
-        return self.headers.get("wa-webhook-id")
+        return self.context.webhook_id
 
     @property
     def error_class(self) -> str:
-        return self.headers.get("wa-error-class", "")
+        return self.context.error_class
 
     @property
     def reason(self) -> str:
-        return self.headers.get("wa-error-reason", "")
+        return self.context.error_reason
 
     @property
     def at(self) -> datetime | None:
@@ -65,7 +78,7 @@ class DeadLetterRecord:
             "partition": self.partition,
             "offset": self.offset,
             "dead-lettered-at": at.isoformat() if at else None,
-            **{k.removeprefix("wa-"): v for k, v in self.headers.items()},
+            **{k.removeprefix(PREFIX): v for k, v in self.headers.items()},
             "bytes": len(self.value),
         }
 
@@ -148,7 +161,7 @@ def check_classes(classes: Iterable[str]) -> frozenset[str]:
 
 
 def from_topic_record(record: topic_reader.TopicRecord) -> DeadLetterRecord:
-    headers = {k: v.decode(errors="replace") for k, v in record.headers}
+    headers = decoded(record.headers)
     value = record.value if record.value is not None else b""
     return DeadLetterRecord(
         record.partition, record.offset, record.key, value, headers, record.timestamp_ms
@@ -204,9 +217,7 @@ def publish(
     def on_delivery(err: KafkaError | None, msg: Message) -> None:
         nonlocal acknowledged
         if err is not None:
-            raw = msg.headers() or []
-            pairs = raw.items() if isinstance(raw, dict) else raw
-            failures.append(f"{_describe(msg.key(), pairs)}: {err.str()}")
+            failures.append(f"{_describe(msg.key(), msg.headers())}: {err.str()}")
             return
         acknowledged += 1
         if on_sent is not None:
@@ -232,12 +243,11 @@ def publish(
     return acknowledged
 
 
-def _describe(key: bytes | None, headers: Iterable[tuple[str, str | bytes | None]]) -> str:
+def _describe(key: bytes | None, headers: AnyHeaders) -> str:
     """A record as the operator knows it: the dead letter it re-drives, else its key."""
-    for name, value in headers:
-        if name == "wa-redrive-of" and value is not None:
-            text = value.decode(errors="replace") if isinstance(value, bytes) else value
-            return f"dead letter {text}"
+    redrive = RedriveHeaders.from_headers(headers)
+    if redrive is not None:
+        return f"dead letter {redrive.of}"
     return f"key {key.decode(errors='replace')}" if key else "a record without key"
 
 
@@ -246,13 +256,10 @@ def redrive_records(
 ) -> list[OutRecord]:
     """The DLQ records as inbound records again (keyed by webhook id, as the edge does), marked
     with the dead letter they come from and when they were re-driven."""
-    when = (at or datetime.now(UTC)).isoformat(timespec="milliseconds").encode()
+    when = (at or datetime.now(UTC)).isoformat(timespec="milliseconds")
     out: list[OutRecord] = []
     for r in records:
         key = r.webhook_id.encode() if r.webhook_id else r.key
-        headers = [
-            ("wa-redrive-of", f"{dlq_topic}/{r.partition}/{r.offset}".encode()),
-            ("wa-redrive-at", when),
-        ]
+        headers = RedriveHeaders(f"{dlq_topic}/{r.partition}/{r.offset}", when).to_headers()
         out.append((key, r.value, headers))
     return out

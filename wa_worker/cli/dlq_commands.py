@@ -6,7 +6,6 @@ import json
 from collections import Counter
 from typing import Any
 
-import redis
 import typer
 from rich.table import Table
 
@@ -16,6 +15,7 @@ from wa_worker.cli.support import failures_reported, progress, stdout_console, w
 from wa_worker.cli.topic_reader import ReadRequest
 from wa_worker.core.dedupe import DedupeAdmin, MarkerState, dedupe_keys
 from wa_worker.core.excerpt import one_line
+from wa_worker.core.redis_client import redis_client
 from wa_worker.errors import CommandError
 from wa_worker.process.logs import redact
 from wa_worker.settings import Settings, load_settings_or_exit
@@ -92,7 +92,7 @@ def _table(records: list[dlq.DeadLetterRecord], secrets: tuple[str, ...]) -> Tab
     for r in records:
         at = r.at.isoformat(timespec="seconds") if r.at else "-"
         event = r.event_key or (f"webhook {r.webhook_id}" if r.webhook_id else "-")
-        attempts = r.headers.get("wa-attempts", "-")
+        attempts = "-" if r.context.attempts is None else str(r.context.attempts)
         reason = redact(one_line(r.reason), secrets)  # dead letters from before: one row each
         table.add_row(at, r.ref, r.error_class, reason, event, attempts)
     return table
@@ -172,7 +172,7 @@ def dlq_redrive(
         )
         per_event = dlq.latest_per_event(chosen)
         # Written without their envelope (too large for the DLQ): nothing here to re-drive.
-        with_envelope = [r for r in per_event if "wa-envelope-dropped" not in r.headers]
+        with_envelope = [r for r in per_event if r.context.envelope_dropped is None]
         records = dlq.latest_per_envelope(with_envelope)
         keys = [r.event_key for r in records if r.event_key]
         markers = _reset_markers(settings, keys, dry_run)
@@ -216,12 +216,3 @@ def _reset_markers(settings: Settings, keys: list[str], dry_run: bool) -> dict[s
         return DedupeAdmin(client, dedupe_keys(settings)).reset_dead_lettered(keys, dry_run=dry_run)
     finally:
         client.close()
-
-
-def redis_client(settings: Settings) -> redis.Redis:
-    """REDIS_URL with the worker's REDIS_TIMEOUT_MS: a Redis that does not answer fails the
-    command instead of holding it."""
-    timeout = settings.redis_timeout_ms / 1000
-    return redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )

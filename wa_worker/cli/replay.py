@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import redis
 import typer
 from bytewax.errors import BytewaxRuntimeError
 from bytewax.testing import run_main
@@ -37,6 +36,7 @@ from wa_worker import dataflow
 from wa_worker.core.dedupe import redis_store
 from wa_worker.core.masking import mask_secrets
 from wa_worker.core.memory_dedupe import memory_store
+from wa_worker.core.redis_client import redis_client
 from wa_worker.core.runtime import StoreFactory
 from wa_worker.core.services import Services
 from wa_worker.operators.file_source import FileSource, LineCounts
@@ -74,9 +74,7 @@ def choose_dedupe(
     if in_memory:
         return DedupeChoice(memory_store, False, memory, f"--in-memory: {within}")
     url = mask_secrets(settings.redis_url)
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-    )
+    client = redis_client(settings, timeout_s)
     try:
         client.ping()
     except Exception as exc:  # noqa: BLE001  (any failure: fall back, and say why)

@@ -15,6 +15,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Messa
 
 from wa_worker.core.timespec import to_ms
 from wa_worker.errors import CommandError, ConfigError
+from wa_worker.models.headers import normalise
 from wa_worker.settings import Settings
 
 # Offsets per partition; the key None applies to every partition without its own entry.
@@ -206,11 +207,7 @@ def read(
 
 def _record(msg: Message, partition: int, offset: int) -> TopicRecord:
     kind, ms = msg.timestamp()
-    raw = msg.headers() or []
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    headers = tuple(
-        (str(k), v if isinstance(v, bytes) else str(v or "").encode()) for k, v in pairs
-    )
+    headers = normalise(msg.headers())
     return TopicRecord(
         partition,
         offset,

@@ -20,13 +20,13 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
-import redis
 from confluent_kafka.admin import AdminClient
 from prometheus_client import make_wsgi_app
 from pydantic import BaseModel, ConfigDict, Field
 
 from wa_worker.core import metrics
 from wa_worker.core.masking import mask_secrets
+from wa_worker.core.redis_client import redis_client
 from wa_worker.core.shutdown import Drain
 from wa_worker.errors import ProbeFailed
 from wa_worker.settings import Settings
@@ -108,9 +108,7 @@ class Probes:
         self._settings = settings
         self._timeout_s = timeout_s
         self._admin = AdminClient({**settings.admin_config(), "log_level": 0})
-        self._redis = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        self._redis = redis_client(settings, timeout_s)
         self.probes: dict[str, Probe] = {"kafka": self.kafka, "redis": self.redis_ping}
         if settings.handler_health_url:
             self.probes["handler"] = self.handler

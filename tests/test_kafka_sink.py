@@ -1,0 +1,206 @@
+"""The Kafka sink's partition: what it does with each delivery report. A fake producer stands
+in for librdkafka, which is what decides these reports; the broker itself adds nothing here
+(tests/test_unwritable.py writes through a real broker that refuses records)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from devtools.webhooks import text_message
+from wa_worker.core.dedupe import DoneMark
+from wa_worker.errors import DeliveryError
+from wa_worker.models.headers import DeadLetterHeaders
+from wa_worker.models.records import (
+    DeadLetter,
+    ErrorClass,
+    EventKind,
+    Processed,
+    SourcePosition,
+    WebhookEvent,
+)
+from wa_worker.sinks.kafka_sink import _KafkaOutcomePartition
+from wa_worker.sinks.records import KafkaRecord, Topics, to_record
+
+TOPICS = Topics("processed", "dlq", "inbound")
+MAX = 1_048_576
+
+
+@dataclass
+class _Msg:
+    _topic: str
+
+    def topic(self) -> str:
+        return self._topic
+
+
+@dataclass
+class FakeProducer:
+    """Queues records; `flush` reports each one, with the error `verdict` gives (None: ok)."""
+
+    verdict: Callable[[str, bytes], int | None] = lambda topic, value: None
+    refuse_early: Callable[[str, bytes], int | None] = lambda topic, value: None
+    buffer_full: int = 0  # BufferErrors before the next record is accepted
+    unacknowledged: int = 0  # what flush still reports pending after its reports
+    queued: list[tuple[str, bytes, list[tuple[str, bytes]], Any]] = field(default_factory=list)
+    acknowledged: list[tuple[str, bytes]] = field(default_factory=list)
+    acknowledged_headers: list[list[tuple[str, bytes]]] = field(default_factory=list)
+    polls: int = 0
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]],
+        on_delivery: Callable[[KafkaError | None, _Msg], None],
+    ) -> None:
+        if self.buffer_full:
+            self.buffer_full -= 1
+            raise BufferError("Local: Queue full")
+        code = self.refuse_early(topic, value)
+        if code is not None:
+            raise KafkaException(KafkaError(code))
+        self.queued.append((topic, value, headers, on_delivery))
+
+    def poll(self, timeout: float) -> int:
+        self.polls += 1
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        queued, self.queued = self.queued, []
+        for topic, value, headers, on_delivery in queued:
+            code = self.verdict(topic, value)
+            if code is None:
+                self.acknowledged.append((topic, value))
+                self.acknowledged_headers.append(headers)
+            on_delivery(None if code is None else KafkaError(code), _Msg(topic))
+        return self.unacknowledged
+
+
+@dataclass
+class Marks:
+    """Done marks, checked to come after Kafka acknowledged their records."""
+
+    producer: FakeProducer
+    marked: list[DoneMark] = field(default_factory=list)
+    acknowledged_then: int = -1
+
+    def mark_done(self, marks: list[DoneMark]) -> None:
+        assert not self.producer.queued, "marked done before every record was reported"
+        self.acknowledged_then = len(self.producer.acknowledged)
+        self.marked.extend(marks)
+
+
+def _event(key: str) -> WebhookEvent:
+    return WebhookEvent(
+        event_key=key,
+        conversation_key="106540352242922:31612345678",
+        kind=EventKind.MESSAGE,
+        webhook_id=f"w-{key}",
+        field="messages",
+        object="whatsapp_business_account",
+        entry_id="102290129340398",
+        payload=text_message(key, "31612345678", "hi"),
+        source=SourcePosition(topic="inbound", partition=0, offset=3),
+        envelope_raw=b'{"id":"w"}',
+    )
+
+
+def processed(key: str, result: Any = "ok") -> KafkaRecord:
+    return to_record(Processed(event=_event(key), result=result, attempts=1), TOPICS, MAX)
+
+
+def dead(key: str) -> KafkaRecord:
+    letter = DeadLetter(
+        error_class=ErrorClass.HANDLER_PERMANENT,
+        reason="HTTP 422",
+        event_key=key,
+        webhook_id=f"w-{key}",
+        attempts=1,
+        event=_event(key),
+    )
+    return to_record(letter, TOPICS, MAX)
+
+
+def _sink(producer: FakeProducer) -> tuple[_KafkaOutcomePartition, Marks]:
+    marks = Marks(producer)
+    return _KafkaOutcomePartition(cast(Producer, producer), marks, 0.05), marks
+
+
+def test_a_batch_kafka_acknowledges_is_marked_done_after_delivery() -> None:
+    producer = FakeProducer(buffer_full=2)
+    sink, marks = _sink(producer)
+    sink.write_batch([processed("wamid.1"), dead("wamid.2")])
+    assert [t for t, _ in producer.acknowledged] == ["processed", "dlq"]
+    assert marks.marked == [("wamid.1", "processed"), ("wamid.2", "dlq")]
+    assert marks.acknowledged_then == 2 and producer.polls == 2  # waited out the full queue
+
+
+def _refuse_processed(topic: str, value: bytes) -> int | None:
+    return KafkaError.MSG_SIZE_TOO_LARGE if topic == "processed" and b"big" in value else None
+
+
+def test_a_processed_record_kafka_refuses_becomes_its_events_dead_letter() -> None:
+    producer = FakeProducer(verdict=_refuse_processed)
+    sink, marks = _sink(producer)
+    sink.write_batch([processed("wamid.big", "big"), processed("wamid.ok")])
+    assert [t for t, _ in producer.acknowledged] == ["processed", "dlq"]
+    assert marks.marked == [("wamid.ok", "processed"), ("wamid.big", "dlq")]
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["at-delivery", "before-queueing"])
+def test_a_dead_letter_kafka_refuses_is_written_without_its_envelope(early: bool) -> None:
+    def refuse(topic: str, value: bytes) -> int | None:
+        return KafkaError.MSG_SIZE_TOO_LARGE if topic == "dlq" and value else None
+
+    producer = FakeProducer(refuse_early=refuse) if early else FakeProducer(verdict=refuse)
+    sink, marks = _sink(producer)
+    sink.write_batch([dead("wamid.1")])
+    assert producer.acknowledged == [("dlq", b"")]
+    context = DeadLetterHeaders.from_headers(producer.acknowledged_headers[0])
+    assert (context.event_key, context.error_class) == ("wamid.1", "handler_permanent")
+    dropped = context.envelope_dropped or ""
+    assert dropped.startswith("Kafka refused the dead letter: ")
+    assert marks.marked == [("wamid.1", "dlq")]
+
+
+def test_a_record_refused_even_without_its_value_stops_the_batch_unmarked() -> None:
+    producer = FakeProducer(verdict=lambda topic, value: KafkaError.MSG_SIZE_TOO_LARGE)
+    sink, marks = _sink(producer)
+    with pytest.raises(DeliveryError, match="even without its value"):
+        sink.write_batch([dead("wamid.1"), processed("wamid.2")])
+    assert marks.marked == []
+
+
+@pytest.mark.parametrize(
+    "code",
+    [KafkaError._MSG_TIMED_OUT, KafkaError.TOPIC_AUTHORIZATION_FAILED],
+    ids=["timed-out", "not-authorised"],
+)
+def test_any_other_delivery_error_raises_and_marks_nothing(code: int) -> None:
+    producer = FakeProducer(verdict=lambda topic, value: code if topic == "dlq" else None)
+    sink, marks = _sink(producer)
+    with pytest.raises(DeliveryError, match="did not acknowledge 1 of 2 records"):
+        sink.write_batch([processed("wamid.1"), dead("wamid.2")])
+    assert marks.marked == []
+
+
+def test_any_other_error_before_queueing_raises_and_marks_nothing() -> None:
+    producer = FakeProducer(refuse_early=lambda topic, value: KafkaError._UNKNOWN_TOPIC)
+    sink, marks = _sink(producer)
+    with pytest.raises(DeliveryError, match="Kafka refused a processed record"):
+        sink.write_batch([processed("wamid.1")])
+    assert marks.marked == []
+
+
+def test_records_unacknowledged_at_the_deadline_raise_and_mark_nothing() -> None:
+    producer = FakeProducer(unacknowledged=1)
+    sink, marks = _sink(producer)
+    with pytest.raises(DeliveryError, match="did not acknowledge 1 of 1 records"):
+        sink.write_batch([processed("wamid.1")])
+    assert marks.marked == []
