@@ -122,7 +122,8 @@ run_worker() {
     fi
     init_recovery
     # The code in the working directory wins over the installed copy (waxctl's tarball lands in
-    # BYTEWAX_WORKDIR); bytewax.run imports `dataflow` from there.
+    # BYTEWAX_WORKDIR): bytewax.run imports wa_worker.dataflow, and so all of wa_worker, from
+    # there. One package, so the two copies never mix.
     if [ -n "${BYTEWAX_WORKDIR:-}" ]; then
         cd "$BYTEWAX_WORKDIR" || fail "BYTEWAX_WORKDIR: no directory $BYTEWAX_WORKDIR"
     fi
