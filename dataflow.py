@@ -40,7 +40,7 @@ from wa_worker.operators.inbound import (
     is_message,
 )
 from wa_worker.operators.parse import is_event, parse_batch
-from wa_worker.process.startup import require_kafka_topics, start_process
+from wa_worker.process.startup import require_kafka_topics, require_working_redis, start_process
 from wa_worker.settings import Settings, load_settings_or_exit
 from wa_worker.sinks.kafka_sink import KafkaOutcomeSink
 from wa_worker.sinks.records import KafkaRecord, Topics, to_record
@@ -111,6 +111,7 @@ def worker_flow() -> Dataflow:
     offset reporter) too, so it is called once, by Bytewax reading `flow`."""
     settings = load_settings_or_exit()
     require_kafka_topics(settings)
+    require_working_redis(settings)
     services = Services.create(settings)
     start_process(settings, services)
     # Input waits during a drain, while the handler's circuit is open and while the process

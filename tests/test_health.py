@@ -43,7 +43,7 @@ class ScriptedProbes(Probes):
         if self.kafka_raises is not None:
             raise self.kafka_raises
 
-    def redis_ping(self) -> None:
+    def redis_dedupe(self) -> None:
         if self.redis_raises is not None:
             raise self.redis_raises
 

@@ -20,11 +20,11 @@ def test_a_given_timeout_replaces_redis_timeout_ms(stack: Stack) -> None:
         client.close()
 
 
-def test_the_health_probe_pings_with_its_own_timeout(stack: Stack) -> None:
+def test_the_health_probe_checks_redis_with_its_own_timeout(stack: Stack) -> None:
     settings = load_settings(
         kafka_brokers=stack.brokers, redis_url=stack.redis_url, redis_timeout_ms=750
     )
     probes = Probes(settings, timeout_s=1.5)
-    probes.redis_ping()
+    probes.redis_dedupe()
     kwargs = probes._redis.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 1.5

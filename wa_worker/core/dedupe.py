@@ -14,6 +14,7 @@ Every call takes a batch and makes one pipelined round trip, one script call per
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -134,6 +135,22 @@ class DedupeStore(Protocol):
 
 def dedupe_keys(settings: Settings) -> DedupeKeys:
     return DedupeKeys(settings.redis_key_prefix, int(settings.dedupe_ttl_days * 86_400_000))
+
+
+_PROBE_TTL_MS = 10_000  # the probe's keys expire by themselves: nothing to clean up
+
+
+def check_dedupe_works(client: redis.Redis, keys: DedupeKeys) -> None:
+    """One real claim, as a batch of two throw-away keys, through the worker's own script.
+
+    A Redis can answer PING and still be unable to do the work: an ACL that denies scripts, a
+    read-only replica, a cluster that refuses a batch's keys across slots. Each of those
+    raises here with Redis's own reason (a `redis.ResponseError`), instead of leaving every
+    claim to fail and retry while the worker looks healthy."""
+    nonce = uuid.uuid4().hex
+    probe = [keys.key(f"probe:{nonce}:{i}") for i in range(2)]
+    claim = client.register_script(CLAIM_LUA)
+    claim(keys=probe, args=[_PROBE_TTL_MS, *("probe", _PROBE_TTL_MS) * len(probe)])
 
 
 def redis_store(settings: Settings) -> AsyncDedupeStore:

@@ -20,11 +20,13 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
+import redis
 from confluent_kafka.admin import AdminClient
 from prometheus_client import make_wsgi_app
 from pydantic import BaseModel, ConfigDict, Field
 
 from wa_worker.core import metrics
+from wa_worker.core.dedupe import check_dedupe_works, dedupe_keys
 from wa_worker.core.masking import mask_secrets
 from wa_worker.core.redis_client import redis_client
 from wa_worker.core.shutdown import Drain
@@ -109,7 +111,8 @@ class Probes:
         self._timeout_s = timeout_s
         self._admin = AdminClient({**settings.admin_config(), "log_level": 0})
         self._redis = redis_client(settings, timeout_s)
-        self.probes: dict[str, Probe] = {"kafka": self.kafka, "redis": self.redis_ping}
+        self._keys = dedupe_keys(settings)
+        self.probes: dict[str, Probe] = {"kafka": self.kafka, "redis": self.redis_dedupe}
         if settings.handler_health_url:
             self.probes["handler"] = self.handler
         self._shared = {
@@ -128,8 +131,12 @@ class Probes:
         if found is None or found.error is not None:
             raise ProbeFailed(f"topic {topic} unavailable: {found.error if found else 'missing'}")
 
-    def redis_ping(self) -> None:
-        self._redis.ping()
+    def redis_dedupe(self) -> None:
+        """Not PING: a Redis that answers but refuses the dedupe's scripts fails the check."""
+        try:
+            check_dedupe_works(self._redis, self._keys)
+        except redis.ResponseError as exc:
+            raise ProbeFailed(f"Redis refuses the worker's dedupe script: {exc}") from exc
 
     def handler(self) -> None:
         url = self._settings.handler_health_url

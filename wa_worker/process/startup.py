@@ -10,10 +10,14 @@ import os
 import sys
 from datetime import UTC, datetime
 
+import redis
 from confluent_kafka.admin import AdminClient
 
+from wa_worker.core.dedupe import check_dedupe_works, dedupe_keys
 from wa_worker.core.handlers import load_callable
+from wa_worker.core.masking import mask_secrets
 from wa_worker.core.offsets import OffsetReporter
+from wa_worker.core.redis_client import redis_client
 from wa_worker.core.services import Services
 from wa_worker.errors import ConfigError
 from wa_worker.process import health, logs
@@ -42,6 +46,27 @@ def require_kafka_topics(settings: Settings, timeout_s: float = 15.0) -> None:
             "(create it, e.g. `scripts/devstack up`, or set the KAFKA_*_TOPIC settings)",
             settings,
         )
+
+
+def require_working_redis(settings: Settings) -> None:
+    """One real claim round trip before the flow starts. A Redis that answers but refuses the
+    dedupe's scripts (an ACL, a read-only replica, a cluster's slots) stops start-up with its
+    reason; one that does not answer only makes events wait, as during any Redis outage."""
+    client = redis_client(settings)
+    try:
+        check_dedupe_works(client, dedupe_keys(settings))
+    except redis.ResponseError as exc:
+        _exit(
+            f"REDIS_URL: Redis at {mask_secrets(settings.redis_url)} answers but refuses the "
+            f"worker's dedupe script ({exc})",
+            settings,
+        )
+    except redis.RedisError as exc:
+        log.warning(
+            "Redis not reachable at start-up (events wait for it): %s", mask_secrets(str(exc))
+        )
+    finally:
+        client.close()
 
 
 def _cluster_args(argv: list[str] | None) -> argparse.Namespace:
