@@ -8,6 +8,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from wa_worker.models.records import EventKind, SourcePosition, WebhookEvent
+
 PHONE_NUMBER_ID = "106540352242922"
 
 
@@ -89,3 +91,29 @@ def conversation_webhook(webhook_id: str, wa_id: str, wamids: list[str]) -> byte
     """One webhook carrying several text messages of one customer."""
     messages = [text_message(w, wa_id, f"msg {w}") for w in wamids]
     return envelope(webhook_id, payload(messages_value(messages=messages, wa_id=wa_id)))
+
+
+def text_event(
+    wamid: str = "wamid.1",
+    wa_id: str = "31612345678",
+    body: str = "hello",
+    *,
+    webhook_id: str = "w-1",
+    source: SourcePosition | None = None,
+    received_at: datetime | None = None,
+    envelope_raw: bytes | None = None,
+) -> WebhookEvent:
+    """A parsed text-message event, as the parser would give it, for tests of later steps."""
+    return WebhookEvent(
+        event_key=wamid,
+        conversation_key=f"{PHONE_NUMBER_ID}:{wa_id}",
+        kind=EventKind.MESSAGE,
+        webhook_id=webhook_id,
+        field="messages",
+        object="whatsapp_business_account",
+        entry_id="102290129340398",
+        payload=text_message(wamid, wa_id, body),
+        received_at=received_at,
+        source=source or SourcePosition(topic="inbound", partition=0, offset=7),
+        envelope_raw=envelope_raw,
+    )

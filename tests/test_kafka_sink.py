@@ -11,14 +11,13 @@ from typing import Any, cast
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from devtools.webhooks import text_message
+from devtools.webhooks import text_event
 from wa_worker.core.dedupe import DoneMark
 from wa_worker.errors import DeliveryError
 from wa_worker.models.headers import DeadLetterHeaders
 from wa_worker.models.records import (
     DeadLetter,
     ErrorClass,
-    EventKind,
     Processed,
     SourcePosition,
     WebhookEvent,
@@ -97,15 +96,10 @@ class Marks:
 
 
 def _event(key: str) -> WebhookEvent:
-    return WebhookEvent(
-        event_key=key,
-        conversation_key="106540352242922:31612345678",
-        kind=EventKind.MESSAGE,
+    return text_event(
+        key,
+        body="hi",
         webhook_id=f"w-{key}",
-        field="messages",
-        object="whatsapp_business_account",
-        entry_id="102290129340398",
-        payload=text_message(key, "31612345678", "hi"),
         source=SourcePosition(topic="inbound", partition=0, offset=3),
         envelope_raw=b'{"id":"w"}',
     )

@@ -9,13 +9,12 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from devtools.webhooks import text_message
+from devtools.webhooks import text_event
 from wa_worker.models import headers as h
 from wa_worker.models.headers import DeadLetterHeaders, ProcessedHeaders, RedriveHeaders
 from wa_worker.models.records import (
     DeadLetter,
     ErrorClass,
-    EventKind,
     Processed,
     SourcePosition,
     WebhookEvent,
@@ -32,17 +31,10 @@ HANDLED = RECEIVED + timedelta(milliseconds=1234.4)
 def _event(
     received_at: datetime | None = RECEIVED, raw: bytes | None = b'{"id":"w-1"}'
 ) -> WebhookEvent:
-    return WebhookEvent(
-        event_key="wamid.1",
-        conversation_key=f"106540352242922:{WA_ID}",
-        kind=EventKind.MESSAGE,
-        webhook_id="w-1",
-        field="messages",
-        object="whatsapp_business_account",
-        entry_id="102290129340398",
-        payload=text_message("wamid.1", WA_ID, "hello"),
-        received_at=received_at,
+    return text_event(
+        wa_id=WA_ID,
         source=SourcePosition(topic="inbound.t", partition=2, offset=7),
+        received_at=received_at,
         envelope_raw=raw,
     )
 

@@ -20,7 +20,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from devtools.kafka import Record, produce, read_topic
-from devtools.webhooks import envelope, messages_value, payload, text_message
+from devtools.webhooks import envelope, messages_value, payload, text_event, text_message
 from devtools.worker import WorkerProcess
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
@@ -28,9 +28,7 @@ from tests.test_replay import closed_port
 from wa_worker.models.records import (
     DeadLetter,
     ErrorClass,
-    EventKind,
     Processed,
-    SourcePosition,
     WebhookEvent,
 )
 from wa_worker.sinks.file_sink import FileRecord
@@ -43,17 +41,7 @@ TOPICS = RecordTopics("processed", "dlq", "inbound")
 
 
 def _event(body: str = "hello") -> WebhookEvent:
-    return WebhookEvent(
-        event_key="wamid.1",
-        conversation_key=f"106540352242922:{WA_ID}",
-        kind=EventKind.MESSAGE,
-        webhook_id="w-1",
-        field="messages",
-        object="whatsapp_business_account",
-        entry_id="102290129340398",
-        payload=text_message("wamid.1", WA_ID, body),
-        source=SourcePosition(topic="inbound", partition=0, offset=7),
-    )
+    return text_event(wa_id=WA_ID, body=body)
 
 
 def test_a_result_json_cannot_hold_becomes_a_dead_letter_record() -> None:
