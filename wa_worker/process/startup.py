@@ -49,24 +49,30 @@ def require_kafka_topics(settings: Settings, timeout_s: float = 15.0) -> None:
 
 
 def require_working_redis(settings: Settings) -> None:
-    """One real claim round trip before the flow starts. A Redis that answers but refuses the
-    dedupe's scripts (an ACL, a read-only replica, a cluster's slots) stops start-up with its
-    reason; one that does not answer only makes events wait, as during any Redis outage."""
-    client = redis_client(settings)
+    """One real claim round trip before the flow starts, in every REDIS_MODE. A Redis that
+    answers but refuses the dedupe's scripts (an ACL, a read-only replica, a cluster's slots)
+    or the credentials stops start-up with its reason; one that does not answer only makes
+    events wait, as during any Redis outage."""
+    where = f"Redis at {mask_secrets(settings.redis_url)}"
+    client = None
     try:
+        client = redis_client(settings)
         check_dedupe_works(client, dedupe_keys(settings))
     except redis.ResponseError as exc:
         _exit(
-            f"REDIS_URL: Redis at {mask_secrets(settings.redis_url)} answers but refuses the "
-            f"worker's dedupe script ({exc})",
-            settings,
+            f"REDIS_URL: {where} answers but refuses the worker's dedupe script ({exc})", settings
         )
+    except redis.AuthenticationError as exc:
+        _exit(f"REDIS_URL: {where} refuses the user or password in it ({exc})", settings)
     except redis.RedisError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # the CA does not vouch for the server
+            _exit(f"REDIS_TLS_CA_FILE: {where}: {mask_secrets(str(exc))}", settings)
         log.warning(
             "Redis not reachable at start-up (events wait for it): %s", mask_secrets(str(exc))
         )
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def _cluster_args(argv: list[str] | None) -> argparse.Namespace:
