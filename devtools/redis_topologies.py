@@ -17,8 +17,10 @@ the nodes run returns the running topology. `scripts/devstack up --redis cluster
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -32,6 +34,8 @@ from devtools.devstack import Service, _alive, ensure_redis_installed, free_port
 
 SENTINEL_MASTER = "mymaster"
 ACL_USER = "wa-worker"
+# EC keys: RSA key generation took seconds per key on a busy 2-core machine.
+_NEW_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
 CLUSTER_NODE_TIMEOUT_MS = 2000  # a dead primary is noticed (and its replica promoted) in seconds
 
 
@@ -134,7 +138,7 @@ def make_certificates(folder: Path) -> Certificates:
     ca_key = folder / "ca.key"
     _run(
         openssl,
-        *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=wa-dev-ca"),
+        *("req", "-x509", *_NEW_KEY, "-nodes", "-days", "30", "-subj", "/CN=wa-dev-ca"),
         *("-keyout", str(ca_key), "-out", str(certs.ca)),
     )
     extensions = folder / "server.ext"
@@ -144,7 +148,7 @@ def make_certificates(folder: Path) -> Certificates:
         (certs.client_cert, certs.client_key, ACL_USER, None),
     ):
         csr = folder / f"{cert.stem}.csr"
-        _run(openssl, "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+        _run(openssl, "req", *_NEW_KEY, "-nodes", "-subj", f"/CN={name}",
              "-keyout", str(key), "-out", str(csr))  # fmt: skip
         _run(
             openssl,
@@ -159,7 +163,8 @@ def make_certificates(folder: Path) -> Certificates:
 def _run(*argv: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode:
-        raise RuntimeError(f"{' '.join(argv[:3])} failed: {result.stderr.strip()[-500:]}")
+        said = (result.stderr.strip() or result.stdout.strip())[-500:]
+        raise RuntimeError(f"{' '.join(argv[:3])} failed: {said}")
 
 
 # Processes
@@ -179,14 +184,35 @@ def _redis_argv(binary: str, port: int, folder: Path, tls: Certificates | None) 
 def _node(base: Path, topology: str, name: str, extra: list[str], tls: Certificates | None) -> Node:
     service = Service(f"{topology}/{name}", "redis-server", base)
     port = service.port() if service.pid() is not None else None
-    port = port or free_port()
+    port = port or (_cluster_port() if "--cluster-enabled" in extra else free_port())
     argv = [*_redis_argv(ensure_redis_installed(), port, service.dir, tls), *extra]
     node = Node(service, argv)
     if service.pid() is None:
-        service.port_file.parent.mkdir(parents=True, exist_ok=True)
+        service.dir.mkdir(parents=True, exist_ok=True)
+        # A fresh start is a fresh node: an old nodes.conf would keep the old cluster's slots
+        # and ports (`Node.restart` keeps it: a restarted node rejoins its cluster).
+        (service.dir / "nodes.conf").unlink(missing_ok=True)
         proc = service.spawn(argv, port)
         _wait_for(lambda: _answers(port, tls), 20, proc, service)
     return node
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too, so at most 55535."""
+    for _ in range(200):
+        port = random.randint(20_000, 55_535)
+        if _bindable(port) and _bindable(port + 10_000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _client(port: int, tls: Certificates | None = None, **kwargs: Any) -> redis.Redis:
@@ -254,6 +280,17 @@ def start_redis_cluster(
 
 
 def _create_cluster(nodes: list[Node], replicas: int, tls: Certificates | None) -> None:
+    # A half-made cluster (an interrupted start) is made again from empty: primaries emptied
+    # (replicas refuse FLUSHALL), then every node forgets the others.
+    for command in (("FLUSHALL",), ("CLUSTER", "RESET", "HARD")):
+        for node in nodes:
+            client = _client(node.port, tls)
+            try:
+                client.execute_command(*command)  # type: ignore[no-untyped-call]
+            except redis.ReadOnlyError:
+                pass
+            finally:
+                client.close()
     cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
     tls_args = ["--tls", "--cacert", str(tls.ca), "--cert", str(tls.client_cert),
                 "--key", str(tls.client_key)] if tls else []  # fmt: skip

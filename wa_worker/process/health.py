@@ -159,7 +159,7 @@ class Probes:
             raise DetailedProbeFailed(f"Redis {topology.mode.value}: {topology.problem}", details)
         try:
             check_dedupe_works(self._redis, self._keys)
-        except redis.ResponseError as exc:
+        except (redis.ResponseError, redis.RedisClusterException) as exc:
             message = f"Redis refuses the worker's dedupe script: {exc}"
             raise DetailedProbeFailed(message, details) from exc
         except redis.RedisError as exc:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import redis
 from confluent_kafka.admin import AdminClient
+from redis.exceptions import SlotNotCoveredError
 
 from wa_worker.core.dedupe import check_dedupe_works, dedupe_keys
 from wa_worker.core.handlers import load_callable
@@ -58,7 +59,10 @@ def require_working_redis(settings: Settings) -> None:
     try:
         client = redis_client(settings)
         check_dedupe_works(client, dedupe_keys(settings))
-    except redis.ResponseError as exc:
+    except SlotNotCoveredError as exc:  # a cluster without a primary for some slots
+        log.warning("Redis cluster not usable at start-up (events wait for it): %s", exc)
+    except (redis.ResponseError, redis.RedisClusterException) as exc:
+        # RedisClusterException: the cluster client refuses the call itself (CROSSSLOT)
         _exit(
             f"REDIS_URL: {where} answers but refuses the worker's dedupe script ({exc})", settings
         )
