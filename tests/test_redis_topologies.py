@@ -93,7 +93,7 @@ def test_auto_mode_without_an_answer_is_standalone_and_says_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = load_settings(redis_url="redis://:pw-hidden@127.0.0.1:1/0", redis_timeout_ms=200)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         assert resolve_mode(settings) is RedisMode.STANDALONE
     assert "set REDIS_MODE" in caplog.text and "pw-hidden" not in caplog.text
 

@@ -90,8 +90,8 @@ def sentinel_addresses(settings: Settings) -> list[tuple[str, int]]:
 
 def resolve_mode(settings: Settings, timeout_s: float | None = None) -> RedisMode:
     """REDIS_MODE, or for `auto` what the servers say. A wrong password raises (it is a
-    setting to fix); an unreachable node gives standalone with a warning: events then wait
-    for Redis as during any outage, and /health reports the mode it finds once Redis answers."""
+    setting to fix); an unreachable node gives standalone (the start-up warning says to set
+    REDIS_MODE): a cluster unreachable at start-up is then refused by /health until a restart."""
     if settings.redis_mode is not RedisMode.AUTO:
         return settings.redis_mode
     if settings.redis_sentinels:
@@ -102,7 +102,9 @@ def resolve_mode(settings: Settings, timeout_s: float | None = None) -> RedisMod
     except redis.AuthenticationError:
         raise
     except redis.RedisError as exc:
-        log.warning(
+        # info, not warning: the caller's own command fails next and says so (the worker's
+        # start-up warning names REDIS_MODE); a tool's one-line error stays one line.
+        log.info(
             "REDIS_MODE=auto: cannot ask %s whether it is a cluster (%s); using it as "
             "standalone (set REDIS_MODE to skip the question)",
             mask_secrets(settings.redis_url),

@@ -22,7 +22,7 @@ from wa_worker.core.redis_client import redis_client
 from wa_worker.core.services import Services
 from wa_worker.errors import ConfigError
 from wa_worker.process import health, logs
-from wa_worker.settings import LogFormat, Settings
+from wa_worker.settings import LogFormat, RedisMode, Settings
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,11 @@ def require_working_redis(settings: Settings) -> None:
     except redis.RedisError as exc:
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # the CA does not vouch for the server
             _exit(f"REDIS_TLS_CA_FILE: {where}: {mask_secrets(str(exc))}", settings)
+        guessed = settings.redis_mode is RedisMode.AUTO and not settings.redis_sentinels
         log.warning(
-            "Redis not reachable at start-up (events wait for it): %s", mask_secrets(str(exc))
+            "Redis not reachable at start-up (events wait for it): %s%s",
+            mask_secrets(str(exc)),
+            "; REDIS_MODE=auto could not ask it, so it is used as standalone" if guessed else "",
         )
     finally:
         if client is not None:
