@@ -126,6 +126,7 @@ class Topology:
 
 def make_certificates(folder: Path) -> Certificates:
     """A throw-away CA, a server certificate for 127.0.0.1/localhost and a client one."""
+    folder = folder.resolve()  # redis-server reads them from its own folder
     openssl = shutil.which("openssl")
     if openssl is None:
         raise RuntimeError("openssl is needed for --redis-tls (apt-get install openssl)")
@@ -259,6 +260,7 @@ def start_redis_cluster(
 ) -> Topology:
     """Three primaries with `replicas` replicas each, `redis-cli --cluster create`, then wait
     until every node says cluster_state:ok. `tls`: every node TLS-only, the bus too."""
+    base = base.resolve()  # the nodes run in their own folders: paths must not be relative
     topology = name or ("redis-cluster-tls" if tls else "redis-cluster")
     count = 3 * (1 + replicas)
     extra = [
@@ -319,6 +321,7 @@ def _lines(reply: Any) -> list[str]:
 def start_redis_sentinel(base: Path) -> Topology:
     """A primary, its replica and three sentinels watching it (quorum 2); returns once every
     sentinel knows the replica and the other sentinels, so SENTINEL FAILOVER works at once."""
+    base = base.resolve()  # the nodes run in their own folders: paths must not be relative
     topology = "redis-sentinel"
     primary = _node(base, topology, "primary", [], None)
     replica = _node(
@@ -407,6 +410,7 @@ def sentinel_primary(topology: Topology) -> Node:
 def start_redis_tls(base: Path) -> Topology:
     """A TLS-only Redis that requires a client certificate, with the `default` user off: the
     ACL user `wa-worker` (password in its folder) is the only way in."""
+    base = base.resolve()  # the nodes run in their own folders: paths must not be relative
     topology = "redis-tls"
     folder = base / topology
     certs = make_certificates(folder / "certs")
@@ -436,6 +440,7 @@ def start_redis_tls(base: Path) -> Topology:
 def start_named(base: Path, kind: str, tls: bool) -> Topology:
     """What `devstack up --redis KIND [--redis-tls]` starts (KIND: cluster or sentinel, or
     standalone with TLS)."""
+    base = base.resolve()
     if kind == "cluster":
         return start_redis_cluster(
             base, tls=make_certificates(base / "redis-cluster-tls" / "certs") if tls else None

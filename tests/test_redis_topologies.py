@@ -18,7 +18,12 @@ import redis
 
 from devtools.handler_server import HandlerServer
 from devtools.kafka import produce, read_topic
-from devtools.redis_topologies import Topology, sentinel_primary, start_redis_cluster
+from devtools.redis_topologies import (
+    Topology,
+    sentinel_primary,
+    start_redis_cluster,
+    start_redis_tls,
+)
 from devtools.webhooks import conversation_webhook
 from devtools.worker import WorkerProcess
 from tests.conftest import Stack, Topics
@@ -264,6 +269,23 @@ def _failover(topology: Topology, old_port: int) -> None:
             time.sleep(0.2)
     finally:
         admin.close()
+
+
+# devstack
+
+
+def test_a_topology_in_a_relative_folder_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # each node runs in its own folder: paths must be absolute
+    topology = start_redis_tls(Path("relative"))
+    try:
+        client = redis_client(_settings(topology.env))
+        assert client.ping()
+        client.close()
+    finally:
+        topology.stop()
+    assert not topology.nodes["server"].running()
 
 
 # The worker on a cluster
