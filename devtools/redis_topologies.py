@@ -433,7 +433,10 @@ def start_redis_tls(base: Path) -> Topology:
         "+@all",
     ]
     server = _node(base, topology, "server", acl, certs)
-    env = {"REDIS_URL": f"rediss://{ACL_USER}:{password}@127.0.0.1:{server.port}/0"}
+    env = {
+        "REDIS_URL": f"rediss://{ACL_USER}:{password}@127.0.0.1:{server.port}/0",
+        "REDIS_MODE": "standalone",  # no question to ask at each connection (a TLS handshake)
+    }
     return Topology(topology, env | certs.env(), {"server": server}, certs)
 
 

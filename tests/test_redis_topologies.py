@@ -186,7 +186,7 @@ def test_start_up_stops_on_a_wrong_password_naming_redis_url_masked(
 def test_tls_with_a_client_certificate_and_an_acl_user(
     redis_tls_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = _settings(redis_tls_env)
+    settings = _settings(redis_tls_env, REDIS_MODE="auto")  # the question asked over TLS too
     password = urlsplit(settings.redis_url).password
     assert password and settings.redis_url.startswith("rediss://wa-worker:")
     client = redis_client(settings)

@@ -41,7 +41,11 @@ def redis_client(settings: Settings, timeout_s: float | None = None) -> SyncRedi
     """The sync client for REDIS_MODE (detected when `auto`); REDIS_TIMEOUT_MS unless
     `timeout_s` is given: a Redis that does not answer fails the caller instead of holding it."""
     options = connection_options(settings, timeout_s)
-    mode = resolve_mode(settings, timeout_s)
+    mode, asked = _detect(settings, timeout_s)
+    if asked is not None:
+        if mode is RedisMode.STANDALONE:
+            return asked  # already connected (over TLS, a handshake saved)
+        asked.close()
     if mode is RedisMode.CLUSTER:
         return redis.RedisCluster.from_url(settings.redis_url, **options)
     if mode is RedisMode.SENTINEL:
@@ -92,14 +96,23 @@ def resolve_mode(settings: Settings, timeout_s: float | None = None) -> RedisMod
     """REDIS_MODE, or for `auto` what the servers say. A wrong password raises (it is a
     setting to fix); an unreachable node gives standalone (the start-up warning says to set
     REDIS_MODE): a cluster unreachable at start-up is then refused by /health until a restart."""
+    mode, asked = _detect(settings, timeout_s)
+    if asked is not None:
+        asked.close()
+    return mode
+
+
+def _detect(settings: Settings, timeout_s: float | None) -> tuple[RedisMode, redis.Redis | None]:
+    """The mode, and the standalone client that asked the node (None when none asked)."""
     if settings.redis_mode is not RedisMode.AUTO:
-        return settings.redis_mode
+        return settings.redis_mode, None
     if settings.redis_sentinels:
-        return RedisMode.SENTINEL
+        return RedisMode.SENTINEL, None
     probe = redis.Redis.from_url(settings.redis_url, **connection_options(settings, timeout_s))
     try:
-        return RedisMode.CLUSTER if _cluster_enabled(probe) else RedisMode.STANDALONE
+        cluster = _cluster_enabled(probe)
     except redis.AuthenticationError:
+        probe.close()
         raise
     except redis.RedisError as exc:
         # info, not warning: the caller's own command fails next and says so (the worker's
@@ -110,9 +123,8 @@ def resolve_mode(settings: Settings, timeout_s: float | None = None) -> RedisMod
             mask_secrets(settings.redis_url),
             mask_secrets(str(exc)),
         )
-        return RedisMode.STANDALONE
-    finally:
-        probe.close()
+        return RedisMode.STANDALONE, probe
+    return (RedisMode.CLUSTER if cluster else RedisMode.STANDALONE), probe
 
 
 def _cluster_enabled(client: redis.Redis) -> bool:
