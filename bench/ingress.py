@@ -75,7 +75,8 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30) -
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("server exited at start-up")
+            # uvicorn and granian come with the bench extra: pip install -e '.[bench]'
+            raise RuntimeError(f"server exited at start-up (argv {proc.args})")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
