@@ -76,7 +76,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30) -
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             # uvicorn and granian come with the bench extra: pip install -e '.[bench]'
-            raise RuntimeError(f"server exited at start-up (argv {proc.args})")
+            raise RuntimeError(f"server exited at start-up (argv {proc.args!r})")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
