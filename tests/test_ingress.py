@@ -143,6 +143,17 @@ def test_missing_malformed_or_forged_signature_is_401_and_nothing_is_published(
     assert post(ingress.url, marker, sign(marker, SECRET)).status_code == 200
     published = read_topic(stack.brokers, topics.inbound)
     assert [json.loads(r.value)["body"].encode() for r in published] == [marker]
+    metrics = httpx.get(ingress.url + "/metrics").text
+    for outcome, count in [
+        ("missing_signature", 2),
+        ("malformed_signature", 2),
+        ("bad_signature", 2),
+        ("accepted", 1),
+    ]:
+        assert f'wa_ingress_requests_total{{outcome="{outcome}"}} {count}.0' in metrics
+    assert "wa_ingress_body_bytes_count 7.0" in metrics
+    assert "wa_ingress_publish_seconds_count 1.0" in metrics
+    assert httpx.get(ingress.url + "/readyz").status_code == 200
     log = ingress.log()
     assert "outcome=missing_signature" in log and "outcome=malformed_signature" in log
     assert "outcome=bad_signature" in log
@@ -285,3 +296,12 @@ def test_no_app_secret_refuses_to_start(tmp_path: Path, ingress_env: dict[str, s
         assert "INGRESS_ALLOW_UNSIGNED=true" in unsigned.log()
     finally:
         unsigned.stop()
+
+
+def test_readyz_fails_while_the_inbound_topic_is_missing(
+    start_ingress: Callable[..., IngressProcess],
+) -> None:
+    ingress = start_ingress(KAFKA_INBOUND_TOPIC="no-such-topic-for-the-ingress")
+    ready = httpx.get(ingress.url + "/readyz", timeout=10)
+    assert ready.status_code == 503 and "not found" in ready.text
+    assert httpx.get(ingress.url + "/livez").status_code == 200
