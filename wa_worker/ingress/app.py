@@ -35,6 +35,10 @@ class Ingress:
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _ready: tuple[float, str | None] = (float("-inf"), None)
     _ready_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _secrets: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        self._secrets = self.settings.app_secrets()  # once, not per request
 
     def routes(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.ingress_max_body_bytes)
@@ -91,9 +95,7 @@ class Ingress:
         if body is None:
             return _refused(413, "too_large", close=True)
         metrics.BODY_BYTES.observe(len(body))
-        problem = signature_problem(
-            body, request.headers.get("X-Hub-Signature-256"), self.settings.app_secrets()
-        )
+        problem = signature_problem(body, request.headers.get("X-Hub-Signature-256"), self._secrets)
         if problem is not None:
             return _refused(401, problem)
         try:
