@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,41 @@ from tests.conftest import Stack, Topics
 
 SECRET = b"ingress-test-app-secret"
 TOKEN = "ingress-test-verify-token-8f3a"
+
+
+@dataclass
+class OwnKafka:
+    """A broker of this module's own (the shared one is never stopped), started in the
+    background while the other tests run: a JVM start is most of the outage test's time."""
+
+    service: devstack.Service
+    starting: threading.Thread
+    port: int = 0
+    error: BaseException | None = None
+
+    def ready(self) -> int:
+        self.starting.join(180)
+        if self.error is not None or not self.port:
+            raise RuntimeError(f"the test's own Kafka did not start: {self.error}")
+        return self.port
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnKafka]:
+    service, _ = devstack.services(tmp_path_factory.mktemp("own-kafka"))
+    own = OwnKafka(service, threading.Thread(target=lambda: None))
+
+    def start() -> None:
+        try:
+            own.port = devstack.start_kafka(0, service=service)
+        except Exception as exc:  # noqa: BLE001  (reported by ready(), in the test)
+            own.error = exc
+
+    own.starting = threading.Thread(target=start, name="own-kafka", daemon=True)
+    own.starting.start()
+    yield own
+    own.starting.join(180)
+    service.stop()
 
 
 @pytest.fixture
@@ -210,41 +246,6 @@ def test_three_megabytes_accepted_and_above_the_limit_413_while_reading(
     assert len(read_topic(stack.brokers, topics.inbound)) == 1
 
 
-def test_kafka_stopped_is_503_then_200_once_back_and_nothing_is_lost(
-    tmp_path: Path, topics: Topics, start_ingress: Callable[..., IngressProcess]
-) -> None:
-    # A broker of this test's own: the shared one is never stopped.
-    kafka, _ = devstack.services(tmp_path / "stack")
-    port = devstack.start_kafka(0, service=kafka)
-    brokers = f"127.0.0.1:{port}"
-    try:
-        devstack.create_topics(brokers, [topics.inbound], partitions=1)
-        ingress = start_ingress(KAFKA_BROKERS=brokers, INGRESS_ACK_TIMEOUT_MS="1500")
-        first = webhook_body("wamid.before")
-        assert post(ingress.url, first, sign(first, SECRET)).status_code == 200
-
-        kafka.stop()
-        during = [webhook_body(f"wamid.during.{i}") for i in range(3)]
-        started = time.monotonic()
-        statuses = [post(ingress.url, b, sign(b, SECRET)).status_code for b in during]
-        assert statuses == [503] * 3, statuses
-        assert time.monotonic() - started < 3 * 4  # each within the ack timeout, not hanging
-        assert httpx.get(ingress.url + "/readyz").status_code == 503
-
-        devstack.start_kafka(port, service=kafka)
-        # Meta retries a 503: each delivery until it gets its 200.
-        for body in during:
-            deadline = time.monotonic() + 60
-            while post(ingress.url, body, sign(body, SECRET)).status_code != 200:
-                assert time.monotonic() < deadline, ingress.log()
-                time.sleep(0.5)
-        published = envelopes(read_topic(brokers, topics.inbound, until=lambda rs: len(rs) >= 4))
-        assert {e["body"].encode() for e in published.values()} == {first, *during}
-        assert "outcome=kafka_timeout" in ingress.log()
-    finally:
-        kafka.stop()
-
-
 def test_sigterm_drains_requests_in_flight(
     stack: Stack, topics: Topics, start_ingress: Callable[..., IngressProcess]
 ) -> None:
@@ -305,3 +306,38 @@ def test_readyz_fails_while_the_inbound_topic_is_missing(
     ready = httpx.get(ingress.url + "/readyz", timeout=10)
     assert ready.status_code == 503 and "not found" in ready.text
     assert httpx.get(ingress.url + "/livez").status_code == 200
+
+
+# Last: its broker starts in the background while the tests above run.
+def test_kafka_stopped_is_503_then_200_once_back_and_nothing_is_lost(
+    own_kafka: OwnKafka, topics: Topics, start_ingress: Callable[..., IngressProcess]
+) -> None:
+    port = own_kafka.ready()
+    kafka = own_kafka.service
+    brokers = f"127.0.0.1:{port}"
+    try:
+        devstack.create_topics(brokers, [topics.inbound], partitions=1)
+        ingress = start_ingress(KAFKA_BROKERS=brokers, INGRESS_ACK_TIMEOUT_MS="1500")
+        first = webhook_body("wamid.before")
+        assert post(ingress.url, first, sign(first, SECRET)).status_code == 200
+
+        kafka.stop(timeout_s=3)  # SIGKILL if its controlled shutdown takes longer
+        during = [webhook_body(f"wamid.during.{i}") for i in range(3)]
+        started = time.monotonic()
+        statuses = [post(ingress.url, b, sign(b, SECRET)).status_code for b in during]
+        assert statuses == [503] * 3, statuses
+        assert time.monotonic() - started < 3 * 4  # each within the ack timeout, not hanging
+        assert httpx.get(ingress.url + "/readyz").status_code == 503
+
+        devstack.start_kafka(port, service=kafka)
+        # Meta retries a 503: each delivery until it gets its 200.
+        for body in during:
+            deadline = time.monotonic() + 60
+            while post(ingress.url, body, sign(body, SECRET)).status_code != 200:
+                assert time.monotonic() < deadline, ingress.log()
+                time.sleep(0.5)
+        published = envelopes(read_topic(brokers, topics.inbound, until=lambda rs: len(rs) >= 4))
+        assert {e["body"].encode() for e in published.values()} == {first, *during}
+        assert "outcome=kafka_timeout" in ingress.log()
+    finally:
+        kafka.stop()
