@@ -36,7 +36,7 @@ from devtools import devstack
 from devtools.ingress import IngressProcess
 
 HERE = Path(__file__).resolve().parent
-INGRESS = "ingress (aiohttp, publishing)"
+INGRESS = "ingress (publishing)"
 
 Contestant = Callable[[], Any]  # a context manager giving (url, pid)
 

@@ -3,10 +3,11 @@ read the body, check its X-Hub-Signature-256, build the envelope, answer 200.
 
     python -m bench.ingress_servers NAME PORT     # NAME: one of SERVERS
 
-`aiohttp` is the ingress itself (wa_worker/ingress/app.py) with a publisher that acknowledges
-at once: the HTTP ceiling of the real code. The others run the same pure steps
-(wa_worker/ingress/envelope.py) in a handler as small as each server allows: `aiohttp-bare`
-(one aiohttp route), `uvicorn+httptools` and `granian` (a minimal ASGI app).
+`ceiling` is the ingress itself (wa_worker/ingress/app.py, on uvloop as `wa-worker ingress`
+runs it) with a publisher that acknowledges at once: the HTTP ceiling of the real code. The
+others run the same pure steps (wa_worker/ingress/envelope.py) in a handler as small as each
+server allows: `aiohttp-bare` (one aiohttp route), `uvicorn+httptools` and `granian` (a
+minimal ASGI app).
 """
 
 from __future__ import annotations
@@ -111,8 +112,9 @@ def run_granian(port: int) -> None:
 
 SERVERS: dict[str, Callable[[int], None]] = {
     "aiohttp-bare": run_aiohttp_bare,
-    "aiohttp": lambda port: run_aiohttp(port, uvloop=False),
-    "aiohttp+uvloop": lambda port: run_aiohttp(port, uvloop=True),
+    # The ingress's app on its loop (uvloop): the ceiling; on asyncio's loop, for the loop's share.
+    "ceiling": lambda port: run_aiohttp(port, uvloop=True),
+    "ceiling-asyncio": lambda port: run_aiohttp(port, uvloop=False),
     "uvicorn+httptools": run_uvicorn,
     "granian": run_granian,
 }

@@ -3,9 +3,11 @@
 It answers Meta's verify handshake, checks each POST's X-Hub-Signature-256 over the raw bytes,
 and publishes the envelope to the inbound topic, answering 200 only once Kafka acknowledged it.
 
-The HTTP server is aiohttp's, chosen by `python -m bench.ingress` (README "Receiving webhooks
-from Meta"): per request, aiohttp 111 µs of CPU, uvicorn+httptools 74, granian 97; peak 4,179,
-4,251 and 4,962 req/s, one process each on a shared 2-core machine. Close enough that what
-decided was control: counting the body while reading it, and reading in-flight bodies during a
-drain. The ingress itself, publishing with acks=all: 1,995 req/s, 0.81x its own ceiling.
+The HTTP server is aiohttp's on uvloop, measured with `python -m bench.ingress` (README
+"Receiving webhooks from Meta"): CPU per request aiohttp 106 µs, uvicorn+httptools 58, granian
+74 (one process each, a shared 2-core machine; about half in every run). aiohttp is kept for
+control, not speed: it bounds a connection that never finishes its headers (uvicorn does not),
+counts the body while reading it, and reads in-flight bodies during a drain; granian (which has
+a header timeout) is the next candidate. The ingress, publishing with acks=all: 2,769 req/s,
+0.78x its own ceiling (3,549), 168 µs of CPU per request.
 """

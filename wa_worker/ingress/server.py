@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 
+import uvloop
 from aiohttp import web
 
 from wa_worker.ingress.app import Ingress
@@ -87,4 +88,4 @@ def main() -> None:
         log.warning("INGRESS_ALLOW_UNSIGNED=true: POSTs are accepted without a signature check")
     if config.ingress.wa_verify_token is None:
         log.warning("WA_VERIFY_TOKEN is not set: Meta's verify handshake will be refused")
-    asyncio.run(serve(config))
+    uvloop.run(serve(config))
