@@ -8,7 +8,11 @@ the limit, found while reading it; 503 while Kafka is away; a drain on SIGTERM.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +28,7 @@ from devtools.handler_server import HandlerServer
 from devtools.ingress import IngressProcess, sign
 from devtools.kafka import Record, read_topic
 from devtools.webhooks import messages_value, payload, text_message
-from devtools.worker import WorkerProcess
+from devtools.worker import ROOT, WorkerProcess
 from tests.conftest import Stack, Topics
 
 SECRET = b"ingress-test-app-secret"
@@ -306,6 +310,42 @@ def test_readyz_fails_while_the_inbound_topic_is_missing(
     ready = httpx.get(ingress.url + "/readyz", timeout=10)
     assert ready.status_code == 503 and "not found" in ready.text
     assert httpx.get(ingress.url + "/livez").status_code == 200
+
+
+def test_the_image_entrypoint_runs_the_ingress_and_its_healthcheck_passes(
+    tmp_path: Path, ingress_env: dict[str, str]
+) -> None:
+    port = devstack.free_port()
+    venv_bin = str(Path(sys.executable).parent)  # as /opt/venv/bin is on the image's PATH
+    env = {
+        **os.environ,
+        **ingress_env,
+        "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
+        "INGRESS_PORT": str(port),
+        "HEALTH_PORT": str(port),  # docker-compose.yml's ingress service does the same
+    }
+    log = (tmp_path / "entrypoint.log").open("wb")
+    proc = subprocess.Popen(
+        ["sh", str(ROOT / "docker" / "entrypoint.sh"), "ingress"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        healthcheck = [sys.executable, str(ROOT / "docker" / "healthcheck.py"), "/livez"]
+        deadline = time.monotonic() + 30
+        while subprocess.run(healthcheck, env=env, capture_output=True).returncode != 0:
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "entrypoint.log"
+            ).read_text()
+            time.sleep(0.2)
+        # exec'd: the process started is the ingress itself, and it drains on SIGTERM.
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert "ingress stopped" in (tmp_path / "entrypoint.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 # Last: its broker starts in the background while the tests above run.
