@@ -57,6 +57,19 @@ def stack() -> Iterator[Stack]:
     redis_server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> str:
+    """A Redis Cluster (any node's URL) for the tests that need one: WA_TEST_REDIS_CLUSTER_URL.
+    Fails, never skips, without it: CI must run them."""
+    url = os.environ.get("WA_TEST_REDIS_CLUSTER_URL")
+    if not url:
+        pytest.fail(
+            "WA_TEST_REDIS_CLUSTER_URL is not set: these tests need a Redis Cluster "
+            "(e.g. WA_TEST_REDIS_CLUSTER_URL=redis://127.0.0.1:7001)"
+        )
+    return url
+
+
 @pytest.fixture
 def topic_partitions() -> int:
     """Partitions of each test topic; a test module overrides this fixture to change it."""
