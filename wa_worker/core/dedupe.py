@@ -1,33 +1,35 @@
 """Crash-safe dedupe in Redis: a claim with a lease before processing, a done marker after.
 
 Layout (v2). An event key is hashed to a 12-byte digest (blake2b); its first byte picks one
-of `BUCKETS` hash tags. Every key one script call touches carries the same tag, so it lives
-in one Redis Cluster slot, and a batch is one script call per bucket and kind (claims,
-attempt records, done markers), pipelined: one round trip per node. Standalone Redis gets
-the same keys and the same calls.
+of `BUCKETS` buckets. Every key one script call touches carries its bucket's hash tag, so
+it lives in one Redis Cluster slot, and a batch is one script call per bucket and kind
+(claims, attempt records, done markers), pipelined: one round trip per node. Standalone
+Redis gets the same keys and the same calls. `<s>` is 4 hex digits of the prefix's hash:
+prefixes sharing a cluster (a worker and its replays, several deployments) use other slots.
 
-    <prefix>{<b>}d:<day>   one hash per bucket and day (`day` = epoch ms // 1 day, the
-                           worker's clock): digest -> "p" (processed) or "d" (dlq), the
-                           finished events. It expires whole at the end of its day plus the
-                           dedupe window (PEXPIREAT): a finished event is one hash field,
-                           ~70 B, no token, lease or per-event key (`bench.footprint`).
-    <prefix>{<b>}c:<hex>   one hash per event in flight: token (the claimant's; a resumed
-                           run keeps it), attempts (handler calls made; survives a lost
-                           recovery directory), lease_until (epoch ms, Redis's clock; after
-                           it a crashed run's claim may be taken over). Deleted when the event
-                           is done, else it expires after the dedupe window.
+    <prefix>{<s>.<b>}d:<day>   one hash per bucket and day (`day` = epoch ms // 1 day, the
+                               worker's clock): digest -> "p" (processed) or "d" (dlq), the
+                               finished events. It expires whole at the end of its day plus
+                               the dedupe window (PEXPIREAT): a finished event is one hash
+                               field, ~70 B, no token, lease or key of its own.
+    <prefix>{<s>.<b>}c:<hex>   one hash per event in flight: token (the claimant's; a resumed
+                               run keeps it), attempts (handler calls made; survives a lost
+                               recovery directory), lease_until (epoch ms, Redis's clock;
+                               after it a crashed run's claim may be taken over). Deleted when
+                               the event is done, else it expires after the dedupe window.
+    <prefix>v2:since           when a v2 worker first ran here (standalone Redis only).
 
 A claim reads the event's claim key, then the day hashes still alive (today first). So an
 event stays done for DEDUPE_TTL_DAYS plus up to one day (the rest of the day it finished on;
 clock skew between workers moves that edge by the skew), after which it may be processed
-again. A DLQ re-drive deletes only "d" fields, atomically per bucket call.
+again. A DLQ re-drive deletes only "d" fields. Each script call is atomic.
 
 Upgrade from v1 (`<prefix>evt:<event key>`, one hash per event with state, token, attempts,
 lease_until and outcome): on standalone Redis, the only kind v1 ran on, claims and re-drives
-also read the v1 key. A v1 done marker reads as done; a v1 claim as a claim, taken over into
-v2 (attempts kept) once its lease ran out; a re-drive resets v1 dlq markers. v1 keys expire
-by themselves within one window. A v1 worker does not see v2 markers: stop v1 workers before
-starting v2 ones (the consumer group rebalances either way).
+also read the v1 key for one window after the first v2 worker ran. A v1 done marker reads as
+done; a v1 claim as a claim, taken over into v2 (attempts kept) once its lease ran out; a
+re-drive resets v1 dlq markers. v1 keys expire by themselves within that window. A v1 worker
+does not see v2 markers: stop v1 workers before starting v2 ones.
 """
 
 from __future__ import annotations
@@ -149,6 +151,9 @@ return #KEYS
 # then per event: digest and outcome code, 13 bytes.
 MARK_DONE_LUA = """
 local day, blob = KEYS[1], ARGV[2]
+if redis.call('EXISTS', day) == 0 then
+  redis.call('HSET', day, '~', ARGV[3])
+end
 for i = 2, #KEYS do
   local at = (i - 2) * 13 + 1
   redis.call('HSET', day, string.sub(blob, at, at + 11), string.sub(blob, at + 12, at + 12))
@@ -249,6 +254,7 @@ class DedupeKeys:
         self.prefix = prefix
         self.ttl_ms = ttl_ms
         self.period_ms = period_ms
+        self._salt = hashlib.blake2b(_utf8(prefix), digest_size=2).hexdigest()
 
     def digest(self, event_key: str) -> bytes:
         return hashlib.blake2b(_utf8(event_key), digest_size=DIGEST_BYTES).digest()
@@ -258,10 +264,10 @@ class DedupeKeys:
         return digest[0] % BUCKETS
 
     def claim_key(self, digest: bytes) -> str:
-        return f"{self.prefix}{{{self.bucket(digest)}}}c:{digest.hex()}"
+        return f"{self.prefix}{{{self._salt}.{self.bucket(digest)}}}c:{digest.hex()}"
 
     def day_key(self, bucket: int, day: int) -> str:
-        return f"{self.prefix}{{{bucket}}}d:{day}"
+        return f"{self.prefix}{{{self._salt}.{bucket}}}d:{day}"
 
     def window_days(self, now_ms: int) -> list[int]:
         """The days whose hash may still be alive, today first."""
@@ -377,6 +383,12 @@ def plan_records(keys: DedupeKeys, records: Sequence[AttemptRecord]) -> list[Scr
     return calls
 
 
+# A day hash's first field: a value longer than any server's hash-max-listpack-value makes it
+# a hash table from the start. A listpack (the encoding of small hashes) is searched
+# end to end by every HEXISTS and HSET: up to 512 entries, most of a claim's cost.
+_HASHTABLE = b"listpack-off:" + b"-" * 500
+
+
 def plan_dones(keys: DedupeKeys, dones: Sequence[DoneMark], now_ms: int) -> list[ScriptCall]:
     digests = [keys.digest(event_key) for event_key, _ in dones]
     codes = [OUTCOME_CODES[outcome] for _, outcome in dones]  # KeyError: not an outcome
@@ -385,7 +397,8 @@ def plan_dones(keys: DedupeKeys, dones: Sequence[DoneMark], now_ms: int) -> list
     for bucket, indices in _by_bucket(digests):
         blob = b"".join(digests[i] + codes[i] for i in indices)
         call_keys = [keys.day_key(bucket, today), *(keys.claim_key(digests[i]) for i in indices)]
-        calls.append(ScriptCall(DONE, call_keys, [keys.expire_at_ms(today), blob]))
+        args: list[bytes | str | int] = [keys.expire_at_ms(today), blob, _HASHTABLE]
+        calls.append(ScriptCall(DONE, call_keys, args))
     return calls
 
 
