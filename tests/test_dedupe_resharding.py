@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from redis.cluster import key_slot
+from redis.crc import key_slot
 
 from wa_worker.core.dedupe import AsyncDedupeStore, ClaimRequest, DedupeKeys
 from wa_worker.core.redis_client import async_redis_client
