@@ -57,7 +57,16 @@ def v2_store(url: str, prefix: str) -> Store:
     return AsyncDedupeStore(client, DedupeKeys(prefix, TTL_MS))
 
 
-LAYOUTS: dict[str, StoreFactory] = {"v1": v1_store, "v2": v2_store}
+def v2_settled_store(url: str, prefix: str) -> Store:
+    """v2 more than a window after the upgrade: no v1 marker can be alive, none is read."""
+    if not _cluster(url):
+        client = redis.Redis.from_url(url)
+        client.set(DedupeKeys(prefix, TTL_MS).v2_since_key(), 0)
+        client.close()
+    return v2_store(url, prefix)
+
+
+LAYOUTS: dict[str, StoreFactory] = {"v1": v1_store, "v2": v2_store, "v2-settled": v2_settled_store}
 
 
 @dataclass(frozen=True)
@@ -208,17 +217,18 @@ def main() -> int:
     n, batch, repeat = args.rate_events, args.batch, args.repeat
     with fresh_redis(f"rate-{uuid.uuid4().hex[:6]}") as url:
         targets = [("v1 standalone", url, "v1"), ("v2 standalone", url, "v2")]
+        targets.append(("v2 settled", url, "v2-settled"))  # a window after the upgrade
         if args.cluster_url:
             targets.append(("v2 cluster", args.cluster_url, "v2"))
         rates = best_rates(targets, n, batch, repeat)
         for (label, _, _), rate in zip(targets, rates, strict=True):
             print(f"{label:>16}: {rate:>9,.0f} claims+dones/s  {rate / rates[0]:.2f}x v1")
         if args.cluster_url:
-            print(f"v2 cluster / v2 standalone: {rates[2] / rates[1]:.2f}x (v1: CROSSSLOT there)")
+            print(f"v2 cluster / v2 standalone: {rates[3] / rates[1]:.2f}x (v1: CROSSSLOT there)")
         for count in (int(b) for b in (args.buckets or "").split(",") if b):
             dedupe.BUCKETS = count
             rates = best_rates(targets[1:], n, batch, repeat)
-            labelled = zip(targets[1:], rates, strict=True)
+            labelled = zip(targets[1:], rates, strict=True)  # v2 only
             row = ", ".join(f"{label} {rate:,.0f}/s" for (label, _, _), rate in labelled)
             print(f"buckets {count:>4}: {row}")
     return 0

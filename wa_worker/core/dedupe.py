@@ -88,30 +88,34 @@ CLAIM_LUA = (
     + _READER
     + """
 local n, ttl, v1 = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local m = #KEYS - n
+local fields, leases, tokens, olds, done = {}, {}, {}, {}, {}
+for i = 1, m do
+  fields[i], leases[i] = take(12), number()
+  tokens[i] = take(number())
+  if v1 ~= '' then olds[i] = v1 .. 'evt:' .. take(number()) end
+end
+-- One HMGET per day for all the call's events (claims never write day hashes).
+for d = 1, n do
+  local got = redis.call('HMGET', KEYS[d], unpack(fields))
+  for i = 1, m do
+    if got[i] then done[i] = true end
+  end
+end
 local replies = {}
-for i = 1, #KEYS - n do
-  local field, lease = take(12), number()
-  local token = take(number())
-  local old = nil
-  if v1 ~= '' then old = v1 .. 'evt:' .. take(number()) end
-  local claim = KEYS[n + i]
+for i = 1, m do
+  local token, claim, old = tokens[i], KEYS[n + i], olds[i]
   local h = redis.call('HMGET', claim, 'token', 'attempts', 'lease_until')
   local reply, from_v1 = nil, false
-  if not h[1] then
-    for d = 1, n do
-      if redis.call('HEXISTS', KEYS[d], field) == 1 then
-        reply = {'done', 0, 0}
-        break
-      end
-    end
+  if not h[1] and done[i] then
+    reply = {'done', 0, 0}
+  elseif not h[1] and old then
     -- v1 keys only on standalone Redis (no slots), so reading one not in KEYS is safe there.
-    if not reply and old then
-      local o = redis.call('HMGET', old, 'state', 'token', 'attempts', 'lease_until')
-      if o[1] == 'done' then
-        reply = {'done', tonumber(o[3]) or 0, 0}
-      elseif o[1] == 'claim' then
-        h, from_v1 = {o[2], o[3], o[4]}, true
-      end
+    local o = redis.call('HMGET', old, 'state', 'token', 'attempts', 'lease_until')
+    if o[1] == 'done' then
+      reply = {'done', tonumber(o[3]) or 0, 0}
+    elseif o[1] == 'claim' then
+      h, from_v1 = {o[2], o[3], o[4]}, true
     end
   end
   if not reply then
@@ -120,7 +124,7 @@ for i = 1, #KEYS - n do
       reply = {'busy', attempts, lease_until - now_ms}
     else
       redis.call('HSET', claim, 'token', token, 'attempts', attempts,
-                 'lease_until', now_ms + lease)
+                 'lease_until', now_ms + leases[i])
       redis.call('PEXPIRE', claim, ttl)
       if from_v1 then redis.call('DEL', old) end
       reply = {'claimed', attempts, 0}
@@ -154,11 +158,14 @@ local day, blob = KEYS[1], ARGV[2]
 if redis.call('EXISTS', day) == 0 then
   redis.call('HSET', day, '~', ARGV[3])
 end
+local entries = {}
 for i = 2, #KEYS do
   local at = (i - 2) * 13 + 1
-  redis.call('HSET', day, string.sub(blob, at, at + 11), string.sub(blob, at + 12, at + 12))
-  redis.call('DEL', KEYS[i])
+  entries[2 * i - 3] = string.sub(blob, at, at + 11)
+  entries[2 * i - 2] = string.sub(blob, at + 12, at + 12)
 end
+redis.call('HSET', day, unpack(entries))
+redis.call('DEL', unpack(KEYS, 2))
 redis.call('PEXPIREAT', day, ARGV[1])
 return #KEYS - 1
 """
@@ -170,22 +177,28 @@ RESET_DEAD_LETTERED_LUA = (
     _READER
     + """
 local n, apply, v1 = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3]
-local replies = {}
-for i = 1, #KEYS - n do
-  local field, dlq_days, processed = take(12), {}, false
-  local old = nil
-  if v1 ~= '' then old = v1 .. 'evt:' .. take(number()) end
-  for d = 1, n do
-    local v = redis.call('HGET', KEYS[d], field)
-    if v == 'p' then processed = true elseif v == 'd' then dlq_days[#dlq_days + 1] = KEYS[d] end
+local m = #KEYS - n
+local fields, olds, processed, dlq_days = {}, {}, {}, {}
+for i = 1, m do
+  fields[i], dlq_days[i] = take(12), {}
+  if v1 ~= '' then olds[i] = v1 .. 'evt:' .. take(number()) end
+end
+for d = 1, n do
+  local got = redis.call('HMGET', KEYS[d], unpack(fields))
+  for i = 1, m do
+    if got[i] == 'p' then processed[i] = true end
+    if got[i] == 'd' then table.insert(dlq_days[i], KEYS[d]) end
   end
-  local state = 'absent'
-  if processed then
+end
+local replies = {}
+for i = 1, m do
+  local state, old = 'absent', olds[i]
+  if processed[i] then
     state = 'processed'
-  elseif #dlq_days > 0 then
+  elseif #dlq_days[i] > 0 then
     state = 'dead_lettered'
     if apply then
-      for _, day in ipairs(dlq_days) do redis.call('HDEL', day, field) end
+      for _, day in ipairs(dlq_days[i]) do redis.call('HDEL', day, fields[i]) end
     end
   elseif redis.call('EXISTS', KEYS[n + i]) == 1 then
     state = 'in_flight'
