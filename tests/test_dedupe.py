@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 
+from devtools import devstack
 from devtools.dedupe_v1 import V1DedupeStore
 from tests.conftest import Stack
 from wa_worker.core import dedupe
@@ -280,3 +282,27 @@ def test_v1_markers_are_read_only_for_one_window_after_the_upgrade(
     # The first v2 worker ran more than a window ago: no v1 marker can be alive any more.
     sync_client.set(keys.v2_since_key(), time.time_ns() // 1_000_000 - TTL_MS - 1)
     assert run([ClaimRequest("v.old", "new", 5000)])[0][0] is ClaimStatus.CLAIMED
+
+
+def test_a_server_without_the_scripts_is_given_them_by_the_batch(tmp_path: Path) -> None:
+    """A fresh, failed-over or resharded node answers NOSCRIPT: those calls go again as EVAL."""
+    service = devstack.Service("redis", "redis-server", tmp_path)
+    url = f"redis://127.0.0.1:{devstack.start_redis(0, service=service)}/0"
+    admin = redis.Redis.from_url(url)
+
+    async def claims(token: str) -> list[ClaimStatus]:
+        store = AsyncDedupeStore(aioredis.from_url(url), DedupeKeys("x:", TTL_MS))
+        try:
+            replies = await store.run_batch([ClaimRequest(f"e{i}", token, 5000) for i in range(50)])
+        finally:
+            await store.aclose()
+        return [r.status for r in replies]
+
+    try:
+        assert asyncio.run(claims("a")) == [ClaimStatus.CLAIMED] * 50
+        admin.script_flush()
+        assert asyncio.run(claims("b")) == [ClaimStatus.BUSY] * 50
+        assert admin.script_exists(dedupe.CLAIM.sha) == [True]
+    finally:
+        admin.close()
+        service.stop()
