@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
@@ -54,7 +54,7 @@ DAY_MS = 86_400_000
 # Part of the layout: changing either hides every marker written before.
 BUCKETS = 32  # see README "Dedupe in Redis": spread over nodes vs calls per batch
 DIGEST_BYTES = 12  # 96 bits: a collision (an event taken for done) ~1e-11 per 7 days at 1000/s
-OUTCOME_CODES = {"processed": b"p", "dlq": b"d"}
+OUTCOME_CODES: dict[str, bytes] = {"processed": b"p", "dlq": b"d"}
 
 _NOW_MS = """
 local t = redis.call('TIME')
@@ -337,7 +337,6 @@ class Planned:
 # Keys per script call: a script blocks Redis while it runs, so a backlog of done markers
 # after an outage goes out as several calls in the same pipeline.
 _SCRIPT_BATCH = 1000
-T = TypeVar("T")
 
 
 def _by_bucket(digests: Sequence[bytes]) -> Iterator[tuple[int, list[int]]]:
@@ -396,15 +395,15 @@ def plan_records(keys: DedupeKeys, records: Sequence[AttemptRecord]) -> list[Scr
     return calls
 
 
-# A day hash's first field: a value longer than any server's hash-max-listpack-value makes it
-# a hash table from the start. A listpack (the encoding of small hashes) is searched
-# end to end by every HEXISTS and HSET: up to 512 entries, most of a claim's cost.
+# A day hash's first field: a value longer than hash-max-listpack-value (64 by default) makes
+# it a hash table from the start. A listpack (the encoding of small hashes) is searched end
+# to end by every lookup and HSET: up to 512 entries, most of a claim's cost.
 _HASHTABLE = b"listpack-off:" + b"-" * 500
 
 
 def plan_dones(keys: DedupeKeys, dones: Sequence[DoneMark], now_ms: int) -> list[ScriptCall]:
     digests = [keys.digest(event_key) for event_key, _ in dones]
-    codes = [OUTCOME_CODES[outcome] for _, outcome in dones]  # KeyError: not an outcome
+    codes = [OUTCOME_CODES[outcome] for _, outcome in dones]  # the sinks write these two
     today = now_ms // keys.period_ms
     calls = []
     for bucket, indices in _by_bucket(digests):
