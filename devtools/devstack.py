@@ -379,10 +379,27 @@ def up(
     topic: list[str] = typer.Option(
         [], help="topics to create (repeatable; default: the settings' three, as `topics create`)"
     ),
+    brokers: int = typer.Option(1, min=1, max=9, help="Kafka brokers (KRaft, 3 voters at most)"),
+    security: str = typer.Option("plaintext", help="client listener: plaintext or sasl_ssl"),
 ) -> None:
     """Start what is not running; print KAFKA_BROKERS=… and REDIS_URL=… for `eval`."""
     started = time.monotonic()
     rport = start_redis(redis_port)
+    if brokers > 1 or security != "plaintext":
+        # A cluster (and/or SASL_SSL) lives in a module of its own: devtools/kafka_cluster.py.
+        from devtools import kafka_cluster
+
+        env = kafka_cluster.devstack_up(
+            _state_dir(), brokers, security, kafka_port, partitions, topic
+        )
+        _say(
+            f"{brokers} Kafka brokers ({security}), Redis on 127.0.0.1:{rport} "
+            f"(ready in {time.monotonic() - started:.1f}s; logs in {_state_dir()})"
+        )
+        for name, value in env.items():
+            print(f"{name}={value}")
+        print(f"REDIS_URL=redis://127.0.0.1:{rport}/0")
+        return
     kport = start_kafka(kafka_port)
     if topic:
         create_topics(f"127.0.0.1:{kport}", topic, partitions)
@@ -399,8 +416,12 @@ def up(
 @app.command()
 def status() -> None:
     """Show what runs; exit 1 if something is down."""
+    from devtools.kafka_cluster import devstack_services
+
     down_count = 0
-    for service in (KAFKA, REDIS):
+    for service in (KAFKA, REDIS, *devstack_services(_state_dir())):
+        if service is KAFKA and service.pid() is None and devstack_services(_state_dir()):
+            continue  # a cluster instead of the single broker
         pid = service.pid()
         state = f"running (pid {pid}, port {service.port()})" if pid else "stopped"
         down_count += pid is None
@@ -411,7 +432,9 @@ def status() -> None:
 @app.command()
 def down() -> None:
     """Stop Kafka and Redis by their recorded pids."""
-    for service in (KAFKA, REDIS):
+    from devtools.kafka_cluster import devstack_services
+
+    for service in (KAFKA, REDIS, *devstack_services(_state_dir())):
         print(f"{service.name}: {'stopped' if service.stop() else 'was not running'}")
 
 

@@ -2,7 +2,9 @@
 
 The stack is the project's own (`devtools.devstack`), started in `.stack/test` on free ports
 and stopped at the end. To use services you already run, set WA_TEST_KAFKA_BROKERS and
-WA_TEST_REDIS_URL.
+WA_TEST_REDIS_URL. The 3-broker SASL_SSL cluster (`kafka_cluster`) is started in
+`.stack/test/kafka-cluster`, or reused from the folder WA_TEST_KAFKA_CLUSTER_DIR names (e.g.
+`.stack/kafka-cluster` after `scripts/devstack up --brokers 3 --security sasl_ssl`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from devtools.kafka_cluster import Cluster
 from devtools.worker import ROOT, WorkerProcess
 
 
@@ -55,6 +58,19 @@ def stack() -> Iterator[Stack]:
     yield Stack(f"127.0.0.1:{kafka_port}", f"redis://127.0.0.1:{redis_port}/0", owned=True)
     kafka.stop()
     redis_server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> Iterator[Cluster]:
+    """Three brokers, SASL_SSL (SCRAM-SHA-512). Tests that stop a node start it again."""
+    from devtools.kafka_cluster import start_cluster
+
+    given = os.environ.get("WA_TEST_KAFKA_CLUSTER_DIR")
+    base = Path(given) if given else ROOT / ".stack" / "test" / "kafka-cluster"
+    cluster = start_cluster(base, brokers=3, security="sasl_ssl")
+    yield cluster
+    if not given:
+        cluster.stop()
 
 
 @pytest.fixture

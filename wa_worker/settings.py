@@ -206,8 +206,9 @@ class Settings(BaseSettings):
         return self
 
     def secrets(self) -> tuple[str, ...]:
-        """Values logs and tools must never print (the app secret, when set)."""
-        return (self.wa_app_secret.get_secret_value(),) if self.wa_app_secret else ()
+        """Values logs and tools must never print (the app secret, Kafka's passwords)."""
+        app = (self.wa_app_secret.get_secret_value(),) if self.wa_app_secret else ()
+        return app + kafka_options.secret_values(self._kafka.variables)
 
     @property
     def broker_list(self) -> list[str]:
