@@ -31,6 +31,14 @@ class Context:
     logs: Path
     stall_s: float
     handler_urls: dict[int, str]
+    cluster: Stack | None = None  # the 3-broker SASL_SSL stack, for the rows that use it
+
+    def stack_for(self, contestant: Contestant) -> Stack:
+        if not contestant.cluster:
+            return self.stack
+        if self.cluster is None:
+            raise ContestantFailed("the 3-broker cluster was not started")
+        return self.cluster
 
     def url(self, contestant: Contestant) -> str | None:
         return self.handler_urls[contestant.handler_ms] if contestant.handler_ms else None
@@ -38,14 +46,15 @@ class Context:
 
 def throughput(ctx: Context, contestant: Contestant, run_dir: Path) -> RunFigures:
     started = time.perf_counter()
-    topics = create_topics(ctx.stack.brokers)
+    stack = ctx.stack_for(contestant)
+    topics = create_topics(stack)
     try:
         records = ctx.workload.records[: contestant.events]  # the same bytes for everyone
-        load(ctx.stack.brokers, topics.inbound, records)
+        load(stack, topics.inbound, records)
         expected = ctx.workload.outputs(len(records), contestant.dedupes)
-        running = launch(contestant, ctx.stack, topics, len(records), run_dir, ctx.url(contestant))
+        running = launch(contestant, stack, topics, len(records), run_dir, ctx.url(contestant))
         with Sampler(running.pids) as sampler:
-            observer = Observer(ctx.stack.brokers, topics.processed, sampler)
+            observer = Observer(stack.brokers, topics.processed, sampler, config=stack.client)
             observer.target = expected
             observer.start()
             try:
@@ -69,7 +78,7 @@ def throughput(ctx: Context, contestant: Contestant, run_dir: Path) -> RunFigure
             seconds=time.perf_counter() - started,
         )
     finally:
-        delete_topics(ctx.stack.brokers, topics)
+        delete_topics(stack, topics)
 
 
 def latency(
@@ -77,20 +86,23 @@ def latency(
 ) -> Latency:
     """Paced input at `rate` records/s for `duration_s`, after a warm-up; latency is the time
     from a webhook's produce call to its output's arrival, both clocked here."""
-    topics = create_topics(ctx.stack.brokers)
+    stack = ctx.stack_for(contestant)
+    topics = create_topics(stack)
     try:
         warmup = list(ctx.workload.stream(WARMUP_RECORDS))
         paced = list(ctx.workload.stream(max(int(rate * duration_s), WARMUP_RECORDS)))
         running = launch(
             contestant,
-            ctx.stack,
+            stack,
             topics,
             len(warmup) + len(paced),
             run_dir,
             ctx.url(contestant),
         )
-        producer = bench_producer(ctx.stack.brokers, linger_ms=0)
-        observer = Observer(ctx.stack.brokers, topics.processed, track_ids=True).start()
+        producer = bench_producer(stack, linger_ms=0)
+        observer = Observer(
+            stack.brokers, topics.processed, track_ids=True, config=stack.client
+        ).start()
         try:
             for record in warmup:
                 send(producer, topics.inbound, record)
@@ -124,7 +136,7 @@ def latency(
             p99_ms=waits[min(len(waits) - 1, int(len(waits) * 0.99))],
         )
     finally:
-        delete_topics(ctx.stack.brokers, topics)
+        delete_topics(stack, topics)
 
 
 def await_outputs(observer: Observer, expected: int, running: Running, stall_s: float) -> None:

@@ -48,6 +48,10 @@ def targets(results: Results) -> str:
     worker, tuned, naive = _one(results, "D", None), _one(results, "B", None), _one(results, "C")
     lines.append(_ratio_target("worker >= 0.5 x B (default handler)", worker, tuned, 0.5))
     lines.append(_ratio_target("worker >= 5 x C (default handler)", worker, naive, 5.0))
+    on_cluster = next((r for r in results.rows if r.contestant.cluster), None)
+    lines.append(
+        _ratio_target("worker on 3 brokers SASL_SSL >= 0.8 x on 1 broker", on_cluster, worker, 0.8)
+    )
     for row in _rows(
         results,
         lambda r: (
@@ -145,7 +149,8 @@ def _one(results: Results, letter: str, handler_ms: int | None = None) -> Row | 
     """The row of a letter with that handler, one process, default concurrency."""
     for row in results.rows:
         c = row.contestant
-        if (c.letter, c.handler_ms, c.processes, c.concurrency) == (letter, handler_ms, 1, None):
+        one = (c.letter, c.handler_ms, c.processes, c.concurrency, c.cluster)
+        if one == (letter, handler_ms, 1, None, False):
             return row
     return None
 

@@ -29,14 +29,24 @@ SMOKE = Plan(400, 1, 2.0, 400, {5: 100, 50: 30})
 
 
 def contestants(plan: Plan, events: int) -> list[Contestant]:
-    def row(letter: str, label: str, kind: Kind, count: int = events, **kw: int) -> Contestant:
-        return Contestant(letter=letter, label=label, kind=kind, events=count, **kw)
+    def row(
+        letter: str,
+        label: str,
+        kind: Kind,
+        count: int = events,
+        cluster: bool = False,
+        **kw: int,
+    ) -> Contestant:
+        return Contestant(
+            letter=letter, label=label, kind=kind, events=count, cluster=cluster, **kw
+        )
 
     rows = [
         row("A", "A ceiling", Kind.CEILING),
         row("B", "B tuned loop", Kind.TUNED),
         row("C", "C naive port", Kind.NAIVE, min(events, plan.naive_events)),
         row("D", "D worker", Kind.WORKER),
+        row("D", "D worker, 3 brokers SASL_SSL", Kind.WORKER, cluster=True),
         row("D", "D worker, 2 processes", Kind.WORKER, processes=2),
     ]
     for ms in HTTP_DELAYS_MS:

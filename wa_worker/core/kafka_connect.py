@@ -19,19 +19,19 @@ from wa_worker.errors import ConfigError
 
 def culprit(error: KafkaError, variables: Mapping[str, str]) -> str | None:
     """The setting an error from the brokers points at, or None when it is no setting's fault."""
-    code = error.code()
-    if code == KafkaError._AUTHENTICATION:
+    code, text = error.code(), error.str()
+    # A connection cut during the handshake is also reported as _AUTHENTICATION / _SSL:
+    # only the brokers' refusal is a setting's fault.
+    if code == KafkaError._AUTHENTICATION and "Authentication failed" in text:
         if "KAFKA_SASL_PASSWORD" in variables:
             return "KAFKA_SASL_PASSWORD"
         return "KAFKA_SECURITY_PROTOCOL"  # the brokers want a login we do not give
-    if code == KafkaError._SSL:
+    if code == KafkaError._SSL and "certificate verify failed" in text:
         return "KAFKA_SSL_CA_LOCATION" if "KAFKA_SSL_CA_LOCATION" in variables else "KAFKA_SSL"
     return None
 
 
-def connect(
-    admin_config: Mapping[str, Any], variables: Mapping[str, str], timeout_s: float
-) -> Any:
+def connect(admin_config: Mapping[str, Any], variables: Mapping[str, str], timeout_s: float) -> Any:
     """Cluster metadata within `timeout_s`; a ConfigError naming the setting as soon as the
     brokers refuse the credentials or certificate; TimeoutError when nothing answers."""
     refused: list[KafkaError] = []
