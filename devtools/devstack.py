@@ -383,6 +383,8 @@ def up(
     security: str = typer.Option("plaintext", help="client listener: plaintext or sasl_ssl"),
 ) -> None:
     """Start what is not running; print KAFKA_BROKERS=… and REDIS_URL=… for `eval`."""
+    if security not in ("plaintext", "sasl_ssl"):
+        raise typer.BadParameter("plaintext or sasl_ssl", param_hint="--security")
     started = time.monotonic()
     rport = start_redis(redis_port)
     if brokers > 1 or security != "plaintext":
@@ -413,15 +415,19 @@ def up(
     print(f"REDIS_URL=redis://127.0.0.1:{rport}/0")
 
 
+def _services() -> list[Service]:
+    """Kafka and Redis; Redis and the cluster's nodes instead when `up --brokers N` made one."""
+    from devtools.kafka_cluster import devstack_services
+
+    nodes = devstack_services(_state_dir())
+    return [REDIS, *nodes] if nodes and KAFKA.pid() is None else [KAFKA, REDIS, *nodes]
+
+
 @app.command()
 def status() -> None:
     """Show what runs; exit 1 if something is down."""
-    from devtools.kafka_cluster import devstack_services
-
     down_count = 0
-    for service in (KAFKA, REDIS, *devstack_services(_state_dir())):
-        if service is KAFKA and service.pid() is None and devstack_services(_state_dir()):
-            continue  # a cluster instead of the single broker
+    for service in _services():
         pid = service.pid()
         state = f"running (pid {pid}, port {service.port()})" if pid else "stopped"
         down_count += pid is None
@@ -432,9 +438,7 @@ def status() -> None:
 @app.command()
 def down() -> None:
     """Stop Kafka and Redis by their recorded pids."""
-    from devtools.kafka_cluster import devstack_services
-
-    for service in (KAFKA, REDIS, *devstack_services(_state_dir())):
+    for service in _services():
         print(f"{service.name}: {'stopped' if service.stop() else 'was not running'}")
 
 

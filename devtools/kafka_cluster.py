@@ -170,7 +170,8 @@ class Cluster:
             return
         proc = _spawn(node)
         deadline = time.monotonic() + timeout_s
-        while node_id not in self.live_brokers(timeout_s=2):
+        # Listed alone is not enough: a node killed a moment ago is listed until it is fenced.
+        while not _port_open(node.port) or node_id not in self.live_brokers(timeout_s=2):
             if proc.poll() is not None:
                 raise RuntimeError(f"Kafka node {node_id} exited:\n{node.service.log_tail()}")
             if time.monotonic() > deadline:
@@ -180,9 +181,20 @@ class Cluster:
     def running(self) -> list[int]:
         return [i for i, n in self.nodes.items() if n.service.pid() is not None]
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM to every node at once (one by one, the last would wait for a quorum that
+        left), SIGKILL to any still running after `timeout_s`."""
+        running = {i: self.nodes[i].service.pid() for i in self.running()}
+        for pid in running.values():
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.1)
         for node_id in self.running():
-            self.kill(node_id, signal.SIGTERM)
+            self.kill(node_id)
+        for node_id in running:
+            self.nodes[node_id].service.pid_file.unlink(missing_ok=True)
 
     # Who leads what
 
@@ -267,7 +279,6 @@ def _java(lib: Path, log4j: Path, heap: str = "384m") -> list[str]:
         f"-Xmx{heap}",
         "-XX:+UseG1GC",
         "-XX:+ExitOnOutOfMemoryError",
-        "-XX:TieredStopAtLevel=1",  # a faster start matters more here than peak speed
         "-Djava.awt.headless=true",
         f"-Dlog4j.configuration=file:{log4j}",
         "-cp",

@@ -21,7 +21,7 @@ from pathlib import Path
 from devtools import devstack
 from devtools.devstack import Service
 from devtools.handler_server import HandlerServer, Reply
-from devtools.kafka import Record, read_topic
+from devtools.kafka import Record, produce, read_topic
 from devtools.kafka_cluster import Cluster, start_cluster
 from devtools.worker import WorkerProcess
 from harness.accounting import Report, account
@@ -31,6 +31,7 @@ from wa_worker.models.headers import EVENT_KEY
 
 # Traffic keeps flowing this long after the last fault is repaired, so the stall ends in it.
 TAIL_S = 6.0
+WARMUP = 20  # records sent before the stream, to see the worker write
 
 
 @dataclass
@@ -86,9 +87,9 @@ class ClusterRun:
         self.faults: list[tuple[str, float]] = []  # (what, wall-clock time of the fault)
         self.repairs: list[float] = []  # when a node was back after each fault
 
-    def send(self, traffic: Traffic, rate: float) -> SteadyProducer:
+    def send(self, records: list[tuple[bytes, bytes]], rate: float) -> SteadyProducer:
         return SteadyProducer(
-            self.cluster.brokers, self.inbound, traffic.records, rate, self.config
+            self.cluster.brokers, self.inbound, records, rate, self.config
         ).start()
 
     def fault(self, what: str, node_id: int, sig: int = signal.SIGKILL) -> None:
@@ -207,9 +208,13 @@ def _scenario(
         run = ClusterRun(lab, name, workdir)
         traffic = _traffic(scale, seconds(scale), seed)
         try:
-            producer = run.send(traffic, scale.rate)
+            # The worker up and writing first (its start-up can take longer than the traffic
+            # on a busy machine): then the stream, and the fault in its middle.
             run.worker.start()
-            run.wait_until_output(20)
+            produce(run.cluster.brokers, run.inbound, traffic.records[:WARMUP], run.config)
+            run.wait_until_output(1, timeout_s=120)
+            producer = run.send(traffic.records[WARMUP:], scale.rate)
+            time.sleep(2)
             faults(run, scale)
             producer.join()
             processed, dlq = run.settle(traffic)

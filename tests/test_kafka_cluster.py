@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from confluent_kafka import KafkaError
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     ConfigResource,
@@ -26,13 +27,16 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from devtools.devstack import free_port
 from devtools.handler_server import HandlerServer
-from devtools.kafka import produce, read_topic
+from devtools.kafka import Record, produce, read_topic
 from devtools.kafka_cluster import Cluster
 from devtools.webhooks import conversation_webhook
 from devtools.worker import ROOT, WorkerProcess
+from harness.broker_faults import resumed_after, stall_per_fault
 from tests.conftest import Stack
 from tests.support.cli import run_cli
+from wa_worker.core.kafka_connect import culprit
 from wa_worker.process.health import Probes
+from wa_worker.process.logs import redact
 from wa_worker.settings import load_settings
 
 
@@ -213,3 +217,42 @@ def _base_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
+
+
+def test_kafka_passwords_count_as_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "pw-1234567")
+    monkeypatch.setenv("KAFKA_SSL_KEY_PASSWORD", "kp-7654321")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "wa-user")
+    settings = load_settings()
+    assert {"pw-1234567", "kp-7654321"} <= set(settings.secrets())
+    assert "wa-user" not in settings.secrets()
+    line = redact("sasl.password=pw-1234567 ssl.key.password=kp-7654321", settings.secrets())
+    assert "pw-1234567" not in line and "kp-7654321" not in line
+
+
+def test_only_the_brokers_refusal_names_a_setting() -> None:
+    variables = {"KAFKA_SASL_PASSWORD": "x", "KAFKA_SSL_CA_LOCATION": "/ca.pem"}
+    refused = KafkaError(
+        KafkaError._AUTHENTICATION,
+        "SASL authentication error: Authentication failed during authentication due to "
+        "invalid credentials with SASL mechanism SCRAM-SHA-512",
+    )
+    assert culprit(refused, variables) == "KAFKA_SASL_PASSWORD"
+    cut = KafkaError(
+        KafkaError._AUTHENTICATION,
+        "SASL authentication error: SaslAuthenticateRequest failed: "
+        "Local: Broker transport failure",
+    )
+    assert culprit(cut, variables) is None  # a broker restarting is no wrong password
+    untrusted = KafkaError(KafkaError._SSL, "SSL handshake failed: certificate verify failed")
+    assert culprit(untrusted, variables) == "KAFKA_SSL_CA_LOCATION"
+
+
+def test_the_stall_is_the_longest_gap_in_output_after_each_fault() -> None:
+    def at(seconds: float) -> Record:
+        return Record(None, b"", {}, 0, 0, int(seconds * 1000))
+
+    output = [at(t) for t in (1.0, 1.1, 1.2, 5.2, 5.3, 6.0, 12.0, 12.1)]
+    stalls = stall_per_fault(output, [("first", 1.15), ("second", 5.5)])
+    assert [(what, round(s, 2)) for what, s in stalls] == [("first", 4.0), ("second", 6.0)]
+    assert [round(r or 0, 2) for r in resumed_after(output, [5.0, 11.0])] == [0.2, 1.0]
