@@ -33,7 +33,8 @@ def culprit(error: KafkaError, variables: Mapping[str, str]) -> str | None:
 
 def connect(admin_config: Mapping[str, Any], variables: Mapping[str, str], timeout_s: float) -> Any:
     """Cluster metadata within `timeout_s`; a ConfigError naming the setting as soon as the
-    brokers refuse the credentials or certificate; TimeoutError when nothing answers."""
+    brokers refuse the credentials or certificate; librdkafka's error when none can be reached
+    (as before), TimeoutError when nothing answers in time."""
     refused: list[KafkaError] = []
 
     def on_error(error: KafkaError) -> None:
@@ -42,21 +43,31 @@ def connect(admin_config: Mapping[str, Any], variables: Mapping[str, str], timeo
 
     config: dict[str, Any] = {**admin_config, "error_cb": on_error}
     admin = AdminClient(config)
+
+    def check_refused(wait_s: float) -> None:
+        settle = time.monotonic() + wait_s
+        while True:
+            admin.poll(0.05)  # runs the error callback
+            if refused:
+                error = refused[0]
+                user = variables.get("KAFKA_SASL_USERNAME")
+                auth = error.code() == KafkaError._AUTHENTICATION
+                who = f" (user {user})" if user and auth else ""
+                raise ConfigError(
+                    f"{culprit(error, variables)}: Kafka refused the connection{who}: {error.str()}"
+                )
+            if time.monotonic() >= settle:
+                return
+
     deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
     while time.monotonic() < deadline:
         try:
             metadata = admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
-            if metadata.brokers:
-                return metadata
-        except Exception as exc:  # noqa: BLE001  (not answering yet: keep asking until the deadline)
-            last = exc
-        admin.poll(0)  # runs the error callback
-        if refused:
-            error = refused[0]
-            user = variables.get("KAFKA_SASL_USERNAME")
-            who = f" (user {user})" if user and error.code() == KafkaError._AUTHENTICATION else ""
-            raise ConfigError(
-                f"{culprit(error, variables)}: Kafka refused the connection{who}: {error.str()}"
-            )
-    raise TimeoutError(f"no broker answered within {timeout_s:g}s ({last or 'no metadata'})")
+        except Exception:
+            # A refused login also ends in "all brokers down": look for the refusal first.
+            check_refused(1.0)
+            raise
+        check_refused(0)
+        if metadata.brokers:
+            return metadata
+    raise TimeoutError(f"no broker answered within {timeout_s:g}s")
