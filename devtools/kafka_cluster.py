@@ -163,16 +163,17 @@ class Cluster:
                 time.sleep(0.05)
         svc.pid_file.unlink(missing_ok=True)
 
-    def start_node(self, node_id: int, timeout_s: float = 120) -> None:
-        """Start a stopped node and wait until the cluster lists it again."""
+    def start_node(self, node_id: int, timeout_s: float = 120, wait: bool = True) -> None:
+        """Start the node unless it runs; with `wait`, until the cluster lists it again."""
         node = self.nodes[node_id]
-        if node.service.pid() is not None:
+        if node.service.pid() is None:
+            _spawn(node)
+        if not wait:
             return
-        proc = _spawn(node)
         deadline = time.monotonic() + timeout_s
         # Listed alone is not enough: a node killed a moment ago is listed until it is fenced.
         while not _port_open(node.port) or node_id not in self.live_brokers(timeout_s=2):
-            if proc.poll() is not None:
+            if node.service.pid() is None:
                 raise RuntimeError(f"Kafka node {node_id} exited:\n{node.service.log_tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Kafka node {node_id} not back:\n{node.service.log_tail()}")

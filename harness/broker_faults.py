@@ -30,7 +30,7 @@ from harness.traffic import SteadyProducer, Traffic, build
 from wa_worker.models.headers import EVENT_KEY
 
 # Traffic keeps flowing this long after the last fault is repaired, so the stall ends in it.
-TAIL_S = 6.0
+TAIL_S = 5.0
 WARMUP = 20  # records sent before the stream, to see the worker write
 
 
@@ -263,6 +263,7 @@ def _two_down(run: ClusterRun, scale: Scale) -> None:
     run.fault("two brokers down (kill -9)", first)
     run.cluster.kill(second)
     time.sleep(scale.outage_s)
+    run.cluster.start_node(first, wait=False)  # both start together (JVMs start slowly)
     run.repair(second)  # two of three again: the quorum and min.insync.replicas are met
     run.cluster.start_node(first)
 
