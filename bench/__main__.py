@@ -25,7 +25,7 @@ from bench.launch import kill_all
 from bench.measure import ContestantFailed, Context, progress
 from bench.models import Results, Soak
 from bench.soak import soak
-from bench.stack import BENCH_DIR, start_stack, stop_stack
+from bench.stack import BENCH_DIR, start_cluster_stack, start_stack, stop_stack
 from bench.suite import FULL, SMOKE, contestants, handler_peers, run_rows
 from bench.workload import SHAPES, generate
 
@@ -90,8 +90,12 @@ def main() -> int:
     progress("starting Kafka and Redis in .stack/bench")
     stack = start_stack()
     try:
+        cluster = None
+        if any(c.cluster for c in rows):
+            progress("starting a 3-broker SASL_SSL Kafka cluster in .stack/bench/kafka-cluster")
+            cluster = start_cluster_stack(stack.redis_url)
         with handler_peers(rows) as urls:
-            ctx = Context(stack, workloads, logs, args.stall_s, urls)
+            ctx = Context(stack, workloads, logs, args.stall_s, urls, cluster)
             results = Results(
                 mode="smoke" if args.smoke else "full",
                 events=plan.events,

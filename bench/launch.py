@@ -153,6 +153,7 @@ def _worker(
     handler_url: str | None,
 ) -> Running:
     env = {
+        **stack.env,
         "KAFKA_BROKERS": stack.brokers,
         "REDIS_URL": stack.redis_url,
         "KAFKA_INBOUND_TOPIC": topics.inbound,

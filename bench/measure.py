@@ -31,6 +31,14 @@ class Context:
     logs: Path
     stall_s: float
     handler_urls: dict[int, str]
+    cluster: Stack | None = None  # the 3-broker SASL_SSL stack, for the rows that use it
+
+    def stack_for(self, contestant: Contestant) -> Stack:
+        if not contestant.cluster:
+            return self.stack
+        if self.cluster is None:
+            raise ContestantFailed("the 3-broker cluster was not started")
+        return self.cluster
 
     def workload(self, contestant: Contestant) -> Workload:
         return self.workloads[contestant.shape]
@@ -44,7 +52,8 @@ def throughput(ctx: Context, contestant: Contestant, run_dir: Path) -> RunFigure
     start-up, subscription and a repartition stage's first fetch are not counted; then the
     backlog is produced and the clock runs from its first produce to its last output."""
     started = time.perf_counter()
-    topics = create_topics(ctx.stack.brokers)
+    stack = ctx.stack_for(contestant)
+    topics = create_topics(stack)
     workload = ctx.workload(contestant)
     try:
         warmup = list(workload.stream(WARMUP_RECORDS))
@@ -52,12 +61,12 @@ def throughput(ctx: Context, contestant: Contestant, run_dir: Path) -> RunFigure
         records = workload.records[: contestant.events]  # the same bytes for everyone
         expected = workload.outputs(len(records), contestant.dedupes)
         total = len(warmup) + len(records)
-        running = launch(contestant, ctx.stack, topics, total, run_dir, ctx.url(contestant))
+        running = launch(contestant, stack, topics, total, run_dir, ctx.url(contestant))
         with Sampler(running.pids) as sampler:
-            observer = Observer(ctx.stack.brokers, topics.processed, sampler)
+            observer = Observer(stack.brokers, topics.processed, sampler, config=stack.client)
             observer.start()
             try:
-                producer = bench_producer(ctx.stack.brokers, linger_ms=0)
+                producer = bench_producer(stack, linger_ms=0)
                 for record in warmup:
                     send(producer, topics.inbound, record)
                 producer.flush(30)
@@ -65,7 +74,7 @@ def throughput(ctx: Context, contestant: Contestant, run_dir: Path) -> RunFigure
                 observer.target = warm_out + expected
                 before = sampler.take()
                 began_ms = time.time() * 1000  # the processed topic's clock: broker append time
-                load(ctx.stack.brokers, topics.inbound, records)
+                load(stack, topics.inbound, records)
                 await_outputs(observer, warm_out + expected, running, ctx.stall_s)
                 peak_kb = sampler.take().hwm_kb
                 finish(running, observer, warm_out + expected)
@@ -82,7 +91,7 @@ def throughput(ctx: Context, contestant: Contestant, run_dir: Path) -> RunFigure
             seconds=time.perf_counter() - started,
         )
     finally:
-        delete_topics(ctx.stack.brokers, topics)
+        delete_topics(stack, topics)
 
 
 def latency(
@@ -90,21 +99,24 @@ def latency(
 ) -> Latency:
     """Paced input at `rate` records/s for `duration_s`, after a warm-up; latency is the time
     from a webhook's produce call to its output's arrival, both clocked here."""
-    topics = create_topics(ctx.stack.brokers)
+    stack = ctx.stack_for(contestant)
+    topics = create_topics(stack)
     workload = ctx.workload(contestant)
     try:
         warmup = list(workload.stream(WARMUP_RECORDS))
         paced = list(workload.stream(max(int(rate * duration_s), WARMUP_RECORDS)))
         running = launch(
             contestant,
-            ctx.stack,
+            stack,
             topics,
             len(warmup) + len(paced),
             run_dir,
             ctx.url(contestant),
         )
-        producer = bench_producer(ctx.stack.brokers, linger_ms=0)
-        observer = Observer(ctx.stack.brokers, topics.processed, track_ids=True).start()
+        producer = bench_producer(stack, linger_ms=0)
+        observer = Observer(
+            stack.brokers, topics.processed, track_ids=True, config=stack.client
+        ).start()
         try:
             for record in warmup:
                 send(producer, topics.inbound, record)
@@ -138,7 +150,7 @@ def latency(
             p99_ms=waits[min(len(waits) - 1, int(len(waits) * 0.99))],
         )
     finally:
-        delete_topics(ctx.stack.brokers, topics)
+        delete_topics(stack, topics)
 
 
 def await_outputs(observer: Observer, expected: int, running: Running, stall_s: float) -> None:

@@ -26,6 +26,7 @@ class Contestant(BaseModel):
     handler_ms: int | None = None  # None: no handler call (the worker's pass-through)
     processes: int = 1
     concurrency: int | None = None  # the worker's HANDLER_CONCURRENCY; None: its default
+    cluster: bool = False  # on the 3-broker SASL_SSL cluster instead of the single broker
 
     @property
     def dedupes(self) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -14,10 +15,16 @@ from bench.procstats import Sample, Sampler
 
 class Observer:
     def __init__(
-        self, brokers: str, topic: str, sampler: Sampler | None = None, track_ids: bool = False
+        self,
+        brokers: str,
+        topic: str,
+        sampler: Sampler | None = None,
+        track_ids: bool = False,
+        config: Mapping[str, str] | None = None,  # a SASL_SSL cluster's options
     ) -> None:
         self._consumer = Consumer(
             {
+                **(config or {}),
                 "bootstrap.servers": brokers,
                 "group.id": f"bench-observer-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,

@@ -115,6 +115,13 @@ def targets(results: Results) -> str:
                 f"({soak.change_pct:+.1f} %)",
             )
         )
+    on_cluster = next((r for r in results.rows if r.contestant.cluster), None)
+    if on_cluster is not None:  # not in --smoke
+        lines.append(
+            _ratio_target(
+                "worker on 3 brokers SASL_SSL >= 0.8 x on 1 broker", on_cluster, worker, 0.8
+            )
+        )
     return "\n".join(lines)
 
 
@@ -171,13 +178,8 @@ def _one(
     concurrency."""
     for row in results.rows:
         c = row.contestant
-        if (c.letter, c.handler_ms, c.processes, c.concurrency, c.shape) == (
-            letter,
-            handler_ms,
-            1,
-            None,
-            shape,
-        ):
+        one = (c.letter, c.handler_ms, c.processes, c.concurrency, c.shape, c.cluster)
+        if one == (letter, handler_ms, 1, None, shape, False):
             return row
     return None
 

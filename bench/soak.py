@@ -19,10 +19,10 @@ LEAD = 20_000
 def soak(ctx: Context, events: int, run_dir: Path) -> Soak:
     worker = Contestant(letter="D", label="D worker soak", kind=Kind.WORKER, events=events)
     workload = ctx.workload(worker)
-    topics = create_topics(ctx.stack.brokers)
+    topics = create_topics(ctx.stack)
     try:
         running = launch(worker, ctx.stack, topics, events, run_dir, None)
-        producer = bench_producer(ctx.stack.brokers)
+        producer = bench_producer(ctx.stack)
         with Sampler(running.pids) as sampler:
             observer = Observer(ctx.stack.brokers, topics.processed, sampler).start()
             try:
@@ -53,7 +53,7 @@ def soak(ctx: Context, events: int, run_dir: Path) -> Soak:
             rate=observer.rate(events),
         )
     finally:
-        delete_topics(ctx.stack.brokers, topics)
+        delete_topics(ctx.stack, topics)
 
 
 def _mark(observer: Observer, ctx: Context, marks: dict[int, float], sampler: Sampler) -> None:

@@ -8,8 +8,8 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -22,12 +22,20 @@ from wa_worker.core.kafka_produce import produce_waiting
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".stack" / "bench"
 PARTITIONS = 3
+CLUSTER_DIR = BENCH_DIR / "kafka-cluster"
 
 
 @dataclass(frozen=True)
 class Stack:
     brokers: str
     redis_url: str
+    client: Mapping[str, str] = field(default_factory=dict)  # librdkafka options (SASL_SSL)
+    env: Mapping[str, str] = field(default_factory=dict)  # the worker's KAFKA_* settings
+    replicas: int = 1
+
+    def kafka(self, **options: str | int | float | bool) -> dict[str, str | int | float | bool]:
+        """A client config for this stack's Kafka."""
+        return {**self.client, "bootstrap.servers": self.brokers, **options}
 
 
 @dataclass(frozen=True)
@@ -51,22 +59,40 @@ def start_stack() -> Stack:
     return Stack(f"127.0.0.1:{kafka_port}", f"redis://127.0.0.1:{redis_port}/0")
 
 
+def start_cluster_stack(redis_url: str) -> Stack:
+    """The 3-broker SASL_SSL cluster (devtools/kafka_cluster.py) in `.stack/bench`, with the
+    single stack's Redis."""
+    from devtools.kafka_cluster import start_cluster
+
+    cluster = start_cluster(CLUSTER_DIR, brokers=3, security="sasl_ssl")
+    env = cluster.env()
+    client = {k: v for k, v in cluster.client_config().items() if k != "bootstrap.servers"}
+    return Stack(cluster.brokers, redis_url, client, env, replicas=3)
+
+
 def stop_stack() -> None:
+    from devtools.kafka_cluster import open_cluster
+
     for service in devstack.services(BENCH_DIR):
         service.stop()
+    if cluster := open_cluster(CLUSTER_DIR):
+        cluster.stop()
 
 
-def create_topics(brokers: str) -> RunTopics:
+def create_topics(stack: Stack) -> RunTopics:
     tag = uuid.uuid4().hex[:8]
     topics = RunTopics(tag, f"b{tag}.inbound", f"b{tag}.processed", f"b{tag}.dlq")
     size = {"max.message.bytes": str(devstack.MAX_MESSAGE_BYTES)}
+    if stack.replicas >= 3:
+        size["min.insync.replicas"] = str(stack.replicas - 1)  # as `topics create` makes them
     # Output timestamps are the broker's append times: the throughput clock is the broker's.
     appended = {**size, "message.timestamp.type": "LogAppendTime"}
-    admin = _admin(brokers)
+    admin = _admin(stack)
+    rf = stack.replicas
     new = [
-        NewTopic(topics.inbound, PARTITIONS, 1, config=size),
-        NewTopic(topics.processed, PARTITIONS, 1, config=appended),
-        NewTopic(topics.dlq, PARTITIONS, 1, config=appended),
+        NewTopic(topics.inbound, PARTITIONS, rf, config=size),
+        NewTopic(topics.processed, PARTITIONS, rf, config=appended),
+        NewTopic(topics.dlq, PARTITIONS, rf, config=appended),
     ]
     for future in admin.create_topics(new, operation_timeout=30).values():
         future.result()
@@ -84,13 +110,13 @@ def create_topics(brokers: str) -> RunTopics:
     raise RuntimeError(f"topics of run {tag} have no leaders after 30s")
 
 
-def _admin(brokers: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": brokers, "log_level": 0})
+def _admin(stack: Stack) -> AdminClient:
+    return AdminClient(stack.kafka(log_level=0))
 
 
-def delete_topics(brokers: str, topics: RunTopics) -> None:
+def delete_topics(stack: Stack, topics: RunTopics) -> None:
     """Keeps the broker small over a long bench (a soak writes a gigabyte)."""
-    admin = _admin(brokers)
+    admin = _admin(stack)
     # Contestant E's own topics (repartition, changelog) carry the run's tag in their names.
     own = [t for t in admin.list_topics(timeout=10).topics if f"{topics.tag}-quix" in t]
     futures = admin.delete_topics([topics.inbound, topics.processed, topics.dlq, *own])
@@ -99,20 +125,21 @@ def delete_topics(brokers: str, topics: RunTopics) -> None:
             future.result(30)
 
 
-def bench_producer(brokers: str, linger_ms: int = 5) -> Producer:
+def bench_producer(stack: Stack, linger_ms: int = 5) -> Producer:
     return Producer(
-        {
-            "bootstrap.servers": brokers,
-            "enable.idempotence": True,
-            "linger.ms": linger_ms,
-            "message.max.bytes": devstack.MAX_MESSAGE_BYTES,
-            "log_level": 0,
-        }
+        stack.kafka(
+            **{
+                "enable.idempotence": True,
+                "linger.ms": linger_ms,
+                "message.max.bytes": devstack.MAX_MESSAGE_BYTES,
+                "log_level": 0,
+            }
+        )
     )
 
 
-def load(brokers: str, topic: str, records: Iterable[Record]) -> int:
-    producer = bench_producer(brokers, linger_ms=20)
+def load(stack: Stack, topic: str, records: Iterable[Record]) -> int:
+    producer = bench_producer(stack, linger_ms=20)
     failures: list[str] = []
 
     def on_delivery(err: KafkaError | None, _msg: object) -> None:

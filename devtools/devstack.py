@@ -381,11 +381,15 @@ def up(
     ),
     redis: str = typer.Option("standalone", help="standalone, cluster or sentinel"),
     redis_tls: bool = typer.Option(False, help="TLS, client certificate and ACL user"),
+    brokers: int = typer.Option(1, min=1, max=9, help="Kafka brokers (KRaft, 3 voters at most)"),
+    security: str = typer.Option("plaintext", help="client listener: plaintext or sasl_ssl"),
 ) -> None:
-    """Start what is not running; print KAFKA_BROKERS=… and the REDIS_* lines for `eval`."""
+    """Start what is not running; print the KAFKA_* and REDIS_* lines for `eval`."""
     started = time.monotonic()
     if redis not in ("standalone", "cluster", "sentinel"):
         raise typer.BadParameter("standalone, cluster or sentinel", param_hint="--redis")
+    if security not in ("plaintext", "sasl_ssl"):
+        raise typer.BadParameter("plaintext or sasl_ssl", param_hint="--security")
     topology = None
     if redis != "standalone" or redis_tls:
         from devtools.redis_topologies import start_named
@@ -394,6 +398,24 @@ def up(
         rport = topology.nodes[next(iter(topology.nodes))].port
     else:
         rport = start_redis(redis_port)
+    redis_lines = (
+        topology.lines() if topology is not None else [f"REDIS_URL=redis://127.0.0.1:{rport}/0"]
+    )
+    if brokers > 1 or security != "plaintext":
+        # A cluster (and/or SASL_SSL) lives in a module of its own: devtools/kafka_cluster.py.
+        from devtools import kafka_cluster
+
+        env = kafka_cluster.devstack_up(
+            _state_dir(), brokers, security, kafka_port, partitions, topic
+        )
+        _say(
+            f"{brokers} Kafka brokers ({security}), Redis on 127.0.0.1:{rport} "
+            f"(ready in {time.monotonic() - started:.1f}s; logs in {_state_dir()})"
+        )
+        for name, value in env.items():
+            print(f"{name}={value}")
+        print("\n".join(redis_lines))
+        return
     kport = start_kafka(kafka_port)
     if topic:
         create_topics(f"127.0.0.1:{kport}", topic, partitions)
@@ -404,22 +426,28 @@ def up(
         f"(ready in {time.monotonic() - started:.1f}s; logs in {_state_dir()})"
     )
     print(f"KAFKA_BROKERS=127.0.0.1:{kport}")
-    if topology is not None:
-        print("\n".join(topology.lines()))
-    else:
-        print(f"REDIS_URL=redis://127.0.0.1:{rport}/0")
+    print("\n".join(redis_lines))
+
+
+def _services() -> list[Service]:
+    """Kafka (or the cluster's brokers when `up --brokers N` made one), and Redis (or the
+    nodes of a Redis topology when `up --redis …` made one), by their recorded pids."""
+    from devtools.kafka_cluster import devstack_services
+    from devtools.redis_topologies import recorded_nodes
+
+    brokers = devstack_services(_state_dir())
+    kafka = brokers if brokers and KAFKA.pid() is None else [KAFKA, *brokers]
+    topology = recorded_nodes(_state_dir())
+    plain = [REDIS] if REDIS.pid() is not None or not topology else []
+    return [*kafka, *plain, *topology]
 
 
 @app.command()
 def status() -> None:
     """Show what runs; exit 1 if something is down (the plain Redis may be replaced by a
     topology: `up --redis cluster`)."""
-    from devtools.redis_topologies import recorded_nodes
-
     down_count = 0
-    topology = recorded_nodes(_state_dir())
-    plain = (REDIS,) if REDIS.pid() is not None or not topology else ()
-    for service in (KAFKA, *plain, *topology):
+    for service in _services():
         pid = service.pid()
         state = f"running (pid {pid}, port {service.port()})" if pid else "stopped"
         down_count += pid is None
@@ -430,9 +458,7 @@ def status() -> None:
 @app.command()
 def down() -> None:
     """Stop Kafka, Redis and the Redis topologies by their recorded pids."""
-    from devtools.redis_topologies import recorded_nodes
-
-    for service in (KAFKA, REDIS, *recorded_nodes(_state_dir())):
+    for service in _services():
         print(f"{service.name}: {'stopped' if service.stop() else 'was not running'}")
 
 

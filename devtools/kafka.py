@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -17,15 +17,23 @@ class Record:
     headers: dict[str, bytes]
     partition: int
     offset: int
+    timestamp_ms: int = 0  # the producer's create time
 
     def header(self, name: str) -> str | None:
         raw = self.headers.get(name)
         return raw.decode() if raw is not None else None
 
 
-def produce(brokers: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:
+def produce(
+    brokers: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes]],
+    config: Mapping[str, str] | None = None,
+) -> int:
+    """`config`: extra librdkafka options (a SASL_SSL cluster's), here and below."""
     producer = Producer(
         {
+            **(config or {}),
             "bootstrap.servers": brokers,
             "message.max.bytes": 5_242_880,
             "enable.idempotence": True,
@@ -58,11 +66,13 @@ def read_topic(
     until: Callable[[list[Record]], bool] | None = None,
     timeout_s: float = 60.0,
     settle_s: float = 1.0,
+    config: Mapping[str, str] | None = None,
 ) -> list[Record]:
     """Read every partition from the start. Stop when `until(records)` holds (then read a little
     longer to catch strays), or at the end of the topic when `until` is None, or at the timeout."""
     consumer = Consumer(
         {
+            **(config or {}),
             "bootstrap.servers": brokers,
             "group.id": f"test-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
@@ -92,7 +102,10 @@ def read_topic(
                     k: v if isinstance(v, bytes) else str(v or "").encode()
                     for k, v in _pairs(msg.headers())
                 }
-                records.append(Record(msg.key(), msg.value() or b"", headers, partition, offset))
+                _, created = msg.timestamp()
+                records.append(
+                    Record(msg.key(), msg.value() or b"", headers, partition, offset, created)
+                )
             if until is None:
                 if len(at_eof) == len(meta.partitions):
                     break
@@ -114,12 +127,17 @@ def _pairs(headers: object) -> list[tuple[str, object]]:
 
 
 def group_caught_up(
-    brokers: str, topic: str, group: str, partitions: int, timeout_s: float = 20
+    brokers: str,
+    topic: str,
+    group: str,
+    partitions: int,
+    timeout_s: float = 20,
+    config: Mapping[str, str] | None = None,
 ) -> bool:
     """The group's committed offsets reach the high watermarks within the time. The worker
     commits its snapshotted input positions there: caught up means the recovery snapshot
     covers every input record (and lag exporters see zero)."""
-    consumer = Consumer({"bootstrap.servers": brokers, "group.id": group})
+    consumer = Consumer({**(config or {}), "bootstrap.servers": brokers, "group.id": group})
     assigned = [TopicPartition(topic, p) for p in range(partitions)]
     deadline = time.monotonic() + timeout_s
     try:

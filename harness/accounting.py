@@ -24,6 +24,7 @@ class Report:
     restarts: int
     poison_missing: int = 0
     note: str = ""
+    stalls_s: tuple[float, ...] = ()  # broker failovers: longest time without output, each
 
 
 def account(

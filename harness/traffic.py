@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Producer
 
@@ -66,10 +68,16 @@ class SteadyProducer:
     buffers and retries)."""
 
     def __init__(
-        self, brokers: str, topic: str, records: list[tuple[bytes, bytes]], rate_per_s: float
+        self,
+        brokers: str,
+        topic: str,
+        records: list[tuple[bytes, bytes]],
+        rate_per_s: float,
+        config: Mapping[str, Any] | None = None,  # a SASL_SSL cluster's options
     ) -> None:
         self._producer = Producer(
             {
+                **(config or {}),
                 "bootstrap.servers": brokers,
                 "enable.idempotence": True,
                 "message.max.bytes": 5_242_880,

@@ -5,6 +5,9 @@ and stopped at the end. To use services you already run, set WA_TEST_KAFKA_BROKE
 WA_TEST_REDIS_URL (and WA_TEST_REDIS_CLUSTER_URL for a Redis Cluster). The other Redis
 topologies (Sentinel, TLS with an ACL user) are always the project's own
 (`devtools.redis_topologies`), started once per session by the first test that needs them.
+The 3-broker SASL_SSL Kafka cluster (`kafka_cluster`) is started in `.stack/test/kafka-cluster`,
+or reused from the folder WA_TEST_KAFKA_CLUSTER_DIR names (e.g. `.stack/kafka-cluster` after
+`scripts/devstack up --brokers 3 --security sasl_ssl`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
+from devtools.kafka_cluster import Cluster
 from devtools.worker import ROOT, WorkerProcess
 
 if TYPE_CHECKING:
@@ -132,6 +136,19 @@ def dedupe_redis(request: pytest.FixtureRequest, stack: Stack) -> RedisTarget:
         url = request.getfixturevalue("redis_cluster_url")
         return RedisTarget(name, {"REDIS_URL": url, "REDIS_MODE": "cluster"})
     return RedisTarget(name, request.getfixturevalue(f"redis_{name}_env"))
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> Iterator[Cluster]:
+    """Three brokers, SASL_SSL (SCRAM-SHA-512). Tests that stop a node start it again."""
+    from devtools.kafka_cluster import start_cluster
+
+    given = os.environ.get("WA_TEST_KAFKA_CLUSTER_DIR")
+    base = Path(given) if given else ROOT / ".stack" / "test" / "kafka-cluster"
+    cluster = start_cluster(base, brokers=3, security="sasl_ssl")
+    yield cluster
+    if not given:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -120,6 +120,18 @@ def test_targets_say_met_or_miss_with_their_figures():
     p99 = line("worker p99 < 300 ms reorder window + 50 ms")
     assert p99.startswith("  [MISS]") and "380.0 ms" in p99
     assert line("memory flat").startswith("  [MISS]") and "+25.0 %" in line("memory flat")
+    assert not any("3 brokers" in x for x in lines)  # no cluster row: no line about it
+    cluster = _row("D", Kind.WORKER, 3_000).model_copy(
+        update={
+            "contestant": Contestant(
+                letter="D", label="D 3", kind=Kind.WORKER, events=1000, cluster=True
+            )
+        }
+    )
+    with_cluster = results.model_copy(update={"rows": [*results.rows, cluster]})
+    last = report.targets(with_cluster).splitlines()[-1]
+    assert last.startswith("  [MISS] worker on 3 brokers SASL_SSL >= 0.8 x on 1 broker")
+    assert "0.75 x (3,000 vs 4,000)" in last
     ratios = report.ratios(results)
     assert "D/A   0.10   D/B   0.40   D/C   8.00   D/E   0.50   CPU D/E   1.33" in ratios
     assert "D/C  63.16" in ratios  # the 50 ms worker against the 50 ms naive port only

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from devtools.kafka_cluster import Cluster
 from devtools.worker import ROOT
 from harness.accounting import Report, table
+from harness.broker_faults import BROKER_SCENARIOS, ClusterLab
 from harness.scenarios import SCENARIOS, SHORT, Lab
+from tests.conftest import Stack
 
 REPORTS: list[Report] = []
 
@@ -49,3 +53,29 @@ def test_scenario_loses_nothing(lab: Lab, name: str, capsys: pytest.CaptureFixtu
         assert report.dead_lettered <= report.unique * 0.03
     if name in ("fuzz",):
         assert report.dead_lettered == 0
+
+
+# The two most telling broker faults in CI; the others (inbound leader, controller, rolling
+# restart) are `python -m harness broker-inbound-leader broker-controller broker-rolling`.
+SHORT_BROKER_FAULTS = ["broker-outputs-leader", "broker-two-down"]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", SHORT_BROKER_FAULTS)
+def test_broker_fault_loses_and_repeats_nothing(
+    kafka_cluster: Cluster, stack: Stack, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lab = ClusterLab(kafka_cluster, stack.redis_url)
+    with tempfile.TemporaryDirectory() as workdir:
+        # A 5 s outage: enough for the elections (or the quorum's loss) to happen, and CI's
+        # budget; `python -m harness broker-…` uses 10 s.
+        report = BROKER_SCENARIOS[name](lab, Path(workdir), replace(SHORT, outage_s=5))
+    with capsys.disabled():
+        print("\n" + table([report]), flush=True)
+    assert report.lost == 0 and report.poison_missing == 0
+    assert report.processed + report.dead_lettered == report.unique
+    assert report.dead_lettered == 0  # a broker failover is no reason to dead-letter an event
+    assert report.duplicates_on_processed == 0  # acks=all, idempotent producer
+    assert report.duplicate_handler_successes == 0
+    assert report.restarts == 0  # the worker rode through (it is checked to be running too)
+    assert all(s < 60 for s in report.stalls_s), report.stalls_s

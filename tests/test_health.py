@@ -182,9 +182,7 @@ def test_mask_secrets_hides_url_passwords_only(text: str, masked: str) -> None:
 
 
 def test_the_redis_probe_pings_the_real_server(stack: Stack, topics: Topics) -> None:
-    up = load_settings(
-        kafka_brokers=stack.brokers, redis_url=stack.redis_url, kafka_inbound_topic=topics.inbound
-    )
+    up = load_settings(kafka_brokers=stack.brokers, redis_url=stack.redis_url, **_topics(topics))
     assert Probes(up, timeout_s=2).run()["redis"].status == "ok"
     down = load_settings(
         kafka_brokers=stack.brokers, redis_url=f"redis://127.0.0.1:{free_port()}/0"
@@ -194,11 +192,21 @@ def test_the_redis_probe_pings_the_real_server(stack: Stack, topics: Topics) -> 
     assert check.error is not None and "ConnectionError" in check.error
 
 
-def test_the_kafka_probe_needs_the_inbound_topic(stack: Stack, topics: Topics) -> None:
-    present = load_settings(kafka_brokers=stack.brokers, kafka_inbound_topic=topics.inbound)
+def _topics(topics: Topics) -> dict[str, str]:
+    return {
+        "kafka_inbound_topic": topics.inbound,
+        "kafka_processed_topic": topics.processed,
+        "kafka_dlq_topic": topics.dlq,
+    }
+
+
+def test_the_kafka_probe_needs_the_three_topics(stack: Stack, topics: Topics) -> None:
+    present = load_settings(kafka_brokers=stack.brokers, **_topics(topics))
     assert Probes(present, timeout_s=5).run()["kafka"].status == "ok"
     missing = f"t{uuid.uuid4().hex[:10]}.missing"
-    absent = load_settings(kafka_brokers=stack.brokers, kafka_inbound_topic=missing)
+    absent = load_settings(
+        kafka_brokers=stack.brokers, **{**_topics(topics), "kafka_dlq_topic": missing}
+    )
     check = Probes(absent, timeout_s=5).run()["kafka"]
     assert check.status == "error"
     assert check.error is not None and f"topic {missing} unavailable" in check.error
@@ -230,8 +238,8 @@ def test_the_handler_check_carries_the_peers_status_code(
     settings = load_settings(
         kafka_brokers=stack.brokers,
         redis_url=stack.redis_url,
-        kafka_inbound_topic=topics.inbound,
         handler_health_url=failing_peer,
+        **_topics(topics),
     )
     answer = get(HealthApp(Probes(settings, timeout_s=2), Drain()), "/health")
     body = answer.json()

@@ -246,11 +246,12 @@ class Settings(BaseSettings):
         return self
 
     def secrets(self) -> tuple[str, ...]:
-        """Values logs and tools must never print (the app secret, Redis passwords, when set)."""
+        """Values logs and tools must never print (the app secret, Redis and Kafka passwords)."""
         given = (self.wa_app_secret, self.redis_sentinel_password)
         values = [s.get_secret_value() for s in given if s]
         if password := urlsplit(self.redis_url).password:
             values.append(unquote(password))
+        values += kafka_options.secret_values(self._kafka.variables)
         return tuple(v for v in values if v)
 
     @property

@@ -10,7 +10,14 @@ from rich.table import Table
 from wa_worker.cli import capture as capturing
 from wa_worker.cli.support import failures_reported, progress, stdout_console, when
 from wa_worker.cli.topic_reader import ReadRequest, parse_offset_specs
-from wa_worker.cli.topics import DLQ_RETENTION_DAYS, RETENTION_DAYS, ensure_topics, worker_topics
+from wa_worker.cli.topics import (
+    DLQ_RETENTION_DAYS,
+    RETENTION_DAYS,
+    cluster_brokers,
+    default_replication,
+    ensure_topics,
+    worker_topics,
+)
 from wa_worker.settings import load_settings_or_exit
 
 topics_app = typer.Typer(help="Create the worker's Kafka topics.", no_args_is_help=True)
@@ -66,7 +73,9 @@ def capture(
 @topics_app.command("create")
 def topics_create(
     partitions: int = typer.Option(3, min=1, help="partitions of each topic (grown if larger)"),
-    replication_factor: int = typer.Option(1, min=1, help="replicas of each partition"),
+    replication_factor: int | None = typer.Option(
+        None, min=1, help="replicas of each partition (default: 3, or the brokers if fewer)"
+    ),
     retention_days: float = typer.Option(
         RETENTION_DAYS, min=0.01, help="inbound and processed retention"
     ),
@@ -76,10 +85,12 @@ def topics_create(
 
     Idempotent: existing topics are reported, and grown when --partitions is larger."""
     settings = load_settings_or_exit()
-    specs = worker_topics(
-        settings, partitions, replication_factor, retention_days, dlq_retention_days
-    )
     with failures_reported():
+        if replication_factor is None:
+            replication_factor, _ = default_replication(cluster_brokers(settings.admin_config()))
+        specs = worker_topics(
+            settings, partitions, replication_factor, retention_days, dlq_retention_days
+        )
         results = ensure_topics(settings.admin_config(), specs)
     table = Table("topic", "action", "partitions", "notes")
     for r in results:

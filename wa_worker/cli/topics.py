@@ -50,6 +50,23 @@ class TopicResult:
     notes: tuple[str, ...] = ()
 
 
+def min_insync_replicas(replication_factor: int) -> int | None:
+    """With acks=all, one replica may be lost without stopping writes (none below RF 3: one
+    more replica than 1 would stop writes as soon as a broker goes)."""
+    return replication_factor - 1 if replication_factor >= 3 else None
+
+
+def default_replication(brokers: int) -> tuple[int, int | None]:
+    """Replication factor and min.insync.replicas for a cluster of `brokers` brokers."""
+    replication_factor = max(1, min(3, brokers))
+    return replication_factor, min_insync_replicas(replication_factor)
+
+
+def cluster_brokers(admin_config: Mapping[str, Any], timeout_s: float = 10) -> int:
+    """How many brokers the cluster has registered (the default replication factor's bound)."""
+    return len(AdminClient(dict(admin_config)).list_topics(timeout=timeout_s).brokers)
+
+
 def worker_topics(
     settings: Settings,
     partitions: int,
@@ -65,9 +82,8 @@ def worker_topics(
             "max.message.bytes": str(settings.kafka_max_message_bytes),
             "retention.ms": str(int(days * DAY_MS)),
         }
-        if replication_factor >= 3:
-            # With acks=all, one broker may be lost without stopping writes.
-            settings_config["min.insync.replicas"] = "2"
+        if min_isr := min_insync_replicas(replication_factor):
+            settings_config["min.insync.replicas"] = str(min_isr)
         return settings_config
 
     return [

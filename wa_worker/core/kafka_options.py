@@ -87,6 +87,14 @@ class KafkaConfig:
         }
 
 
+# KAFKA_* variables that hold credentials (SASL and key passwords, OAuth secrets, inline keys).
+_SECRET = re.compile(r"KAFKA_\w*(PASSWORD|SECRET|KEY_PEM|JAAS_CONFIG)\w*")
+
+
+def secret_values(variables: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(v for k, v in variables.items() if _SECRET.fullmatch(k))
+
+
 def is_kubernetes_service_variable(name: str) -> bool:
     return _KUBERNETES.fullmatch(name) is not None
 

@@ -138,16 +138,30 @@ class Probes:
         }
 
     def kafka(self) -> dict[str, Any] | None:
-        topic = self._settings.kafka_inbound_topic
-        try:
-            metadata = self._admin.list_topics(topic, timeout=self._timeout_s)
-        finally:
-            self._admin.poll(0)  # hands librdkafka's queued log lines to its logger
-        found = metadata.topics.get(topic)
-        if not metadata.brokers:
-            raise ProbeFailed("no broker answered")
-        if found is None or found.error is not None:
-            raise ProbeFailed(f"topic {topic} unavailable: {found.error if found else 'missing'}")
+        """Every partition of the three topics has a leader (a broker's death elects another
+        within seconds; none left in sync means writes or reads there wait)."""
+        s = self._settings
+        names = (s.kafka_inbound_topic, s.kafka_processed_topic, s.kafka_dlq_topic)
+        deadline = time.monotonic() + self._timeout_s
+        leaderless: list[str] = []
+        for topic in names:
+            try:
+                left = max(0.1, deadline - time.monotonic())
+                metadata = self._admin.list_topics(topic, timeout=left)
+            finally:
+                self._admin.poll(0)  # hands librdkafka's queued log lines to its logger
+            found = metadata.topics.get(topic)
+            if not metadata.brokers:
+                raise ProbeFailed("no broker answered")
+            if found is None or (found.error is not None and not found.partitions):
+                raise ProbeFailed(
+                    f"topic {topic} unavailable: {found.error if found else 'missing'}"
+                )
+            leaderless += [
+                f"{topic}[{p}]" for p, info in sorted(found.partitions.items()) if info.leader < 0
+            ]
+        if leaderless:
+            raise ProbeFailed(f"partitions without a leader: {', '.join(leaderless)}")
         return None
 
     def redis_dedupe(self) -> dict[str, Any] | None:

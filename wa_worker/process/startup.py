@@ -11,9 +11,9 @@ import sys
 from datetime import UTC, datetime
 
 import redis
-from confluent_kafka.admin import AdminClient
 from redis.exceptions import SlotNotCoveredError
 
+from wa_worker.core import kafka_connect
 from wa_worker.core.dedupe import check_dedupe_works, dedupe_keys
 from wa_worker.core.handlers import load_callable
 from wa_worker.core.masking import mask_secrets
@@ -36,8 +36,13 @@ def require_kafka_topics(settings: Settings, timeout_s: float = 15.0) -> None:
     ]
     try:
         # log_level 0: the clear line below replaces librdkafka's connection noise.
-        admin = AdminClient({**settings.admin_config(), "log_level": 0})
-        metadata = admin.list_topics(timeout=timeout_s)
+        metadata = kafka_connect.connect(
+            {**settings.admin_config(), "log_level": 0},
+            settings.librdkafka_variables(),
+            timeout_s,
+        )
+    except ConfigError as exc:  # the brokers refused the login or the certificate
+        _exit(str(exc), settings)
     except Exception as exc:  # noqa: BLE001  (any failure means: cannot start)
         _exit(f"KAFKA_BROKERS: cannot reach Kafka at {settings.kafka_brokers} ({exc})", settings)
     missing = [t for t in topics if t not in metadata.topics]
