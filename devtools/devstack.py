@@ -42,6 +42,15 @@ def _jar_dir() -> Path:
     return Path(os.environ.get("DEVSTACK_JARS", ROOT / ".stack" / "kafka" / "lib")).resolve()
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id, as Kafka's own `Uuid.randomUuid()` makes them: never starting with
+    '-', which the storage tool would read as an option (1 start-up in 64 failed so)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -293,7 +302,7 @@ def start_kafka(
     ]
     cluster_file = svc.dir / "cluster.id"
     if not cluster_file.exists():
-        cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
+        cluster_file.write_text(new_cluster_id())
     # -g: a data folder formatted by an earlier run is kept (topics survive restarts).
     subprocess.run(
         [

@@ -18,14 +18,12 @@ folder reuses a running cluster.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
 import signal
 import subprocess
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from devtools.devstack import (
     _port_open,
     ensure_kafka_jars,
     free_port,
+    new_cluster_id,
 )
 
 SECURITIES = ("plaintext", "sasl_ssl")
@@ -354,7 +353,7 @@ def _new_state(base: Path, brokers: int, security: str, first_port: int) -> dict
         nodes.append({"node_id": i, "port": port, "iport": free_port(), "cport": free_port()})
     return {
         "security": security,
-        "cluster_id": base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode(),
+        "cluster_id": new_cluster_id(),
         "password": secrets.token_urlsafe(18),
         "store_password": secrets.token_urlsafe(18),
         "nodes": nodes,

@@ -30,3 +30,12 @@ def test_redis_is_a_real_server(redis_client: redis.Redis, redis_prefix: str) ->
     assert not redis_client.set(key, "other", nx=True, px=10_000)
     assert redis_client.get(key) == b"v"
     assert 0 < redis_client.pttl(key) <= 10_000
+
+
+def test_kraft_cluster_ids_never_look_like_an_option():
+    """The storage tool reads `-t -abc…` as a missing value: one formatting in 64 failed."""
+    from devtools.devstack import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(2000)]
+    assert not any(i.startswith("-") for i in ids)
+    assert all(len(i) == 22 for i in ids) and len(set(ids)) == len(ids)
