@@ -28,7 +28,8 @@ from wa_worker.models.records import (
     WebhookEvent,
 )
 from wa_worker.models.webhook import Contact, Entry, Value, WebhookPayload
-from wa_worker.operators.fields import content_hash, flag, split_field
+from wa_worker.operators.fields import content_hash as content_hash
+from wa_worker.operators.fields import flag, split_field
 from wa_worker.operators.identity import conversation_key, identity_change
 from wa_worker.operators.inbound import InboundMessage
 from wa_worker.operators.salvage import BadPart, salvage_entries, salvage_value, summary
@@ -264,9 +265,12 @@ def _split_messages_value(
     ):
         # One identity per customer (operators/identity.py): the BSUID, else the phone.
         wa_id, user_id = message.from_, message.from_user_id
-        if (user_id is None or wa_id is None) and contacts:
-            if (contact := _contact_for(contacts, wa_id)) is not None:
-                wa_id, user_id = wa_id or contact.wa_id, user_id or contact.user_id
+        if (
+            (user_id is None or wa_id is None)
+            and contacts
+            and (contact := _contact_for(contacts, wa_id)) is not None
+        ):
+            wa_id, user_id = wa_id or contact.wa_id, user_id or contact.user_id
         event = WebhookEvent(
             event_key=prefix + message.id,
             conversation_key=f"{business}:{user_id or wa_id or '-'}",
@@ -284,9 +288,8 @@ def _split_messages_value(
         value.statuses or [], raw_value.get("statuses") or [], strict=True
     ):
         wa_id, user_id = status.recipient_id, status.recipient_user_id
-        if user_id is None and contacts:
-            if (contact := _contact_for(contacts, wa_id)) is not None:
-                user_id = contact.user_id
+        if user_id is None and contacts and (contact := _contact_for(contacts, wa_id)):
+            user_id = contact.user_id
         if raw_status.get("recipient_type") == "group":
             # A status of a message sent to a group: the group's conversation (fields.py).
             conversation = f"{business}:group:{wa_id or '-'}"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 
 from wa_worker.core import jsonbytes
+from wa_worker.models.event_time import event_time
 from wa_worker.models.headers import DeadLetterHeaders, ProcessedHeaders, dropped
 from wa_worker.models.records import DeadLetter, ErrorClass, Outcome, Processed
 
@@ -87,6 +88,9 @@ def processed_record(
     outcome: Processed, topic: str, unwritable: partial[KafkaRecord] | None = None
 ) -> KafkaRecord:
     event = outcome.event
+    # The event's own time (Meta's timestamp) and its age when handled.
+    own = event_time(event)
+    handled = outcome.handled_at
     value = {
         "event_key": event.event_key,
         "webhook_id": event.webhook_id,
@@ -96,8 +100,12 @@ def processed_record(
         "result": outcome.result,
         "attempts": outcome.attempts,
         "retries": outcome.retries,
-        "handled_at": outcome.handled_at.isoformat(),
+        "handled_at": handled.isoformat(),
         "handler_latency_ms": round(outcome.handler_latency_s * 1000, 3),
+        "event_time": _iso(own),
+        "event_age_s": round(handled.timestamp() - own, 3) if own is not None else None,
+        "stale": event.stale,
+        "skipped": outcome.skipped,
     }
     headers = ProcessedHeaders(
         event_key=event.event_key,
@@ -170,6 +178,15 @@ def dead_letter_record(letter: DeadLetter, topic: str, inbound_topic: str) -> Ka
         received_at=letter.event.received_at if letter.event else None,
         error_class=letter.error_class.value,
     )
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):  # a timestamp no datetime can hold
+        return None
 
 
 def _latency_ms(received_at: datetime | None, now: datetime) -> int | None:

@@ -290,7 +290,7 @@ def group_webhook(field: str, item: dict[str, Any]) -> dict[str, Any]:
     return webhook(field, value)
 
 
-GROUPS = {
+GROUPS: dict[str, dict[str, Any]] = {
     "group_lifecycle_update": {
         "timestamp": "1739321024",
         "group_id": GROUP_ID,

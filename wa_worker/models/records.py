@@ -263,7 +263,7 @@ class Processed(BaseModel):
 
     @property
     def retries(self) -> int:
-        return self.attempts - 1
+        return max(self.attempts - 1, 0)  # a skipped event had no call
 
 
 Outcome = Processed | DeadLetter
