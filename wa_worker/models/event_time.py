@@ -17,6 +17,13 @@ def event_time(event: WebhookEvent) -> float | None:
     if event.kind in _STAMPED:
         payload = event.payload
         stamp = payload.get("timestamp")
+        if type(stamp) is str:  # the common case, checked first: this runs for every record
+            try:
+                value = float(stamp)
+            except ValueError:
+                value = math.nan
+            if math.isfinite(value):
+                return value
         if stamp is None and event.kind is EventKind.STATE_SYNC:
             metadata = payload.get("metadata")
             stamp = metadata.get("timestamp") if isinstance(metadata, dict) else None
