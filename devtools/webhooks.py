@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,11 +14,16 @@ from wa_worker.models.records import EventKind, SourcePosition, WebhookEvent
 PHONE_NUMBER_ID = "106540352242922"
 
 
+def _now_s() -> int:
+    return int(time.time())
+
+
 def text_message(wamid: str, wa_id: str, body: str = "hello") -> dict[str, Any]:
+    # Dated now: a message's retries end with its 24-hour window (operators/deadlines.py).
     return {
         "from": wa_id,
         "id": wamid,
-        "timestamp": "1700000000",
+        "timestamp": str(_now_s()),
         "type": "text",
         "text": {"body": body},
     }
@@ -27,7 +33,7 @@ def status(wamid: str, recipient: str, state: str = "delivered") -> dict[str, An
     return {
         "id": wamid,
         "status": state,
-        "timestamp": "1700000001",
+        "timestamp": str(_now_s() + 1),  # after the message it reports on
         "recipient_id": recipient,
         "conversation": {"id": "c1", "origin": {"type": "service"}},
         "pricing": {"billable": True, "pricing_model": "CBP", "category": "service"},

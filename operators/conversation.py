@@ -42,7 +42,8 @@ from wa_worker.models.completions import (
 from wa_worker.models.records import DeadLetter, ErrorClass, Outcome, Processed, WebhookEvent
 from wa_worker.operators import reorder
 from wa_worker.operators.backoff import BackoffPolicy, poll_delay_s
-from wa_worker.settings import Settings
+from wa_worker.operators.deadlines import Deadline, DeadlinePolicy, policy_from
+from wa_worker.settings import Settings, StaleEvents
 
 Clock = Callable[[], datetime]
 
@@ -103,6 +104,8 @@ class ConversationPolicy:
     lease_ms: int
     handler_timeout_s: float
     reorder_window_ms: int = 0  # 0: events enter the queue as they arrive
+    # Retry deadlines and staleness (operators/deadlines.py); the default bounds nothing.
+    deadlines: DeadlinePolicy = field(default_factory=DeadlinePolicy)
 
 
 class Phase(StrEnum):
@@ -222,6 +225,8 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             return
         self._queued.add(event.event_key)
         self._backlog.add()
+        if self._policy.deadlines.is_stale(event, self._now()):
+            event = event.model_copy(update={"stale": True})  # told to the handler
         if self._window:
             reorder.hold(self._state.held, event, self._now(), self._state.arrivals)
             self._state.arrivals += 1
@@ -247,6 +252,8 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         while (head := self._head()) is not None:
             if head.due_at is None or head.due_at > self._now() or self._paused():
                 return
+            if head.phase is Phase.HANDLE and self._finish_without_call(head, out):
+                continue
             trial = head.phase is Phase.HANDLE and self._gate.is_open()
             if head.phase is Phase.HANDLE and not self._gate.admit_call():
                 return
@@ -265,6 +272,27 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
                 self._submit.handle(key, head.event, head.token)
                 return
             self._on_handled(result, out)
+
+    def _finish_without_call(self, head: Pending, out: list[Outcome]) -> bool:
+        """A claimed event that gets no handler call: a stale one to skip, or a retry (after a
+        restart, or of attempts counted by an earlier run) that would start past its deadline."""
+        deadlines = self._policy.deadlines
+        if head.event.stale and deadlines.skip_stale:
+            self._end_retry_wait(head)
+            self._pop_head()
+            out.append(Processed(event=head.event, attempts=head.attempts, skipped="stale"))
+            return True
+        deadline = deadlines.deadline(head.event) if head.attempts else None
+        if deadline is not None and self._now() > deadline.at:
+            self._end_retry_wait(head)
+            self._dead_letter(head, ErrorClass.DEADLINE_EXCEEDED, out, deadline)
+            return True
+        return False
+
+    def _end_retry_wait(self, head: Pending) -> None:
+        if head.retry_waiting:
+            head.retry_waiting = False
+            metrics.RETRIES_PENDING.dec()
 
     def _current(self, event_key: str, token: str) -> Pending | None:
         head = self._head()
@@ -324,6 +352,11 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             self._dead_letter(head, ErrorClass.RETRIES_EXHAUSTED, out)
         else:
             delay_s = self._policy.backoff.delay_s(head.attempts - 1, result.retry_after_s)
+            deadline = self._policy.deadlines.deadline(head.event)
+            if deadline is not None and now + timedelta(seconds=delay_s) > deadline.at:
+                # The retry would come too late to matter: give up now, not at the deadline.
+                self._dead_letter(head, ErrorClass.DEADLINE_EXCEEDED, out, deadline)
+                return
             head.due_at = now + timedelta(seconds=delay_s)
             head.retry_waiting = True
             metrics.RETRIED.inc()
@@ -332,10 +365,21 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
                 head.event.event_key, head.token, head.attempts, self._lease_ms(delay_s)
             )
 
-    def _dead_letter(self, head: Pending, error_class: ErrorClass, out: list[Outcome]) -> None:
+    def _dead_letter(
+        self,
+        head: Pending,
+        error_class: ErrorClass,
+        out: list[Outcome],
+        deadline: Deadline | None = None,
+    ) -> None:
         self._pop_head()
-        if error_class is ErrorClass.RETRIES_EXHAUSTED:
-            last = head.last_error or "attempts were counted by an earlier run (kept in Redis)"
+        last = head.last_error or "attempts were counted by an earlier run (kept in Redis)"
+        if deadline is not None:
+            reason = (
+                f"no retry past the event's deadline {deadline.at.isoformat()} "
+                f"({deadline.rule}), after {head.attempts} attempts: {last}"
+            )
+        elif error_class is ErrorClass.RETRIES_EXHAUSTED:
             reason = f"gave up after {head.attempts} attempts: {last}"
         else:
             reason = f"handler rejected the event: {head.last_error}"
@@ -387,6 +431,11 @@ def conversation_builder(
         handler_timeout_s=settings.handler_timeout_ms / 1000,
         # Unordered, every event is its own queue: there is nothing to reorder.
         reorder_window_ms=settings.reorder_window_ms if settings.handler_ordered else 0,
+        deadlines=policy_from(
+            settings.retry_deadline_s,
+            settings.max_event_age_s,
+            settings.stale_events is StaleEvents.SKIP,
+        ),
     )
     key = route_key(settings.handler_ordered)
 

@@ -27,7 +27,10 @@ from wa_worker.models.records import (
     SourcePosition,
     WebhookEvent,
 )
-from wa_worker.models.webhook import Entry, Value, WebhookPayload
+from wa_worker.models.webhook import Contact, Entry, Value, WebhookPayload
+from wa_worker.operators.fields import content_hash as content_hash
+from wa_worker.operators.fields import flag, split_field
+from wa_worker.operators.identity import conversation_key, identity_change
 from wa_worker.operators.inbound import InboundMessage
 from wa_worker.operators.salvage import BadPart, salvage_entries, salvage_value, summary
 
@@ -207,15 +210,27 @@ def _split(
             yield _part_letter(entry, entry.container, common)
             continue
         for change in entry.changes:
-            if change.field == "messages":
+            field = change.field
+            if field == "messages":
                 yield from _split_messages_value(entry, change.value, common, coerced)
+            elif field == "standby":
+                # Messages and statuses of a conversation another app owns: same shape.
+                yield from _split_messages_value(entry, change.value, common, coerced, field)
+            elif (events := split_field(entry, field, change.value, common)) is not None:
+                yield from (_flag(event, coerced) for event in events)
             else:
-                yield _flag(_change_event(entry, change.field, change.value, common), coerced)
+                yield _flag(_change_event(entry, field, change.value, common), coerced)
 
 
 def _split_messages_value(
-    entry: Entry, raw_value: dict[str, Any], common: dict[str, Any], coerced: tuple[str, ...]
+    entry: Entry,
+    raw_value: dict[str, Any],
+    common: dict[str, Any],
+    coerced: tuple[str, ...],
+    field: str = "messages",
 ) -> Iterator[WebhookEvent | DeadLetter]:
+    """A `messages` value (or a `standby` one: its events are observe-only, and their keys
+    are prefixed `standby:` so that they never pass for the same events delivered live)."""
     flags: dict[str, list[tuple[str, ...]]] = {}  # each kept item's own coercions
     bad: list[BadPart] = []
     try:
@@ -223,7 +238,7 @@ def _split_messages_value(
     except ValidationError as exc:
         salvaged = salvage_value(raw_value, exc)
         if isinstance(salvaged, BadPart):
-            yield _part_letter(salvaged, _entry_with(entry, salvaged.container), common)
+            yield _part_letter(salvaged, _entry_with(entry, salvaged.container, field), common)
             return
         value, raw_value, bad = salvaged.value, salvaged.raw, salvaged.bad
         coerced, flags = coerced + salvaged.coerced, salvaged.item_coerced
@@ -232,51 +247,68 @@ def _split_messages_value(
     business = phone_number_id or "-"  # Meta always sends metadata; never key on "None"
     # Events carry the dicts as received (bar coercions): validation does not rewrite values.
     context = {k: v for k, v in raw_value.items() if k not in ("messages", "statuses", "errors")}
-    base = {
+    base: dict[str, Any] = {
         **common,
-        "field": "messages",
+        "field": field,
         "entry_id": entry.id,
         "entry_time": entry.time,
         "phone_number_id": phone_number_id,
         "value_context": context,
     }
+    prefix = ""
+    if field != "messages":
+        base["observe_only"], prefix = True, f"{field}:"
     contacts = value.contacts or []
     own = iter(flags.get("messages", ()))
     for message, raw_message in zip(
         value.messages or [], raw_value.get("messages") or [], strict=True
     ):
-        contact = contacts[0] if contacts else None
-        customer = (
-            message.from_
-            or message.from_user_id
-            or (contact.wa_id or contact.user_id if contact else None)
-        )
+        # One identity per customer (operators/identity.py): the BSUID, else the phone.
+        wa_id, user_id = message.from_, message.from_user_id
+        if (
+            (user_id is None or wa_id is None)
+            and contacts
+            and (contact := _contact_for(contacts, wa_id)) is not None
+        ):
+            wa_id, user_id = wa_id or contact.wa_id, user_id or contact.user_id
         event = WebhookEvent(
-            event_key=message.id,
-            conversation_key=f"{business}:{customer or '-'}",
+            event_key=prefix + message.id,
+            conversation_key=f"{business}:{user_id or wa_id or '-'}",
             kind=EventKind.MESSAGE,
-            wa_id=customer,
+            wa_id=wa_id,
+            user_id=user_id,
             payload=raw_message,
             **base,
         )
+        if message.system is not None and (change := identity_change(raw_message)):
+            event = event.model_copy(update={"identity_change": change})
         yield _flag(event, coerced + next(own, ())) if flagged else event
     own = iter(flags.get("statuses", ()))
     for status, raw_status in zip(
         value.statuses or [], raw_value.get("statuses") or [], strict=True
     ):
-        customer = status.recipient_id or status.recipient_user_id
+        wa_id, user_id = status.recipient_id, status.recipient_user_id
+        if user_id is None and contacts and (contact := _contact_for(contacts, wa_id)):
+            user_id = contact.user_id
+        if raw_status.get("recipient_type") == "group":
+            # A status of a message sent to a group: the group's conversation (fields.py).
+            conversation = f"{business}:group:{wa_id or '-'}"
+            wa_id = user_id = None
+        else:
+            conversation = conversation_key(business, user_id, wa_id)
         event = WebhookEvent(
-            event_key=f"{status.id}:{status.status}",
-            conversation_key=f"{business}:{customer or '-'}",
+            event_key=f"{prefix}{status.id}:{status.status}",
+            conversation_key=conversation,
             kind=EventKind.STATUS,
-            wa_id=customer,
+            wa_id=wa_id,
+            user_id=user_id,
             payload=raw_status,
             **base,
         )
         yield _flag(event, coerced + next(own, ())) if flagged else event
     for raw_error in raw_value.get("errors") or []:
         event = WebhookEvent(
-            event_key=_error_key(phone_number_id, raw_error),
+            event_key=prefix + _error_key(phone_number_id, raw_error),
             conversation_key=f"{business}:-",
             kind=EventKind.ERROR,
             payload=raw_error,
@@ -285,16 +317,26 @@ def _split_messages_value(
         yield _flag(event, coerced) if flagged else event
     for part in bad:
         key = _bad_item_key(part, phone_number_id)
-        yield _part_letter(part, _entry_with(entry, part.container), common, key)
+        key = prefix + key if key is not None else None
+        yield _part_letter(part, _entry_with(entry, part.container, field), common, key)
     if not (value.messages or value.statuses or value.errors or bad):
         # A messages change with nothing we split on is still passed on, never dropped.
-        yield _flag(_change_event(entry, "messages", raw_value, common), coerced)
+        yield _flag(_change_event(entry, field, raw_value, common), coerced)
 
 
-def _flag(event: WebhookEvent, coerced: tuple[str, ...]) -> WebhookEvent:
-    """The event with the fields the worker rewrote. Set after building it, and only when
-    there are some: passing even an empty `coerced` costs every event its validation."""
-    return event.model_copy(update={"coerced": coerced}) if coerced else event
+_flag = flag
+
+
+def _contact_for(contacts: list[Contact], wa_id: str | None) -> Contact | None:
+    """The value's contact for the phone `wa_id` (the only one, unless it is another's)."""
+    if len(contacts) == 1:
+        only = contacts[0]
+        return only if wa_id is None or only.wa_id in (None, wa_id) else None
+    if wa_id is not None:
+        for contact in contacts:
+            if contact.wa_id == wa_id:
+                return contact
+    return None
 
 
 def _error_key(phone_number_id: str | None, raw_error: Any) -> str:
@@ -317,9 +359,9 @@ def _bad_item_key(part: BadPart, phone_number_id: str | None) -> str | None:
     return f"{wamid}:{state}" if isinstance(state, str) and state else None
 
 
-def _entry_with(entry: Entry, value: Any) -> dict[str, Any]:
+def _entry_with(entry: Entry, value: Any, field: str = "messages") -> dict[str, Any]:
     """The entry holding just one messages value, for a rebuilt envelope."""
-    out: dict[str, Any] = {"id": entry.id, "changes": [{"field": "messages", "value": value}]}
+    out: dict[str, Any] = {"id": entry.id, "changes": [{"field": field, "value": value}]}
     if entry.time is not None:
         out["time"] = entry.time
     return out
@@ -338,11 +380,6 @@ def _change_event(
         payload=value,
         **common,
     )
-
-
-def content_hash(*parts: Any) -> str:
-    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 def _summary(exc: ValidationError) -> str:

@@ -23,7 +23,8 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from wa_worker.models.records import EventKind, WebhookEvent
+from wa_worker.models.event_time import event_time
+from wa_worker.models.records import WebhookEvent
 
 SortKey = tuple[float, float, int]
 
@@ -38,19 +39,11 @@ class Held:
 
 
 def meta_time(event: WebhookEvent, arrived_at: datetime) -> float:
-    """Meta's time of the event in seconds: the message's or status's `timestamp`, else the
-    entry's `time` (account changes), else the edge's receive time, else the arrival here."""
-    if event.kind in (EventKind.MESSAGE, EventKind.STATUS):
-        stamp = event.payload.get("timestamp")
-        if isinstance(stamp, (str, int, float)) and not isinstance(stamp, bool):
-            try:
-                value = float(stamp)
-            except (ValueError, OverflowError):  # bad input must not stop the flow
-                value = math.nan
-            if math.isfinite(value):
-                return value
-    if event.entry_time is not None:
-        return float(event.entry_time)
+    """Meta's time of the event in seconds: the item's `timestamp` (message, status, echo,
+    call, ...), else the entry's `time` (account changes), else the edge's receive time, else
+    the arrival here."""
+    if (stamp := event_time(event)) is not None:
+        return stamp
     if event.received_at is not None:
         return event.received_at.timestamp()
     return arrived_at.timestamp()

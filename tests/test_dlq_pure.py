@@ -78,7 +78,7 @@ def test_redaction_keeps_structure_and_masks_texts_and_phones() -> None:
     message = value["messages"][0]
     assert message["text"] == {"body": "***(6 chars)"}  # "msg m1"
     assert message["from"] == "***(11 chars)" and message["id"] == "m1"
-    assert message["timestamp"] == "1700000000" and message["type"] == "text"
+    assert message["timestamp"].isdigit() and message["type"] == "text"
     assert value["metadata"]["phone_number_id"] == "106540352242922"
     assert shown["body"]["entry"][0]["id"] == "102290129340398"
     assert shown["id"] == "w1" and shown["headers"]["X-Hub-Signature-256"] == "***(71 chars)"

@@ -470,15 +470,23 @@ def test_username_users_key_on_from_user_id() -> None:
     event = one_event(wrap(messages_body(message, contacts=contacts)))
     assert event.kind is EventKind.MESSAGE
     assert event.conversation_key == f"{PHONE_NUMBER_ID}:{USER_ID}"
-    assert event.wa_id == USER_ID
+    assert (event.wa_id, event.user_id) == (None, USER_ID)  # no phone number: none given
     assert "from" not in event.payload
     assert event.payload == message
 
 
-def test_from_wins_over_from_user_id() -> None:
+def test_from_user_id_wins_over_from() -> None:
+    # One identity per customer: the BSUID keys whenever a payload has one (identity.py).
     message = {**MESSAGE_TYPES["text"], "from_user_id": USER_ID}
     event = one_event(wrap(messages_body(message)))
+    assert event.conversation_key == f"{PHONE_NUMBER_ID}:{USER_ID}"
+    assert (event.wa_id, event.user_id) == (WA_ID, USER_ID)
+
+
+def test_a_phone_only_message_keeps_its_phone_key() -> None:
+    event = one_event(wrap(messages_body(MESSAGE_TYPES["text"])))
     assert event.conversation_key == f"{PHONE_NUMBER_ID}:{WA_ID}"
+    assert (event.wa_id, event.user_id) == (WA_ID, None)
 
 
 def test_message_without_sender_falls_back_to_value_contact() -> None:
@@ -596,7 +604,7 @@ def test_status_for_a_username_recipient() -> None:
     assert event.kind is EventKind.STATUS
     assert event.event_key == f"{wamid(9)}:delivered"
     assert event.conversation_key == f"{PHONE_NUMBER_ID}:{USER_ID}"
-    assert event.wa_id == USER_ID
+    assert (event.wa_id, event.user_id) == (None, USER_ID)
     assert event.payload == st
 
 

@@ -135,10 +135,8 @@ def test_meta_time_falls_back_to_the_entry_then_the_edge_then_arrival() -> None:
     assert reorder.meta_time(entry, arrived) == T0 - 9
     bare = bad.model_copy(update={"received_at": None})
     assert reorder.meta_time(bare, arrived) == arrived.timestamp()
-    (st,) = parse_record(
-        envelope("w-st", payload(messages_value(statuses=[status("wamid.o", "3161", "read")]))),
-        None,
-    )
+    read = {**status("wamid.o", "3161", "read"), "timestamp": "1700000001"}
+    (st,) = parse_record(envelope("w-st", payload(messages_value(statuses=[read]))), None)
     assert isinstance(st, WebhookEvent) and reorder.meta_time(st, arrived) == 1_700_000_001
 
 

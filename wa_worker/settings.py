@@ -36,6 +36,11 @@ class StartOffset(StrEnum):
     LATEST = "latest"
 
 
+class StaleEvents(StrEnum):
+    DELIVER = "deliver"  # the handler is called, told by the event's `stale: true`
+    SKIP = "skip"  # a processed record saying so, no handler call
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -88,6 +93,12 @@ class Settings(BaseSettings):
     retry_delay_ms: int = Field(1000, ge=0)
     retry_max_delay_ms: int = Field(300_000, ge=0)
     retry_jitter: float = Field(0.2, ge=0, le=1)
+    # Seconds after the event's own time past which it is not retried (deadline_exceeded).
+    # Unset: inbound customer messages get the 24-hour window, other events no deadline.
+    retry_deadline_s: float | None = Field(None, gt=0)
+    # Events older than this when first read are `stale` (unset: never).
+    max_event_age_s: float | None = Field(None, gt=0)
+    stale_events: StaleEvents = StaleEvents.DELIVER
 
     # Handler
     handler_url: str | None = None
@@ -125,6 +136,11 @@ class Settings(BaseSettings):
     log_summary_interval_s: float = Field(60.0, gt=0)
     drain_timeout_s: float = Field(30.0, ge=0)
     offsets_report_interval_s: float = Field(5.0, gt=0)
+
+    @field_validator("retry_deadline_s", "max_event_age_s", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("kafka_brokers")
     @classmethod

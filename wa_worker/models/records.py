@@ -57,6 +57,26 @@ class EventKind(StrEnum):
     STATUS = "status"
     ERROR = "error"
     CHANGE = "change"  # a non-`messages` field: account_update, template status, quality, ...
+    # One item of another field's list (operators/fields.py; the README has the table).
+    ECHO = "echo"  # smb_message_echoes: a message the business sent from the Business app
+    CALL = "call"  # calls: a call event (connect, terminate) or a call status
+    USER_PREFERENCE = "user_preference"  # user_preferences: marketing opt-out / resume
+    HISTORY = "history"  # history: one message of the coexistence history sync
+    STATE_SYNC = "state_sync"  # smb_app_state_sync: a contact added or removed in the app
+    GROUP = "group"  # group_*: one update of a group
+
+
+# Each per-item kind's list in its field's value, for rebuilding a one-event envelope.
+ITEM_LISTS = {
+    EventKind.MESSAGE: "messages",
+    EventKind.STATUS: "statuses",
+    EventKind.ERROR: "errors",
+    EventKind.ECHO: "message_echoes",
+    EventKind.CALL: "calls",
+    EventKind.USER_PREFERENCE: "user_preferences",
+    EventKind.STATE_SYNC: "state_sync",
+    EventKind.GROUP: "groups",
+}
 
 
 class WebhookEvent(BaseModel):
@@ -73,7 +93,8 @@ class WebhookEvent(BaseModel):
     entry_id: str
     entry_time: int | None = None
     phone_number_id: str | None = None
-    wa_id: str | None = None
+    wa_id: str | None = None  # the customer's phone number, when the payload has one
+    user_id: str | None = None  # the customer's business-scoped user id (BSUID), when given
     payload: dict[str, Any]
     value_context: dict[str, Any] = Field(default_factory=dict)
     envelope_headers: dict[str, Any] = Field(default_factory=dict)
@@ -83,10 +104,19 @@ class WebhookEvent(BaseModel):
     # Fields the worker rewrote, as paths in the handler's JSON: `payload.timestamp` (a number
     # where Meta sends digits), `received_at` (the envelope's was unusable: receive time).
     coerced: tuple[str, ...] = ()
+    # `standby`: another app owns the conversation; the handler must only observe it.
+    observe_only: bool = False
+    # Older than MAX_EVENT_AGE_S when first read (operators/deadlines.py).
+    stale: bool = False
+    # A `user_changed_number` / `user_changed_user_id` system message: the customer's
+    # identifiers before and after (`previous_wa_id`, `wa_id`, `previous_user_id`, `user_id`).
+    identity_change: dict[str, str | None] | None = None
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
-        # Events pickled into recovery snapshots before `coerced` existed lack it.
-        state.get("__dict__", {}).setdefault("coerced", ())
+        # Events pickled into recovery snapshots before these fields existed lack them.
+        fields = state.get("__dict__", {})
+        for name, default in _ADDED_FIELDS:
+            fields.setdefault(name, default)
         super().__setstate__(state)
 
     def for_handler(self) -> dict[str, Any]:
@@ -106,23 +136,21 @@ class WebhookEvent(BaseModel):
             "entry_time": self.entry_time,
             "phone_number_id": self.phone_number_id,
             "wa_id": self.wa_id,
+            "user_id": self.user_id,
             "payload": self.payload,
             "value_context": self.value_context,
             "received_at": to_jsonable_python(self.received_at),
             "coerced": list(self.coerced),
+            "observe_only": self.observe_only,
+            "stale": self.stale,
+            "identity_change": self.identity_change,
         }
 
     def single_event_envelope(self) -> dict[str, Any]:
         """An envelope carrying just this event, for the DLQ when the original was too big."""
-        value = copy.deepcopy(self.value_context)
-        if self.kind is EventKind.MESSAGE:
-            value["messages"] = [copy.deepcopy(self.payload)]
-        elif self.kind is EventKind.STATUS:
-            value["statuses"] = [copy.deepcopy(self.payload)]
-        elif self.kind is EventKind.ERROR:
-            value["errors"] = [copy.deepcopy(self.payload)]
-        else:
-            value = copy.deepcopy(self.payload)
+        value = _rebuilt_value(
+            self.kind, copy.deepcopy(self.value_context), copy.deepcopy(self.payload)
+        )
         entry: dict[str, Any] = {
             "id": self.entry_id,
             "changes": [{"field": self.field, "value": value}],
@@ -140,6 +168,38 @@ class WebhookEvent(BaseModel):
         }
 
 
+def _rebuilt_value(kind: EventKind, value: dict[str, Any], payload: dict[str, Any]) -> Any:
+    """The change's value holding just this event's item (the value itself for a change)."""
+    if kind is EventKind.HISTORY:
+        if "history_thread" in value:  # the message back in its thread, in its history item
+            thread = {**value.pop("history_thread"), "messages": [payload]}
+            item: dict[str, Any] = {"threads": [thread]}
+            if (metadata := value.pop("history_metadata", None)) is not None:
+                item["metadata"] = metadata
+            value["history"] = [item]
+        elif "threads" in payload or "errors" in payload:  # a history item (sync declined)
+            value["history"] = [payload]
+        else:  # a media follow-up: Meta sends it as a messages list
+            value["messages"] = [payload]
+        return value
+    if kind is EventKind.CALL and "event" not in payload and "status" in payload:
+        value["statuses"] = [payload]  # a call status rides in `statuses`
+        return value
+    if (items := ITEM_LISTS.get(kind)) is not None:
+        value[items] = [payload]
+        return value
+    return payload
+
+
+_ADDED_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("coerced", ()),
+    ("user_id", None),
+    ("observe_only", False),
+    ("stale", False),
+    ("identity_change", None),
+)
+
+
 class ErrorClass(StrEnum):
     """Bounded label set for metrics and the DLQ's `error class`."""
 
@@ -151,6 +211,7 @@ class ErrorClass(StrEnum):
     RETRIES_EXHAUSTED = "retries_exhausted"
     CONSUMER_ERROR = "consumer_error"
     RESULT_UNWRITABLE = "result_unwritable"  # the handler's result cannot be written to Kafka
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # a retry would come past the event's deadline
 
 
 class DeadLetter(BaseModel):
@@ -198,10 +259,11 @@ class Processed(BaseModel):
     attempts: int
     handled_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     handler_latency_s: float = 0.0
+    skipped: str | None = None  # why the handler was not called (`stale`), else None
 
     @property
     def retries(self) -> int:
-        return self.attempts - 1
+        return max(self.attempts - 1, 0)  # a skipped event had no call
 
 
 Outcome = Processed | DeadLetter
