@@ -123,9 +123,8 @@ def worker_flow() -> Dataflow:
     return build("wa-worker", services, source, ("kafka-out", sink))
 
 
-def _app_secret(settings: Settings) -> bytes | None:
-    secret = settings.wa_app_secret
-    return secret.get_secret_value().encode() if secret else None
+def _app_secret(settings: Settings) -> tuple[bytes, ...] | None:
+    return settings.app_secrets() or None
 
 
 def __getattr__(name: str) -> Any:

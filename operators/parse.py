@@ -41,7 +41,7 @@ SIGNATURE_HEADER = "X-Hub-Signature-256"
 def parse_record(
     raw: bytes | None,
     source: SourcePosition | None,
-    app_secret: bytes | None = None,
+    app_secret: AppSecret | None = None,
     received_ms: int | None = None,
 ) -> list[WebhookEvent | DeadLetter]:
     """Split one inbound record into events. A part that fails validation (an entry, a change,
@@ -110,17 +110,24 @@ def _rebuilt_envelope(entry: Any, common: dict[str, Any]) -> bytes:
     return json.dumps(envelope).encode()
 
 
-def verify_signature(body: bytes, header: str | None, app_secret: bytes) -> None:
+# One app secret, or several (WA_APP_SECRETS: several apps, or a rotation): any may sign.
+AppSecret = bytes | tuple[bytes, ...]
+
+
+def verify_signature(body: bytes, header: str | None, app_secret: AppSecret) -> None:
     """Meta signs the raw body with the app secret: `sha256=<hex hmac>`."""
     if not header:
         raise SignatureError(f"missing {SIGNATURE_HEADER} header")
     scheme, _, given = header.partition("=")
     if scheme != "sha256" or not given:
         raise SignatureError(f"malformed {SIGNATURE_HEADER} header")
-    expected = hmac.new(app_secret, body, hashlib.sha256).hexdigest().encode()
     # Compared as bytes: compare_digest refuses non-ASCII strings, and a forged header may hold any.
-    if not hmac.compare_digest(expected, given.strip().lower().encode(errors="replace")):
-        raise SignatureError(f"{SIGNATURE_HEADER} does not match the body")
+    signature = given.strip().lower().encode(errors="replace")
+    for secret in (app_secret,) if isinstance(app_secret, bytes) else app_secret:
+        expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+        if hmac.compare_digest(expected, signature):
+            return
+    raise SignatureError(f"{SIGNATURE_HEADER} does not match the body")
 
 
 # Meta's payloads are a handful of levels deep. Much deeper JSON parses, but an event holding
@@ -174,7 +181,7 @@ def _load_envelope(
     return envelope, from_ms(received_ms) or datetime.now(UTC), ("received_at",)
 
 
-def _load_entries(envelope: Envelope, app_secret: bytes | None) -> Sequence[Entry | BadPart]:
+def _load_entries(envelope: Envelope, app_secret: AppSecret | None) -> Sequence[Entry | BadPart]:
     body: Any = envelope.body
     if isinstance(body, str):
         if app_secret is not None:
@@ -387,7 +394,7 @@ def _summary(exc: ValidationError) -> str:
 
 
 def parse_batch(
-    app_secret: bytes | None,
+    app_secret: AppSecret | None,
 ) -> Callable[[list[InboundMessage]], list[WebhookEvent | DeadLetter]]:
     """The `flat_map_batch` step: every inbound record of a batch, parsed."""
 

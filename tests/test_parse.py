@@ -880,6 +880,15 @@ def test_correct_signature_gives_events() -> None:
     assert [e.event_key for e in out] == [wamid(1), wamid(2)]
 
 
+def test_any_of_several_app_secrets_may_sign() -> None:
+    """WA_APP_SECRETS: several apps, or a rotation; a body signed by none is still refused."""
+    payload = messages_body(MESSAGE_TYPES["text"])
+    secrets = (b"old-app-secret", SECRET)
+    assert one_event(signed_envelope(WEBHOOK_ID, payload, SECRET), secrets).event_key == wamid(1)
+    (letter,) = parse_record(signed_envelope(WEBHOOK_ID, payload, b"third"), SOURCE, secrets)
+    assert isinstance(letter, DeadLetter) and letter.error_class is ErrorClass.BAD_SIGNATURE
+
+
 def test_signature_over_unicode_body() -> None:
     text = {**MESSAGE_TYPES["text"], "text": {"body": "Grüße 👋 ☕"}}
     raw_body = json.dumps(messages_body(text), ensure_ascii=False)

@@ -227,3 +227,20 @@ def test_with_log_format_json_an_unreachable_broker_is_reported_in_one_json_line
     record = json.loads(line)
     assert record["level"] == "CRITICAL"
     assert record["msg"].startswith("wa-worker: KAFKA_BROKERS: cannot reach Kafka at 127.0.0.1:1")
+
+
+def test_several_app_secrets_are_read_checked_and_masked() -> None:
+    settings = load_settings(wa_app_secret="one", wa_app_secrets="two, three,one")
+    assert settings.app_secrets() == (b"one", b"two", b"three")
+    assert {"one", "two", "three"} <= set(settings.secrets())
+    with pytest.raises(ConfigError, match="WA_APP_SECRETS: has an empty entry"):
+        load_settings(wa_app_secrets="two,,three")
+
+
+def test_a_rejected_secret_or_url_password_is_never_echoed() -> None:
+    with pytest.raises(ConfigError) as secrets:
+        load_settings(wa_app_secrets="two,,three")
+    assert "three" not in str(secrets.value) and "<hidden>" in str(secrets.value)
+    with pytest.raises(ConfigError) as url:
+        load_settings(redis_url="http://user:hunter2@127.0.0.1:6379/0")
+    assert "hunter2" not in str(url.value) and "REDIS_URL" in str(url.value)

@@ -9,12 +9,13 @@ Names and defaults follow the original worker's README (the contract): `KAFKA_BR
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from enum import StrEnum
 from itertools import combinations
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 from pydantic import (
@@ -121,6 +122,8 @@ class Settings(BaseSettings):
 
     # Webhook signature
     wa_app_secret: SecretStr | None = None
+    # Several apps, or a rotation (as the ingress): a body signed by any of them is genuine.
+    wa_app_secrets: SecretStr | None = None
 
     # Operations
     health_port: int = Field(4900, ge=0, le=65535)
@@ -188,6 +191,13 @@ class Settings(BaseSettings):
         if value and (value.count(":") != 1 or not all(value.split(":"))):
             raise ValueError("must be 'module:function'")
         return value or None
+
+    @field_validator("wa_app_secrets")
+    @classmethod
+    def _secret_list(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not all(s.strip() for s in value.get_secret_value().split(",")):
+            raise ValueError("has an empty entry (a comma list of app secrets)")
+        return value
 
     @field_validator("recovery_dir")
     @classmethod
@@ -261,10 +271,17 @@ class Settings(BaseSettings):
         )
         return self
 
+    def app_secrets(self) -> tuple[bytes, ...]:
+        """WA_APP_SECRET and each of WA_APP_SECRETS, once each."""
+        listed = self.wa_app_secrets.get_secret_value().split(",") if self.wa_app_secrets else []
+        one = [self.wa_app_secret.get_secret_value()] if self.wa_app_secret else []
+        return tuple(dict.fromkeys(s.strip().encode() for s in [*one, *listed] if s.strip()))
+
     def secrets(self) -> tuple[str, ...]:
-        """Values logs and tools must never print (the app secret, Redis and Kafka passwords)."""
+        """Values logs and tools must never print (the app secrets, Redis and Kafka passwords)."""
         given = (self.wa_app_secret, self.redis_sentinel_password)
         values = [s.get_secret_value() for s in given if s]
+        values += [s.decode() for s in self.app_secrets()]
         if password := urlsplit(self.redis_url).password:
             values.append(unquote(password))
         values += kafka_options.secret_values(self._kafka.variables)
@@ -302,8 +319,24 @@ def _describe(error: Mapping[str, Any]) -> str:
     name = loc[0].upper() if loc else "settings"
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     got = error.get("input")
-    shown = "" if not loc or isinstance(got, dict) else f" (got {got!r})"
+    shown = "" if not loc or isinstance(got, dict) else f" (got {_shown(name, got)!r})"
     return f"{name}: {message}{shown}" if loc else message
+
+
+_SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|(^|_)KEY$")
+
+
+def _shown(name: str, value: Any) -> Any:
+    """A rejected value as the error line may show it: never a secret, nor a URL's password."""
+    if _SECRET_NAME.search(name):
+        return "<hidden>"
+    if isinstance(value, str) and "@" in value and "://" in value:
+        parts = urlsplit(value)
+        if parts.password:
+            host = parts.netloc.rpartition("@")[2]
+            user = f"{parts.username}:" if parts.username else ":"
+            return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+    return value
 
 
 def load_settings(**overrides: Any) -> Settings:
