@@ -30,7 +30,7 @@ from wa_worker.models.records import (
     SourcePosition,
     WebhookEvent,
 )
-from wa_worker.operators.parse import content_hash, parse_record
+from wa_worker.operators.parse import AppSecret, content_hash, parse_record
 
 WABA_ID = "102290129340398"
 PHONE_NUMBER_ID = "106540352242922"
@@ -126,14 +126,14 @@ def parse(raw: bytes | None, app_secret: bytes | None = None) -> list[WebhookEve
     return out
 
 
-def events(raw: bytes | None, app_secret: bytes | None = None) -> list[WebhookEvent]:
+def events(raw: bytes | None, app_secret: AppSecret | None = None) -> list[WebhookEvent]:
     out = parse(raw, app_secret)
     dead = [item for item in out if isinstance(item, DeadLetter)]
     assert not dead, dead
     return [item for item in out if isinstance(item, WebhookEvent)]
 
 
-def one_event(raw: bytes | None, app_secret: bytes | None = None) -> WebhookEvent:
+def one_event(raw: bytes | None, app_secret: AppSecret | None = None) -> WebhookEvent:
     out = events(raw, app_secret)
     assert len(out) == 1, out
     return out[0]
