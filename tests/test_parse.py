@@ -120,7 +120,9 @@ def sign(raw_body: str, secret: bytes = SECRET) -> str:
     return "sha256=" + hmac.new(secret, raw_body.encode(), hashlib.sha256).hexdigest()
 
 
-def parse(raw: bytes | None, app_secret: bytes | None = None) -> list[WebhookEvent | DeadLetter]:
+def parse(
+    raw: bytes | None, app_secret: AppSecret | None = None
+) -> list[WebhookEvent | DeadLetter]:
     out = parse_record(raw, SOURCE, app_secret)
     assert isinstance(out, list) and out
     return out
