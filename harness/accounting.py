@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from devtools.handler_server import Call
 from devtools.kafka import Record
@@ -24,6 +25,15 @@ class Report:
     restarts: int
     poison_missing: int = 0
     note: str = ""
+    stall_s: float | None = None  # longest time without a handler success after the fault
+
+
+def longest_gap(times: Sequence[float], since: float) -> float:
+    """The longest stretch without progress from `since` on: `times` are the moments of
+    progress (handler successes); the wait from `since` to the first one counts too."""
+    later = sorted(t for t in times if t >= since)
+    edges = [since, *later]
+    return max((b - a for a, b in pairwise(edges)), default=0.0)
 
 
 def account(
@@ -69,6 +79,7 @@ def table(reports: list[Report]) -> str:
         "dup processed",
         "dup handler ok",
         "restarts",
+        "stall s",
     ]
     rows = [
         [
@@ -81,6 +92,7 @@ def table(reports: list[Report]) -> str:
             r.duplicates_on_processed,
             r.duplicate_handler_successes,
             r.restarts,
+            "-" if r.stall_s is None else f"{r.stall_s:.1f}",
         ]
         for r in reports
     ]

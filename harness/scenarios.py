@@ -22,8 +22,9 @@ from devtools.devstack import Service, create_topics
 from devtools.handler_server import HandlerServer, Reply
 from devtools.kafka import produce, read_topic
 from devtools.worker import WorkerProcess
-from harness.accounting import Report, account
+from harness.accounting import Report, account, longest_gap
 from harness.fuzz import fuzz_inputs
+from harness.tcp_proxy import TcpProxy
 from harness.traffic import SteadyProducer, Traffic, build
 from wa_worker.models.headers import ERROR_CLASS, EVENT_KEY
 from wa_worker.models.records import DeadLetter
@@ -153,6 +154,19 @@ class Run:
             self.worker.starts - 1,
             note,
         )
+
+    def wait_for_calls(self, count: int, timeout_s: float = 120) -> None:
+        """Until the handler has had `count` calls: the worker is up and busy, not starting."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.handler.calls) < count:
+            if time.monotonic() > deadline or not self.worker.running():
+                raise RuntimeError(
+                    f"worker not busy after {timeout_s}s:\n{self.worker.log()[-3000:]}"
+                )
+            time.sleep(0.05)
+
+    def stall_since(self, moment: float) -> float:
+        return longest_gap([c.at for c in self.handler.calls if 200 <= c.status < 300], moment)
 
     def close(self) -> None:
         self.worker.stop(signal.SIGTERM)
@@ -339,6 +353,46 @@ def fuzz(lab: Lab, workdir: Path, scale: Scale) -> Report:
         run.close()
 
 
+REDIS_DELAY_MS = 200
+
+
+def redis_network(fault: str) -> Callable[[Lab, Path, Scale], Report]:
+    """The network between worker and Redis fails under load, through the harness's proxy:
+    `delay` (REDIS_DELAY_MS more per round trip), `blackhole` (nothing flows; longer than
+    REDIS_TIMEOUT_MS) or `reset` (connections reset and refused), for the outage, then healed."""
+
+    def scenario(lab: Lab, workdir: Path, scale: Scale) -> Report:
+        with TcpProxy("127.0.0.1", lab.redis_port) as proxy:
+            run = Run(lab, f"redis-{fault}", workdir, ok, REDIS_URL=proxy.url())
+            traffic = build(scale.webhooks, seed=41)
+            try:
+                producer = run.send(traffic, scale.rate)
+                run.worker.start()
+                run.wait_for_calls(len(traffic.unique_events) // 4)
+                fault_at = time.monotonic()
+                if fault == "delay":
+                    proxy.delay(REDIS_DELAY_MS)
+                else:
+                    proxy.partition("blackhole" if fault == "blackhole" else "reset")
+                time.sleep(scale.outage_s)
+                proxy.heal()
+                producer.join()
+                processed, dlq = run.settle(traffic)
+                what = f"+{REDIS_DELAY_MS} ms per round trip" if fault == "delay" else fault
+                report = run.report(
+                    traffic,
+                    processed,
+                    dlq,
+                    f"{what} for {scale.outage_s:.0f}s; stall counts from the fault",
+                )
+                report.stall_s = run.stall_since(fault_at)
+                return report
+            finally:
+                run.close()
+
+    return scenario
+
+
 SCENARIOS: dict[str, Callable[[Lab, Path, Scale], Report]] = {
     "kill-9": kill_9,
     "redis-down-kept": redis_outage(keep_data=True),
@@ -348,4 +402,7 @@ SCENARIOS: dict[str, Callable[[Lab, Path, Scale], Report]] = {
     "handler-down": handler_down,
     "sigterm-burst": sigterm_burst,
     "fuzz": fuzz,
+    "redis-delay": redis_network("delay"),
+    "redis-blackhole": redis_network("blackhole"),
+    "redis-reset": redis_network("reset"),
 }

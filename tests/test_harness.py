@@ -17,6 +17,14 @@ from harness.accounting import Report, table
 from harness.scenarios import SCENARIOS, SHORT, Lab
 
 REPORTS: list[Report] = []
+# Seconds without a handler success from the fault on, at most: the fault's own length plus
+# two Redis timeouts to notice the way back and a second of retry delay.
+RECOVERY_S = 2 * 2.0 + 1.0
+STALL_LIMIT_S = {
+    "redis-delay": 2.0,  # a slower Redis slows batches; it never stops them
+    "redis-blackhole": SHORT.outage_s + RECOVERY_S,
+    "redis-reset": SHORT.outage_s + RECOVERY_S,
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,5 +55,8 @@ def test_scenario_loses_nothing(lab: Lab, name: str, capsys: pytest.CaptureFixtu
         assert report.dead_lettered <= 10  # the breaker held the rest
     if name == "handler-flaky":
         assert report.dead_lettered <= report.unique * 0.03
+    if name in STALL_LIMIT_S:
+        assert report.stall_s is not None
+        assert report.stall_s <= STALL_LIMIT_S[name]
     if name in ("fuzz",):
         assert report.dead_lettered == 0
