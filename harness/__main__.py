@@ -24,12 +24,16 @@ def main(
     scenarios: list[str] = typer.Argument(None, help=f"any of: {', '.join(SCENARIOS)}"),
     duration: float = typer.Option(0, help="seconds of traffic per scenario (0: short mode)"),
     rate: float = typer.Option(SHORT.rate, help="webhooks per second"),
+    redis_fault_s: float = typer.Option(
+        SHORT.redis_fault_s, help="length of a delay or partition between worker and Redis"
+    ),
 ) -> None:
     names = scenarios or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise typer.BadParameter(f"unknown scenario {unknown}; choose from {list(SCENARIOS)}")
-    scale = replace(SHORT, rate=rate, webhooks=int(duration * rate) if duration else SHORT.webhooks)
+    webhooks = int(duration * rate) if duration else SHORT.webhooks
+    scale = replace(SHORT, rate=rate, webhooks=webhooks, redis_fault_s=redis_fault_s)
     reports = run(names, scale)
     raise typer.Exit(1 if any(r.lost for r in reports) else 0)
 

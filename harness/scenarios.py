@@ -39,6 +39,7 @@ class Scale:
     rate: float  # webhooks per second
     outage_s: float
     fuzz: int
+    redis_fault_s: float = 5.0  # delays and partitions between worker and Redis (> 2 s timeout)
 
 
 SHORT = Scale(webhooks=300, rate=60, outage_s=10, fuzz=10_000)
@@ -374,7 +375,7 @@ def redis_network(fault: str) -> Callable[[Lab, Path, Scale], Report]:
                     proxy.delay(REDIS_DELAY_MS)
                 else:
                     proxy.partition("blackhole" if fault == "blackhole" else "reset")
-                time.sleep(scale.outage_s)
+                time.sleep(scale.redis_fault_s)
                 proxy.heal()
                 producer.join()
                 processed, dlq = run.settle(traffic)
@@ -383,7 +384,7 @@ def redis_network(fault: str) -> Callable[[Lab, Path, Scale], Report]:
                     traffic,
                     processed,
                     dlq,
-                    f"{what} for {scale.outage_s:.0f}s; stall counts from the fault",
+                    f"{what} for {scale.redis_fault_s:.0f}s; stall counts from the fault",
                 )
                 report.stall_s = run.stall_since(fault_at)
                 return report

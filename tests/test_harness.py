@@ -22,8 +22,8 @@ REPORTS: list[Report] = []
 RECOVERY_S = 2 * 2.0 + 1.0
 STALL_LIMIT_S = {
     "redis-delay": 2.0,  # a slower Redis slows batches; it never stops them
-    "redis-blackhole": SHORT.outage_s + RECOVERY_S,
-    "redis-reset": SHORT.outage_s + RECOVERY_S,
+    "redis-blackhole": SHORT.redis_fault_s + RECOVERY_S,
+    "redis-reset": SHORT.redis_fault_s + RECOVERY_S,
 }
 
 
