@@ -27,7 +27,7 @@ from bench.models import Results, Soak
 from bench.soak import soak
 from bench.stack import BENCH_DIR, start_stack, stop_stack
 from bench.suite import FULL, SMOKE, contestants, handler_peers, run_rows
-from bench.workload import generate
+from bench.workload import SHAPES, generate
 
 SMOKE_SOAK = 5_000
 
@@ -50,6 +50,12 @@ def arguments() -> argparse.Namespace:
         default=None,
         help="run the worker's memory soak over N events (default 1,000,000)",
     )
+    parser.add_argument(
+        "--shapes",
+        help="workloads besides base for the D and E rows, e.g. few,mixed "
+        f"(default {','.join(FULL.shapes)}; smoke: {','.join(SMOKE.shapes)}; all: "
+        f"{','.join(SHAPES)})",
+    )
     parser.add_argument("--latency-s", type=float, help="length of each paced latency run")
     parser.add_argument("--stall-s", type=float, default=30.0, help="no output this long: failed")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results.json")
@@ -67,18 +73,25 @@ def main() -> int:
         runs=args.runs or plan.runs,
         latency_s=args.latency_s or plan.latency_s,
     )
+    if args.shapes is not None:
+        unknown = sorted(set(args.shapes.split(",")) - set(SHAPES) - {""})
+        if unknown:
+            print(f"bench: unknown shape(s) {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        plan = replace(plan, shapes=tuple(s for s in args.shapes.split(",") if s and s != "base"))
     only = {letter.strip().upper() for letter in args.only.split(",") if letter.strip()}
     rows = [c for c in contestants(plan, plan.events) if not only or c.letter in only]
     soak_events = args.soak or (SMOKE_SOAK if args.smoke else None)
     machine = f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start"
     logs = BENCH_DIR / "logs" / datetime.now().strftime("%Y%m%d-%H%M%S")
-    progress(f"generating {plan.events:,} webhooks")
-    workload = generate(plan.events)
+    shapes = sorted({c.shape for c in rows} | {"base"})
+    progress(f"generating {plan.events:,} webhooks for each of: {', '.join(shapes)}")
+    workloads = {shape: generate(plan.events, shape) for shape in shapes}
     progress("starting Kafka and Redis in .stack/bench")
     stack = start_stack()
     try:
         with handler_peers(rows) as urls:
-            ctx = Context(stack, workload, logs, args.stall_s, urls)
+            ctx = Context(stack, workloads, logs, args.stall_s, urls)
             results = Results(
                 mode="smoke" if args.smoke else "full",
                 events=plan.events,

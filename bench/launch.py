@@ -2,7 +2,8 @@
 
 A, B and C are `python -m bench.contestants.<kind>`, told how many inbound records to expect;
 D is the real worker, `python -m bytewax.run dataflow` with recovery (tests' WorkerProcess),
-at the worker's default snapshot interval, one process or a two-process cluster on loopback.
+at the worker's default snapshot interval, one process or a two-process cluster on loopback;
+E is the Quix Streams application in its own virtualenv. D and E run until SIGTERM.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.models import Contestant, Kind
+from bench.quix_env import quix_python
 from bench.stack import ROOT, RunTopics, Stack
 from devtools.devstack import free_port
 from devtools.worker import WorkerProcess
 from wa_worker.settings import Settings
 
 _LIVE: list[Running] = []
+_SIGNALLED = (Kind.WORKER, Kind.QUIX)  # run until told to stop; the others exit by themselves
 
 
 @dataclass
@@ -36,14 +39,14 @@ class Running:
         """Why the contestant is gone before it should be, if it is."""
         for proc in self.popens:
             code = proc.poll()
-            if code is not None and (code != 0 or self.contestant.kind is Kind.WORKER):
+            if code is not None and (code != 0 or self.contestant.kind in _SIGNALLED):
                 return f"exited with code {code} before writing every output"
         return None
 
     def finish(self, timeout_s: float = 60) -> str | None:
         """A, B and C exit on their own; the worker drains on SIGTERM (every process of a
         cluster is signalled first). Returns what went wrong, if anything."""
-        if self.contestant.kind is Kind.WORKER:
+        if self.contestant.kind in _SIGNALLED:
             for proc in self.popens:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
@@ -89,6 +92,8 @@ def launch(
     run_dir.mkdir(parents=True, exist_ok=True)
     if contestant.kind is Kind.WORKER:
         running = _worker(contestant, stack, topics, run_dir, handler_url)
+    elif contestant.kind is Kind.QUIX:
+        running = _quix(contestant, stack, topics, run_dir)
     else:
         running = _standalone(contestant, stack, topics, expect, run_dir, handler_url)
     _LIVE.append(running)
@@ -118,6 +123,23 @@ def _standalone(
     ]
     if handler_url:
         argv.append(f"--handler-url={handler_url}")
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    return Running(contestant, [log], [proc])
+
+
+def _quix(contestant: Contestant, stack: Stack, topics: RunTopics, run_dir: Path) -> Running:
+    log = run_dir / "quix.log"
+    argv = [
+        str(quix_python()),
+        str(ROOT / "bench" / "contestants" / "quix.py"),
+        f"--brokers={stack.brokers}",
+        f"--inbound={topics.inbound}",
+        f"--processed={topics.processed}",
+        # The run's tag names Quix's own repartition and changelog topics: deleted with the run's.
+        f"--group={topics.tag}-quix",
+        f"--state-dir={run_dir / 'quix-state'}",
+    ]
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     return Running(contestant, [log], [proc])

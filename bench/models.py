@@ -12,15 +12,17 @@ class Kind(StrEnum):
     TUNED = "tuned"
     NAIVE = "naive"
     WORKER = "worker"
+    QUIX = "quix"
 
 
 class Contestant(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    letter: str  # A, B, C or D
+    letter: str  # A, B, C, D or E
     label: str
     kind: Kind
     events: int  # inbound records per throughput run
+    shape: str = "base"  # the workload (bench.workload.SHAPES)
     handler_ms: int | None = None  # None: no handler call (the worker's pass-through)
     processes: int = 1
     concurrency: int | None = None  # the worker's HANDLER_CONCURRENCY; None: its default
@@ -31,8 +33,10 @@ class Contestant(BaseModel):
 
 
 class RunFigures(BaseModel):
-    rate: float  # inbound records per second
-    cpu_s_per_10k: float
+    # outputs per second (events for a deduping contestant, records for the ceiling), from the
+    # first produce of the backlog to its last output, the contestant started and warm
+    rate: float
+    cpu_s_per_10k: float  # per 10,000 outputs
     peak_rss_mb: float
     seconds: float  # wall time of the run, start-up included
 

@@ -1,4 +1,4 @@
-"""The bench's output: one table, the ratios of the worker to A, B and C, the targets, JSON,
+"""The bench's output: one table, the ratios of the worker to A, B, C and E, the targets, JSON,
 and a PNG when matplotlib is installed (the `bench` extra)."""
 
 from __future__ import annotations
@@ -31,14 +31,19 @@ def table(results: Results) -> str:
 
 
 def ratios(results: Results) -> str:
-    """events/s of each worker row over A, B (pass-through rows) and C with the same handler."""
+    """events/s of each worker row over A, B (pass-through rows), C with the same handler and
+    E on the same workload; E's CPU per event over D's."""
     lines = ["ratios (events/s)"]
     for row in _rows(results, lambda r: r.contestant.kind is Kind.WORKER):
         parts = []
-        for letter in ("A", "B", "C"):
+        for letter in ("A", "B", "C", "E"):
             other = _peer(results, row, letter)
             if other is not None and row.rate and other.rate:
                 parts.append(f"D/{letter} {row.rate / other.rate:6.2f}")
+        quix = _peer(results, row, "E")
+        cpu, quix_cpu = row.median("cpu_s_per_10k"), quix.median("cpu_s_per_10k") if quix else None
+        if cpu and quix_cpu:
+            parts.append(f"CPU D/E {cpu / quix_cpu:6.2f}")
         lines.append(f"  {row.contestant.label:<44}{'   '.join(parts) or '-'}")
     return "\n".join(lines)
 
@@ -48,6 +53,24 @@ def targets(results: Results) -> str:
     worker, tuned, naive = _one(results, "D", None), _one(results, "B", None), _one(results, "C")
     lines.append(_ratio_target("worker >= 0.5 x B (default handler)", worker, tuned, 0.5))
     lines.append(_ratio_target("worker >= 5 x C (default handler)", worker, naive, 5.0))
+    lines.append(_ratio_target("worker >= 0.9 x B (default handler)", worker, tuned, 0.9))
+    for shape in dict.fromkeys(r.contestant.shape for r in results.rows):
+        mine, quix = _one(results, "D", None, shape), _one(results, "E", None, shape)
+        lines.append(_ratio_target(f"worker >= 1.0 x Quix Streams, {shape}", mine, quix, 1.0))
+        cpu = mine.median("cpu_s_per_10k") if mine else None
+        quix_cpu = quix.median("cpu_s_per_10k") if quix else None
+        lines.append(
+            _line(
+                f"worker CPU per event <= Quix Streams', {shape}",
+                bool(cpu and quix_cpu and cpu <= quix_cpu),
+                f"{cpu:.2f} vs {quix_cpu:.2f} s/10k" if cpu and quix_cpu else "no figure",
+            )
+        )
+    few = _one(results, "D", None, "few")
+    if few is not None:
+        lines.append(
+            _ratio_target("worker, few conversations >= 0.8 x base (events/s)", few, worker, 0.8)
+        )
     for row in _rows(
         results,
         lambda r: (
@@ -141,19 +164,30 @@ def _rows(results: Results, keep: Callable[[Row], bool]) -> list[Row]:
     return [r for r in results.rows if keep(r)]
 
 
-def _one(results: Results, letter: str, handler_ms: int | None = None) -> Row | None:
-    """The row of a letter with that handler, one process, default concurrency."""
+def _one(
+    results: Results, letter: str, handler_ms: int | None = None, shape: str = "base"
+) -> Row | None:
+    """The row of a letter with that handler on that workload, one process, default
+    concurrency."""
     for row in results.rows:
         c = row.contestant
-        if (c.letter, c.handler_ms, c.processes, c.concurrency) == (letter, handler_ms, 1, None):
+        if (c.letter, c.handler_ms, c.processes, c.concurrency, c.shape) == (
+            letter,
+            handler_ms,
+            1,
+            None,
+            shape,
+        ):
             return row
     return None
 
 
 def _peer(results: Results, row: Row, letter: str) -> Row | None:
-    if letter in "AB" and row.contestant.handler_ms is not None:
-        return None  # A and B make no handler call
-    return _one(results, letter, row.contestant.handler_ms)
+    if letter in "ABE" and row.contestant.handler_ms is not None:
+        return None  # A, B and E make no handler call
+    if letter in "ABC" and row.contestant.shape != "base":
+        return None  # A, B and C run the base workload only
+    return _one(results, letter, row.contestant.handler_ms, row.contestant.shape)
 
 
 def _num(value: float | None, digits: int, width: int) -> str:

@@ -18,6 +18,7 @@ LEAD = 20_000
 
 def soak(ctx: Context, events: int, run_dir: Path) -> Soak:
     worker = Contestant(letter="D", label="D worker soak", kind=Kind.WORKER, events=events)
+    workload = ctx.workload(worker)
     topics = create_topics(ctx.stack.brokers)
     try:
         running = launch(worker, ctx.stack, topics, events, run_dir, None)
@@ -26,8 +27,8 @@ def soak(ctx: Context, events: int, run_dir: Path) -> Soak:
             observer = Observer(ctx.stack.brokers, topics.processed, sampler).start()
             try:
                 marks = {events // 10: 0.0, events: 0.0}
-                for sent, record in enumerate(ctx.workload.stream(events)):
-                    while observer.count < ctx.workload.outputs(max(sent - LEAD, 0), True):
+                for sent, record in enumerate(workload.stream(events)):
+                    while observer.count < workload.outputs(max(sent - LEAD, 0), True):
                         check(observer, running, ctx.stall_s, f"soak, {sent:,} sent")
                         _mark(observer, ctx, marks, sampler)
                         time.sleep(0.01)
@@ -38,7 +39,7 @@ def soak(ctx: Context, events: int, run_dir: Path) -> Soak:
                     if (sent + 1) % max(events // 10, 1) == 0:
                         progress(f"soak: {sent + 1:,} of {events:,} records sent")
                 producer.flush(60)
-                total = ctx.workload.outputs(events, dedupes=True)
+                total = workload.outputs(events, dedupes=True)
                 await_outputs(observer, total, running, ctx.stall_s)
                 _mark(observer, ctx, marks, sampler)
                 finish(running, observer, total)
@@ -58,5 +59,5 @@ def soak(ctx: Context, events: int, run_dir: Path) -> Soak:
 def _mark(observer: Observer, ctx: Context, marks: dict[int, float], sampler: Sampler) -> None:
     """VmRSS at the first look after each mark's outputs have all arrived."""
     for handled, rss in marks.items():
-        if not rss and observer.count >= ctx.workload.outputs(handled, dedupes=True):
+        if not rss and observer.count >= ctx.workloads["base"].outputs(handled, True):
             marks[handled] = sampler.take().rss_kb

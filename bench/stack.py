@@ -91,7 +91,9 @@ def _admin(brokers: str) -> AdminClient:
 def delete_topics(brokers: str, topics: RunTopics) -> None:
     """Keeps the broker small over a long bench (a soak writes a gigabyte)."""
     admin = _admin(brokers)
-    futures = admin.delete_topics([topics.inbound, topics.processed, topics.dlq])
+    # Contestant E's own topics (repartition, changelog) carry the run's tag in their names.
+    own = [t for t in admin.list_topics(timeout=10).topics if f"{topics.tag}-quix" in t]
+    futures = admin.delete_topics([topics.inbound, topics.processed, topics.dlq, *own])
     for future in futures.values():
         with contextlib.suppress(Exception):
             future.result(30)

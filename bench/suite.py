@@ -22,15 +22,18 @@ class Plan:
     latency_s: float
     naive_events: int  # C without a handler call: about 1 ms per record
     naive_http_events: dict[int, int]  # C with a sequential HTTP call, per delay
+    shapes: tuple[str, ...]  # workloads besides "base" on which D and E are compared
 
 
-FULL = Plan(30_000, 3, 10.0, 10_000, {5: 1_500, 50: 300})
-SMOKE = Plan(400, 1, 2.0, 400, {5: 100, 50: 30})
+FULL = Plan(30_000, 3, 10.0, 10_000, {5: 1_500, 50: 300}, ("few", "batched", "campaign", "mixed"))
+SMOKE = Plan(400, 1, 2.0, 400, {5: 100, 50: 30}, ("mixed",))
 
 
 def contestants(plan: Plan, events: int) -> list[Contestant]:
-    def row(letter: str, label: str, kind: Kind, count: int = events, **kw: int) -> Contestant:
-        return Contestant(letter=letter, label=label, kind=kind, events=count, **kw)
+    def row(
+        letter: str, label: str, kind: Kind, count: int = events, shape: str = "base", **kw: int
+    ) -> Contestant:
+        return Contestant(letter=letter, label=label, kind=kind, events=count, shape=shape, **kw)
 
     rows = [
         row("A", "A ceiling", Kind.CEILING),
@@ -38,7 +41,11 @@ def contestants(plan: Plan, events: int) -> list[Contestant]:
         row("C", "C naive port", Kind.NAIVE, min(events, plan.naive_events)),
         row("D", "D worker", Kind.WORKER),
         row("D", "D worker, 2 processes", Kind.WORKER, processes=2),
+        row("E", "E Quix Streams", Kind.QUIX),
     ]
+    for shape in plan.shapes:
+        rows.append(row("D", f"D worker, {shape}", Kind.WORKER, shape=shape))
+        rows.append(row("E", f"E Quix Streams, {shape}", Kind.QUIX, shape=shape))
     for ms in HTTP_DELAYS_MS:
         naive = min(events, plan.naive_http_events[ms])
         rows.append(row("C", f"C naive, HTTP {ms} ms", Kind.NAIVE, naive, handler_ms=ms))
@@ -60,7 +67,8 @@ def run_rows(ctx: Context, plan: Plan, rows: list[Contestant]) -> list[Row]:
     for number, contestant in enumerate(rows):
         row = Row(contestant=contestant)
         results.append(row)
-        slug = f"{number:02d}-{contestant.kind.value}-{contestant.handler_ms or 0}ms"
+        c = contestant
+        slug = f"{number:02d}-{c.kind.value}-{c.shape}-{c.handler_ms or 0}ms"
         try:
             for run in range(plan.runs):
                 progress(f"{contestant.label}: run {run + 1} of {plan.runs}")
@@ -69,8 +77,12 @@ def run_rows(ctx: Context, plan: Plan, rows: list[Contestant]) -> list[Row]:
                 progress(f"  {figures.rate:,.0f} events/s")
             rate = row.rate
             assert rate is not None
-            progress(f"{contestant.label}: latency at {rate / 2:,.0f} records/s")
-            row.latency = latency(ctx, contestant, rate / 2, plan.latency_s, ctx.logs / slug)
+            # Half of the peak in outputs, paced in inbound records.
+            workload = ctx.workload(contestant)
+            per_record = workload.outputs(contestant.events, contestant.dedupes) / contestant.events
+            paced = rate / 2 / per_record
+            progress(f"{contestant.label}: latency at {paced:,.0f} records/s")
+            row.latency = latency(ctx, contestant, paced, plan.latency_s, ctx.logs / slug)
             progress(f"  p50 {row.latency.p50_ms:.1f} ms, p99 {row.latency.p99_ms:.1f} ms")
         except ContestantFailed as exc:
             row.failure = str(exc)

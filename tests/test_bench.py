@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections import Counter
 
+import pytest
+
 from bench import report
+from bench.contestants import quix
 from bench.models import Contestant, Kind, Latency, Results, Row, RunFigures, Soak
 from bench.procstats import cpu_seconds, memory_kb
-from bench.workload import generate
-from wa_worker.models.records import WebhookEvent
+from bench.workload import SHAPES, generate
+from wa_worker.models.records import SourcePosition, WebhookEvent
 from wa_worker.operators.parse import parse_record
 
 
@@ -31,7 +35,7 @@ def test_workload_is_one_kilobyte_messages_with_ten_percent_exact_redeliveries()
         (event,) = parse_record(record.value, None)
         assert isinstance(event, WebhookEvent) and event.webhook_id.encode() == record.key
         conversations.add(event.conversation_key)
-    assert len(conversations) > 400  # spread over many conversations
+    assert len(conversations) > 350  # spread over many conversations (~400 expected)
     assert generate(5000).records == records  # deterministic
 
 
@@ -56,15 +60,24 @@ def test_proc_readings_of_a_live_and_a_finished_process():
     assert cpu_seconds(gone.pid) is None and memory_kb(gone.pid) is None
 
 
-def _row(letter: str, kind: Kind, rate: float, handler_ms: int | None = None, **kw: float) -> Row:
+def _row(
+    letter: str,
+    kind: Kind,
+    rate: float,
+    handler_ms: int | None = None,
+    shape: str = "base",
+    cpu: float = 1.0,
+    **kw: float,
+) -> Row:
     contestant = Contestant(
         letter=letter,
-        label=f"{letter} {handler_ms}",
+        label=f"{letter} {handler_ms} {shape}",
         kind=kind,
         events=1000,
         handler_ms=handler_ms,
+        shape=shape,
     )
-    figures = RunFigures(rate=rate, cpu_s_per_10k=1.0, peak_rss_mb=50.0, seconds=1.0)
+    figures = RunFigures(rate=rate, cpu_s_per_10k=cpu, peak_rss_mb=50.0, seconds=1.0)
     latency = Latency(rate=rate / 2, sent=10, p50_ms=kw.get("p50", 5), p99_ms=kw.get("p99", 20))
     return Row(contestant=contestant, runs=[figures], latency=latency)
 
@@ -79,19 +92,83 @@ def test_targets_say_met_or_miss_with_their_figures():
             _row("A", Kind.CEILING, 40_000),
             _row("B", Kind.TUNED, 10_000),
             _row("C", Kind.NAIVE, 500),
-            _row("D", Kind.WORKER, 4_000, p99=380),
+            _row("D", Kind.WORKER, 4_000, p99=380, cpu=2.0),
+            _row("E", Kind.QUIX, 8_000, cpu=1.5),
             _row("C", Kind.NAIVE, 19, handler_ms=50),
             _row("D", Kind.WORKER, 1_200, handler_ms=50),
+            _row("D", Kind.WORKER, 3_600, shape="few", cpu=1.0),
+            _row("E", Kind.QUIX, 3_000, shape="few", cpu=1.2),
         ],
         soak=Soak(events=100_000, rss_mb_at_10pct=100, rss_mb_at_end=125),
     )
     lines = report.targets(results).splitlines()
-    assert lines[1].startswith("  [MISS] worker >= 0.5 x B") and "0.40 x" in lines[1]
-    assert lines[2].startswith("  [met ] worker >= 5 x C") and "8.00 x" in lines[2]
-    assert lines[3].startswith("  [met ] D 50 >= 1,000 events/s per process")
-    assert lines[4].startswith("  [MISS] worker p99 < 300 ms reorder window + 50 ms")
-    assert "380.0 ms" in lines[4]
-    assert lines[5].startswith("  [MISS] memory flat") and "+25.0 %" in lines[5]
+
+    def line(start: str) -> str:
+        (found,) = [x for x in lines if x[9:].startswith(start)]
+        return found
+
+    assert line("worker >= 0.5 x B").startswith("  [MISS]") and "0.40 x" in line("worker >= 0.5")
+    assert line("worker >= 5 x C").startswith("  [met ]") and "8.00 x" in line("worker >= 5 x C")
+    assert line("worker >= 0.9 x B").startswith("  [MISS]")
+    assert line("worker >= 1.0 x Quix Streams, base").startswith("  [MISS]")
+    assert "0.50 x (4,000 vs 8,000)" in line("worker >= 1.0 x Quix Streams, base")
+    assert line("worker CPU per event <= Quix Streams', base").startswith("  [MISS]")
+    assert line("worker >= 1.0 x Quix Streams, few").startswith("  [met ]")
+    assert line("worker CPU per event <= Quix Streams', few").startswith("  [met ]")
+    assert line("worker, few conversations >= 0.8 x base").startswith("  [met ]")
+    assert line("D 50 base >= 1,000 events/s per process").startswith("  [met ]")
+    p99 = line("worker p99 < 300 ms reorder window + 50 ms")
+    assert p99.startswith("  [MISS]") and "380.0 ms" in p99
+    assert line("memory flat").startswith("  [MISS]") and "+25.0 %" in line("memory flat")
     ratios = report.ratios(results)
-    assert "D/A   0.10   D/B   0.40   D/C   8.00" in ratios
+    assert "D/A   0.10   D/B   0.40   D/C   8.00   D/E   0.50   CPU D/E   1.33" in ratios
     assert "D/C  63.16" in ratios  # the 50 ms worker against the 50 ms naive port only
+    assert "D/E   1.20   CPU D/E   0.83" in ratios  # the few-conversations pair, and only E
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_every_shape_counts_the_events_the_worker_and_quix_see(shape):
+    """The expected output count is the number of unique event keys the worker's parser finds,
+    and contestant E's split finds the same keys and conversations."""
+    workload = generate(2000, shape)
+    worker_keys, quix_keys = {}, {}
+    for record in workload.records:
+        source = SourcePosition(topic="t", partition=0, offset=0)
+        for item in parse_record(record.value, source):
+            assert isinstance(item, WebhookEvent)
+            worker_keys[item.event_key] = item.conversation_key
+        for event in quix.split(json.loads(record.value)):
+            quix_keys[event["event_key"]] = event["conversation_key"]
+    assert len(worker_keys) == workload.unique == workload.outputs(len(workload.records), True)
+    assert quix_keys == worker_keys
+    conversations = set(worker_keys.values())
+    assert len(conversations) <= SHAPES[shape].conversations
+
+
+def test_shapes_differ_as_documented():
+    few = generate(2000, "few")
+    customers = {
+        json.loads(r.value)["body"]["entry"][0]["changes"][0]["value"]["contacts"][0]["wa_id"]
+        for r in few.records
+    }
+    assert len(customers) <= 60
+    batched = generate(2000, "batched")
+    per_webhook = [
+        sum(
+            len(c["value"].get("messages", [])) + len(c["value"].get("statuses", []))
+            for c in json.loads(r.value)["body"]["entry"][0]["changes"]
+        )
+        for r in batched.records
+    ]
+    assert max(per_webhook) > 1 and batched.unique > len(batched.records)
+    ids = [r.key for r in batched.records]
+    assert len(set(ids)) == len(ids)  # its redeliveries come under new webhook ids...
+    assert sum(1 for r in batched.records if not r.original) > 100  # ...carrying old events
+    campaign = generate(2000, "campaign")
+    statuses = [
+        s["status"]
+        for r in campaign.records
+        for c in json.loads(r.value)["body"]["entry"][0]["changes"]
+        for s in c["value"].get("statuses", [])
+    ]
+    assert set(statuses) == {"sent", "delivered", "read"}
