@@ -34,8 +34,9 @@ RUN chmod 0755 entrypoint.sh entrypoint-recovery.sh && chmod 0644 healthcheck.py
 USER 10001:10001
 # Recovery snapshots must outlive the container (RECOVERY_DIR defaults below it).
 VOLUME ["/var/lib/wa-worker"]
-# 4900: /livez /readyz /health /metrics; 2101: Bytewax cluster traffic between processes.
-EXPOSE 4900 2101
+# 4900: /livez /readyz /health /metrics; 2101: Bytewax cluster traffic between processes;
+# 8080: the ingress (`entrypoint.sh ingress`).
+EXPOSE 4900 2101 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "/app/healthcheck.py", "/livez"]
 # exec form, and the script execs the worker: SIGTERM reaches the dataflow, which drains.

@@ -379,10 +379,21 @@ def up(
     topic: list[str] = typer.Option(
         [], help="topics to create (repeatable; default: the settings' three, as `topics create`)"
     ),
+    redis: str = typer.Option("standalone", help="standalone, cluster or sentinel"),
+    redis_tls: bool = typer.Option(False, help="TLS, client certificate and ACL user"),
 ) -> None:
-    """Start what is not running; print KAFKA_BROKERS=… and REDIS_URL=… for `eval`."""
+    """Start what is not running; print KAFKA_BROKERS=… and the REDIS_* lines for `eval`."""
     started = time.monotonic()
-    rport = start_redis(redis_port)
+    if redis not in ("standalone", "cluster", "sentinel"):
+        raise typer.BadParameter("standalone, cluster or sentinel", param_hint="--redis")
+    topology = None
+    if redis != "standalone" or redis_tls:
+        from devtools.redis_topologies import start_named
+
+        topology = start_named(_state_dir(), redis, redis_tls)
+        rport = topology.nodes[next(iter(topology.nodes))].port
+    else:
+        rport = start_redis(redis_port)
     kport = start_kafka(kafka_port)
     if topic:
         create_topics(f"127.0.0.1:{kport}", topic, partitions)
@@ -393,14 +404,22 @@ def up(
         f"(ready in {time.monotonic() - started:.1f}s; logs in {_state_dir()})"
     )
     print(f"KAFKA_BROKERS=127.0.0.1:{kport}")
-    print(f"REDIS_URL=redis://127.0.0.1:{rport}/0")
+    if topology is not None:
+        print("\n".join(topology.lines()))
+    else:
+        print(f"REDIS_URL=redis://127.0.0.1:{rport}/0")
 
 
 @app.command()
 def status() -> None:
-    """Show what runs; exit 1 if something is down."""
+    """Show what runs; exit 1 if something is down (the plain Redis may be replaced by a
+    topology: `up --redis cluster`)."""
+    from devtools.redis_topologies import recorded_nodes
+
     down_count = 0
-    for service in (KAFKA, REDIS):
+    topology = recorded_nodes(_state_dir())
+    plain = (REDIS,) if REDIS.pid() is not None or not topology else ()
+    for service in (KAFKA, *plain, *topology):
         pid = service.pid()
         state = f"running (pid {pid}, port {service.port()})" if pid else "stopped"
         down_count += pid is None
@@ -410,8 +429,10 @@ def status() -> None:
 
 @app.command()
 def down() -> None:
-    """Stop Kafka and Redis by their recorded pids."""
-    for service in (KAFKA, REDIS):
+    """Stop Kafka, Redis and the Redis topologies by their recorded pids."""
+    from devtools.redis_topologies import recorded_nodes
+
+    for service in (KAFKA, REDIS, *recorded_nodes(_state_dir())):
         print(f"{service.name}: {'stopped' if service.stop() else 'was not running'}")
 
 

@@ -3,6 +3,7 @@
 #
 #   entrypoint.sh [bytewax.run options]   initialise recovery when missing, then exec the worker
 #   entrypoint.sh init-recovery           only initialise recovery (Kubernetes init container)
+#   entrypoint.sh ingress                 Meta's webhook endpoint (`wa-worker ingress`, INGRESS_PORT)
 #   entrypoint.sh COMMAND [ARGS]          run another command, e.g. `wa-worker dlq list`
 #
 # Settings are the worker's (README); Bytewax's own variables, as set by its Helm chart and
@@ -142,6 +143,10 @@ case ${1:-} in
     run)
         shift
         run_worker "$@"
+        ;;
+    ingress)
+        # Stateless: no recovery. exec, so SIGTERM reaches the ingress, which drains.
+        exec "$PYTHON" -m wa_worker.cli ingress
         ;;
     *)
         exec "$@"

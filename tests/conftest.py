@@ -2,7 +2,9 @@
 
 The stack is the project's own (`devtools.devstack`), started in `.stack/test` on free ports
 and stopped at the end. To use services you already run, set WA_TEST_KAFKA_BROKERS and
-WA_TEST_REDIS_URL.
+WA_TEST_REDIS_URL (and WA_TEST_REDIS_CLUSTER_URL for a Redis Cluster). The other Redis
+topologies (Sentinel, TLS with an ACL user) are always the project's own
+(`devtools.redis_topologies`), started once per session by the first test that needs them.
 """
 
 from __future__ import annotations
@@ -12,11 +14,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
 
 from devtools.worker import ROOT, WorkerProcess
+
+if TYPE_CHECKING:
+    from devtools.redis_topologies import Topology
+    from wa_worker.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,77 @@ def stack() -> Iterator[Stack]:
     yield Stack(f"127.0.0.1:{kafka_port}", f"redis://127.0.0.1:{redis_port}/0", owned=True)
     kafka.stop()
     redis_server.stop()
+
+
+TEST_STACK = ROOT / ".stack" / "test"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """Any node of a Redis Cluster (three primaries, one replica each)."""
+    url = os.environ.get("WA_TEST_REDIS_CLUSTER_URL")
+    if url:
+        yield url
+        return
+    from devtools.redis_topologies import start_redis_cluster
+
+    cluster = start_redis_cluster(TEST_STACK)
+    yield cluster.env["REDIS_URL"]
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[Topology]:
+    """A primary, a replica and three sentinels (tests may fail the primary over)."""
+    from devtools.redis_topologies import start_redis_sentinel
+
+    topology = start_redis_sentinel(TEST_STACK)
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_env(redis_sentinel: Topology) -> dict[str, str]:
+    return dict(redis_sentinel.env)
+
+
+@pytest.fixture(scope="session")
+def redis_tls_env() -> Iterator[dict[str, str]]:
+    """A TLS-only Redis requiring a client certificate, reached as an ACL user."""
+    from devtools.redis_topologies import start_redis_tls
+
+    topology = start_redis_tls(TEST_STACK)
+    yield dict(topology.env)
+    topology.stop()
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """One Redis topology, as the REDIS_* settings a worker would get."""
+
+    name: str
+    env: dict[str, str]
+
+    def settings(self, **overrides: Any) -> Settings:
+        from wa_worker.settings import load_settings
+
+        return load_settings(**{k.lower(): v for k, v in self.env.items()}, **overrides)
+
+
+# The dedupe contract runs on each (tests/test_dedupe.py); "cluster" joins once the store's
+# batches are cluster-safe (hash-tagged buckets: the redis-store branch).
+DEDUPE_TOPOLOGIES = ("standalone", "sentinel", "tls")
+
+
+@pytest.fixture(params=DEDUPE_TOPOLOGIES)
+def dedupe_redis(request: pytest.FixtureRequest, stack: Stack) -> RedisTarget:
+    name: str = request.param
+    if name == "standalone":
+        return RedisTarget(name, {"REDIS_URL": stack.redis_url})
+    if name == "cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+        return RedisTarget(name, {"REDIS_URL": url, "REDIS_MODE": "cluster"})
+    return RedisTarget(name, request.getfixturevalue(f"redis_{name}_env"))
 
 
 @pytest.fixture

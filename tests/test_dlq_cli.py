@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 from confluent_kafka import Producer
 
 from devtools.devstack import free_port
@@ -244,6 +245,7 @@ def test_redrive_uses_the_redis_timeout(stack: Stack) -> None:
     client = redis_client(settings)
     try:
         assert client.ping()
+        assert isinstance(client, redis.Redis)  # REDIS_URL names a standalone Redis
         kwargs = client.connection_pool.connection_kwargs
         assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 0.75
     finally:

@@ -41,6 +41,8 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("wa_worker/process/**/*.py", (*FLOW, *COMPOSITION, *CLI)),
     # Logging needs no HTTP server (it masks secrets with the core's rule).
     ("wa_worker/process/logs.py", ("wa_worker.process.health",)),
+    # The ingress is a process of its own beside the flow: it uses the core, never the CLI.
+    ("wa_worker/ingress/**/*.py", (*COMPOSITION, *CLI)),
     # The composition root assembles the flow; the CLI sits above it.
     ("dataflow.py", CLI),
     # Tools share dev tooling with the tests through devtools/, never through tests/.

@@ -3,6 +3,8 @@ unless the caller gives its own timeout."""
 
 from __future__ import annotations
 
+import redis
+
 from tests.conftest import Stack
 from wa_worker.core.redis_client import redis_client
 from wa_worker.process.health import Probes
@@ -14,6 +16,7 @@ def test_a_given_timeout_replaces_redis_timeout_ms(stack: Stack) -> None:
     client = redis_client(settings, 0.25)
     try:
         assert client.ping()
+        assert isinstance(client, redis.Redis)  # REDIS_URL names a standalone Redis
         kwargs = client.connection_pool.connection_kwargs
         assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 0.25
     finally:
@@ -26,5 +29,6 @@ def test_the_health_probe_checks_redis_with_its_own_timeout(stack: Stack) -> Non
     )
     probes = Probes(settings, timeout_s=1.5)
     probes.redis_dedupe()
+    assert isinstance(probes._redis, redis.Redis)
     kwargs = probes._redis.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 1.5

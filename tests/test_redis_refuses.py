@@ -78,6 +78,7 @@ def test_health_fails_once_redis_refuses_the_scripts(
             assert time.monotonic() < deadline, "the health server never answered"
             time.sleep(0.2)
     assert first.status_code == 200, first.text
+    assert first.json()["checks"]["redis"]["mode"] == "standalone", first.text
     acl_user.deny_scripts()  # PING still answers
     deadline = time.monotonic() + 15
     while (answer := httpx.get(url, timeout=10)).status_code == 200:

@@ -80,6 +80,13 @@ def test_wheel_has_no_devstack(wheel: zipfile.ZipFile) -> None:
     assert [name for name in names if "devstack" in name] == []
 
 
+def test_wheel_ships_the_ingress(wheel: zipfile.ZipFile) -> None:
+    # `wa-worker ingress` imports it lazily: a package missing from pyproject.toml would only
+    # show in the image, at its first start.
+    names = wheel.namelist()
+    assert {"wa_worker/ingress/server.py", "wa_worker/ingress/app.py"} <= set(names)
+
+
 def test_wheel_console_script_is_the_cli(wheel: zipfile.ZipFile) -> None:
     (meta,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
     parser = configparser.ConfigParser()

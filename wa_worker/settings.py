@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from itertools import combinations
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from dotenv import dotenv_values
 from pydantic import (
@@ -39,6 +39,13 @@ class StartOffset(StrEnum):
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
+
+
+class RedisMode(StrEnum):
+    AUTO = "auto"  # sentinel when REDIS_SENTINELS is set, else asks the node (cluster_enabled)
+    STANDALONE = "standalone"
+    CLUSTER = "cluster"
+    SENTINEL = "sentinel"
 
 
 class Settings(BaseSettings):
@@ -67,6 +74,14 @@ class Settings(BaseSettings):
     dedupe_ttl_days: float = Field(7.0, gt=0)
     claim_lease_ms: int = Field(30_000, ge=1000)
     redis_timeout_ms: int = Field(2000, ge=10)
+    # Topology and TLS (README "Redis topologies"); REDIS_URL keeps user, password, db, TLS.
+    redis_mode: RedisMode = RedisMode.AUTO
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str = Field("mymaster", min_length=1)
+    redis_sentinel_password: SecretStr | None = None
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
 
     # Retry
     max_retries: int = Field(3, ge=0, le=100)
@@ -130,6 +145,18 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels_are_host_ports(cls, value: str | None) -> str | None:
+        return cls._brokers_are_host_ports(value) if value and value.strip() else None
+
+    @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+    @classmethod
+    def _tls_file_exists(cls, value: str | None) -> str | None:
+        if value and not os.path.isfile(value):
+            raise ValueError(f"no such file {value!r}")
+        return value or None
+
     @field_validator("handler_url", "handler_health_url")
     @classmethod
     def _handler_url_http(cls, value: str | None) -> str | None:
@@ -184,12 +211,25 @@ class Settings(BaseSettings):
                 f"BREAKER_MIN_CALLS ({self.breaker_min_calls}) must not exceed "
                 f"BREAKER_WINDOW ({self.breaker_window})"
             )
+        self._redis_consistent()
         if self.max_events_in_progress < self.handler_concurrency:
             raise ValueError(
                 f"MAX_EVENTS_IN_PROGRESS ({self.max_events_in_progress}) is below "
                 f"HANDLER_CONCURRENCY ({self.handler_concurrency}): calls could never all be used"
             )
         return self
+
+    def _redis_consistent(self) -> None:
+        if self.redis_mode is RedisMode.SENTINEL and not self.redis_sentinels:
+            raise ValueError("REDIS_MODE=sentinel needs REDIS_SENTINELS (host:port,...)")
+        if self.redis_sentinels and self.redis_mode not in (RedisMode.AUTO, RedisMode.SENTINEL):
+            raise ValueError(f"REDIS_SENTINELS is set but REDIS_MODE is {self.redis_mode.value}")
+        if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
+            raise ValueError("REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together: set both")
+        tls_files = self.redis_tls_ca_file or self.redis_tls_cert_file
+        if tls_files and not self.redis_url.startswith("rediss://"):
+            # the files would be ignored and the connection would go out in clear text
+            raise ValueError("REDIS_TLS_* files are set but REDIS_URL is not rediss://")
 
     @model_validator(mode="after")
     def _build_kafka_config(self) -> Settings:
@@ -206,8 +246,12 @@ class Settings(BaseSettings):
         return self
 
     def secrets(self) -> tuple[str, ...]:
-        """Values logs and tools must never print (the app secret, when set)."""
-        return (self.wa_app_secret.get_secret_value(),) if self.wa_app_secret else ()
+        """Values logs and tools must never print (the app secret, Redis passwords, when set)."""
+        given = (self.wa_app_secret, self.redis_sentinel_password)
+        values = [s.get_secret_value() for s in given if s]
+        if password := urlsplit(self.redis_url).password:
+            values.append(unquote(password))
+        return tuple(v for v in values if v)
 
     @property
     def broker_list(self) -> list[str]:

@@ -77,6 +77,14 @@ app.command("replay")(replay_command)  # offline: the dataflow on a file (cli/re
 
 
 @app.command()
+def ingress() -> None:
+    """Serve Meta's webhook endpoint (INGRESS_PORT, INGRESS_PATH): verify, publish, then 200."""
+    from wa_worker.ingress.server import main as serve  # aiohttp only for this command
+
+    serve()
+
+
+@app.command()
 def publish(
     path: Path = typer.Argument(
         ...,

@@ -67,7 +67,7 @@ def failures_reported() -> Iterator[None]:
     except OSError as exc:  # a file to read or write (a missing directory, no permission)
         typer.echo(f"wa-worker: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
         raise typer.Exit(1) from None
-    except redis.RedisError as exc:
+    except (redis.RedisError, redis.RedisClusterException) as exc:  # the latter: no slot owner
         typer.echo(f"wa-worker: Redis: {exc}", err=True)
         raise typer.Exit(1) from None
 

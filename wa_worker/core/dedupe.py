@@ -18,12 +18,12 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
-import redis
 import redis.asyncio as aioredis
 
 from wa_worker.core import metrics
+from wa_worker.core.redis_client import SyncRedis, async_redis_client
 from wa_worker.models.completions import ClaimStatus
 from wa_worker.settings import Settings
 
@@ -140,7 +140,7 @@ def dedupe_keys(settings: Settings) -> DedupeKeys:
 _PROBE_TTL_MS = 10_000  # the probe's keys expire by themselves: nothing to clean up
 
 
-def check_dedupe_works(client: redis.Redis, keys: DedupeKeys) -> None:
+def check_dedupe_works(client: SyncRedis, keys: DedupeKeys) -> None:
     """One real claim, as a batch of two throw-away keys, through the worker's own script.
 
     A Redis can answer PING and still be unable to do the work: an ACL that denies scripts, a
@@ -154,11 +154,10 @@ def check_dedupe_works(client: redis.Redis, keys: DedupeKeys) -> None:
 
 
 def redis_store(settings: Settings) -> AsyncDedupeStore:
-    """The store on REDIS_URL (created inside the runtime's event loop)."""
-    timeout = settings.redis_timeout_ms / 1000
-    client = aioredis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    """The store on REDIS_URL, in REDIS_MODE (created inside the runtime's event loop)."""
+    # cast: the batching here is standalone's (a cluster refuses its cross-slot calls, which the
+    # start-up check reports); the cluster-safe store takes both kinds of client.
+    client = cast(aioredis.Redis, async_redis_client(settings))
     return AsyncDedupeStore(client, dedupe_keys(settings))
 
 
@@ -249,7 +248,7 @@ return 'dead_lettered'
 class DedupeAdmin:
     """Operator actions on the dedupe keys (the CLI's DLQ re-drive)."""
 
-    def __init__(self, client: redis.Redis, keys: DedupeKeys) -> None:
+    def __init__(self, client: SyncRedis, keys: DedupeKeys) -> None:
         self._client = client
         self._keys = keys
         self._reset = client.register_script(RESET_DEAD_LETTERED_LUA)

@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import make_wsgi_app
 from pydantic import BaseModel, ConfigDict, Field
 
-from wa_worker.core import metrics
+from wa_worker.core import metrics, redis_topology
 from wa_worker.core.dedupe import check_dedupe_works, dedupe_keys
 from wa_worker.core.masking import mask_secrets
 from wa_worker.core.redis_client import redis_client
@@ -44,9 +44,27 @@ class Check(BaseModel):
     latency_ms: int = Field(serialization_alias="latencyMs")
     error: str | None = None
     status_code: int | None = Field(None, serialization_alias="statusCode")
+    # Redis only: its mode, and the cluster's primaries or Sentinel's primary (host:port).
+    mode: str | None = None
+    nodes: list[str] | None = None
+    primary: str | None = None
 
 
-Probe = Callable[[], None]
+# A probe raises when the dependency is not usable; it may return fields to show beside status.
+Probe = Callable[[], dict[str, Any] | None]
+
+
+class DetailedProbeFailed(ProbeFailed):
+    """A failed probe that still has fields to show (the Redis mode and nodes); shown as the
+    error it stands for (`shown_as`: ProbeFailed, or the Redis client's own error)."""
+
+    def __init__(
+        self, message: str, details: dict[str, Any], shown_as: str = "ProbeFailed"
+    ) -> None:
+        super().__init__(message)
+        self.details = details
+        self.shown_as = shown_as
+
 
 # How long one probe's result answers every request (a burst of requests runs it once).
 RESULT_TTL_S = 1.0
@@ -119,7 +137,7 @@ class Probes:
             name: SharedProbe(name, probe, timeout_s) for name, probe in self.probes.items()
         }
 
-    def kafka(self) -> None:
+    def kafka(self) -> dict[str, Any] | None:
         topic = self._settings.kafka_inbound_topic
         try:
             metadata = self._admin.list_topics(topic, timeout=self._timeout_s)
@@ -130,15 +148,25 @@ class Probes:
             raise ProbeFailed("no broker answered")
         if found is None or found.error is not None:
             raise ProbeFailed(f"topic {topic} unavailable: {found.error if found else 'missing'}")
+        return None
 
-    def redis_dedupe(self) -> None:
-        """Not PING: a Redis that answers but refuses the dedupe's scripts fails the check."""
+    def redis_dedupe(self) -> dict[str, Any] | None:
+        """Not PING: a cluster that fails, a Sentinel set without a primary or a Redis that
+        answers but refuses the dedupe's scripts fails the check, the mode shown either way."""
+        topology = redis_topology.inspect(self._redis)
+        details = topology.fields()
+        if topology.problem:
+            raise DetailedProbeFailed(f"Redis {topology.mode.value}: {topology.problem}", details)
         try:
             check_dedupe_works(self._redis, self._keys)
-        except redis.ResponseError as exc:
-            raise ProbeFailed(f"Redis refuses the worker's dedupe script: {exc}") from exc
+        except (redis.ResponseError, redis.RedisClusterException) as exc:
+            message = f"Redis refuses the worker's dedupe script: {exc}"
+            raise DetailedProbeFailed(message, details) from exc
+        except redis.RedisError as exc:
+            raise DetailedProbeFailed(str(exc), details, type(exc).__name__) from exc
+        return details
 
-    def handler(self) -> None:
+    def handler(self) -> dict[str, Any] | None:
         url = self._settings.handler_health_url
         assert url is not None
         response = httpx.get(url, timeout=self._timeout_s)
@@ -146,6 +174,7 @@ class Probes:
             raise ProbeFailed(
                 f"handler health answered HTTP {response.status_code}", response.status_code
             )
+        return None
 
     def run(self) -> dict[str, Check]:
         deadline = time.monotonic() + self._timeout_s + _GRACE_S
@@ -156,16 +185,18 @@ class Probes:
 def _timed(probe: Probe) -> Check:
     started = time.perf_counter()
     try:
-        probe()
+        details = probe() or {}
     except Exception as exc:  # noqa: BLE001  (a failing probe is an answer, not a crash)
         code = exc.status_code if isinstance(exc, ProbeFailed) else None
+        name = exc.shown_as if isinstance(exc, DetailedProbeFailed) else type(exc).__name__
         return Check(
             status="error",
             latency_ms=_ms(started),
             status_code=code,
-            error=mask_secrets(f"{type(exc).__name__}: {exc}")[:500],
+            error=mask_secrets(f"{name}: {exc}")[:500],
+            **(exc.details if isinstance(exc, DetailedProbeFailed) else {}),
         )
-    return Check(status="ok", latency_ms=_ms(started), status_code=None)
+    return Check(status="ok", latency_ms=_ms(started), status_code=None, **details)
 
 
 def _ms(started: float) -> int:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import redis
 from confluent_kafka.admin import AdminClient
+from redis.exceptions import SlotNotCoveredError
 
 from wa_worker.core.dedupe import check_dedupe_works, dedupe_keys
 from wa_worker.core.handlers import load_callable
@@ -21,7 +22,7 @@ from wa_worker.core.redis_client import redis_client
 from wa_worker.core.services import Services
 from wa_worker.errors import ConfigError
 from wa_worker.process import health, logs
-from wa_worker.settings import LogFormat, Settings
+from wa_worker.settings import LogFormat, RedisMode, Settings
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +50,36 @@ def require_kafka_topics(settings: Settings, timeout_s: float = 15.0) -> None:
 
 
 def require_working_redis(settings: Settings) -> None:
-    """One real claim round trip before the flow starts. A Redis that answers but refuses the
-    dedupe's scripts (an ACL, a read-only replica, a cluster's slots) stops start-up with its
-    reason; one that does not answer only makes events wait, as during any Redis outage."""
-    client = redis_client(settings)
+    """One real claim round trip before the flow starts, in every REDIS_MODE. A Redis that
+    answers but refuses the dedupe's scripts (an ACL, a read-only replica, a cluster's slots)
+    or the credentials stops start-up with its reason; one that does not answer only makes
+    events wait, as during any Redis outage."""
+    where = f"Redis at {mask_secrets(settings.redis_url)}"
+    client = None
     try:
+        client = redis_client(settings)
         check_dedupe_works(client, dedupe_keys(settings))
-    except redis.ResponseError as exc:
+    except SlotNotCoveredError as exc:  # a cluster without a primary for some slots
+        log.warning("Redis cluster not usable at start-up (events wait for it): %s", exc)
+    except (redis.ResponseError, redis.RedisClusterException) as exc:
+        # RedisClusterException: the cluster client refuses the call itself (CROSSSLOT)
         _exit(
-            f"REDIS_URL: Redis at {mask_secrets(settings.redis_url)} answers but refuses the "
-            f"worker's dedupe script ({exc})",
-            settings,
+            f"REDIS_URL: {where} answers but refuses the worker's dedupe script ({exc})", settings
         )
+    except redis.AuthenticationError as exc:
+        _exit(f"REDIS_URL: {where} refuses the user or password in it ({exc})", settings)
     except redis.RedisError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # the CA does not vouch for the server
+            _exit(f"REDIS_TLS_CA_FILE: {where}: {mask_secrets(str(exc))}", settings)
+        guessed = settings.redis_mode is RedisMode.AUTO and not settings.redis_sentinels
         log.warning(
-            "Redis not reachable at start-up (events wait for it): %s", mask_secrets(str(exc))
+            "Redis not reachable at start-up (events wait for it): %s%s",
+            mask_secrets(str(exc)),
+            "; REDIS_MODE=auto could not ask it, so it is used as standalone" if guessed else "",
         )
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def _cluster_args(argv: list[str] | None) -> argparse.Namespace:
