@@ -119,9 +119,8 @@ class RedisTarget:
         return load_settings(**{k.lower(): v for k, v in self.env.items()}, **overrides)
 
 
-# The dedupe contract runs on each (tests/test_dedupe.py); "cluster" joins once the store's
-# batches are cluster-safe (hash-tagged buckets: the redis-store branch).
-DEDUPE_TOPOLOGIES = ("standalone", "sentinel", "tls")
+# The dedupe contract runs on each (tests/test_dedupe.py).
+DEDUPE_TOPOLOGIES = ("standalone", "cluster", "sentinel", "tls")
 
 
 @pytest.fixture(params=DEDUPE_TOPOLOGIES)

@@ -24,6 +24,8 @@ from devtools.webhooks import (
 )
 from devtools.worker import WorkerProcess
 from tests.conftest import Stack, Topics
+from tests.support.markers import marker_state
+from wa_worker.core.dedupe import MarkerState
 
 POISON = [
     b"not json at all",
@@ -196,8 +198,9 @@ def test_a_bad_event_is_dead_lettered_alone_and_type_slips_are_coerced(
     assert (letter.header("wa-error-reason") or "").startswith("invalid message: messages.1.text")
     assert letter.header("wa-webhook-id") == "w-mixed"
     assert letter.value == mixed  # the original bytes, as for any dead letter
-    marker = f"{redis_prefix}evt:wamid.bad"
     deadline = time.monotonic() + 15
-    while redis_client.hget(marker, "outcome") is None and time.monotonic() < deadline:
+    state = marker_state(redis_client, redis_prefix, "wamid.bad")
+    while state is not MarkerState.DEAD_LETTERED and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert redis_client.hget(marker, "outcome") == b"dlq"
+        state = marker_state(redis_client, redis_prefix, "wamid.bad")
+    assert state is MarkerState.DEAD_LETTERED

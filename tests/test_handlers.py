@@ -99,7 +99,8 @@ def test_runtime_close_writes_done_markers_and_closes_the_handler(
 ) -> None:
     import redis
 
-    from wa_worker.core.dedupe import dedupe_keys
+    from tests.support.markers import marker_state
+    from wa_worker.core.dedupe import MarkerState
     from wa_worker.core.runtime import IoRuntime
     from wa_worker.settings import load_settings_or_exit
 
@@ -121,7 +122,7 @@ def test_runtime_close_writes_done_markers_and_closes_the_handler(
     assert closed == [True]
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        key = dedupe_keys(settings).key("wamid.closing")
-        assert client.hget(key, "outcome") == b"processed"
+        state = marker_state(client, settings.redis_key_prefix, "wamid.closing")
+        assert state is MarkerState.PROCESSED
     finally:
         client.close()

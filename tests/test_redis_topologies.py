@@ -291,11 +291,6 @@ def test_a_topology_in_a_relative_folder_starts(
 # The worker on a cluster
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the cluster-safe dedupe store (branch fix-redis-store); on the old layout "
-    "start-up stops with CROSSSLOT, as it must. Drop this marker when both are merged.",
-)
 def test_the_worker_on_a_cluster_processes_every_unique_event_once(
     stack: Stack,
     topics: Topics,

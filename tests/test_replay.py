@@ -27,6 +27,8 @@ from devtools.webhooks import (
 from devtools.worker import ROOT, WorkerProcess
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
+from tests.support.markers import marker_state
+from wa_worker.core.dedupe import MarkerState
 from wa_worker.models.capture_file import FileLine, LineKind, read_line
 from wa_worker.sinks.file_sink import FileRecord
 
@@ -278,7 +280,7 @@ def test_a_default_replay_leaves_the_running_workers_dedupe_alone(
         summary, stderr = replay(env, fresh, tmp_path / "out")
         assert summary["processed"] == 1
         assert f"prefix '{redis_prefix}replay:'" in stderr
-        assert not redis_client.exists(f"{redis_prefix}evt:wamid.fresh")
+        assert marker_state(redis_client, redis_prefix, "wamid.fresh") is MarkerState.ABSENT
 
         worker = start_worker(HANDLER_URL=handler.url)
         produce(stack.brokers, topics.inbound, [(b"w-fresh", webhook)])
@@ -300,7 +302,7 @@ def test_replay_shares_the_workers_dedupe_only_when_given_its_prefix(
         summary, stderr = replay(env, capture, tmp_path / "o", "--dedupe-prefix", redis_prefix)
     assert summary["processed"] == 1
     assert "the worker's own" in stderr
-    assert redis_client.exists(f"{redis_prefix}evt:wamid.shared")
+    assert marker_state(redis_client, redis_prefix, "wamid.shared") is MarkerState.PROCESSED
     refused = run_cli(
         env, "replay", str(capture), "--dedupe-prefix", "", module="wa_worker", check=False
     )

@@ -1,87 +1,237 @@
 """Crash-safe dedupe in Redis: a claim with a lease before processing, a done marker after.
 
-One hash per event key (`<prefix>evt:<event key>`), living for the dedupe window:
-    state       "claim" or "done"
-    token       the claimant's random token (a resumed run keeps it: its claim stays its own)
-    attempts    handler calls made so far (survives a lost recovery directory)
-    lease_until epoch ms; after it a claim left by a crashed run may be taken over
-    outcome     "processed" or "dlq", once done (a DLQ re-drive resets only "dlq" markers)
+Layout (v2). An event key is hashed to a 12-byte digest (blake2b); its first byte picks one
+of `BUCKETS` buckets. Every key one script call touches carries its bucket's hash tag, so
+it lives in one Redis Cluster slot, and a batch is one script call per bucket and kind
+(claims, attempt records, done markers), pipelined: one round trip per node. Standalone
+Redis gets the same keys and the same calls. `<s>` is 4 hex digits of the prefix's hash:
+prefixes sharing a cluster (a worker and its replays, several deployments) use other slots.
 
-The lease lives in a field rather than the key's TTL so the attempt count outlives it.
-Every call takes a batch and makes one pipelined round trip, one script call per kind.
+    <prefix>{<s>.<b>}d:<day>   one hash per bucket and day (`day` = epoch ms // 1 day, the
+                               worker's clock): digest -> "p" (processed) or "d" (dlq), the
+                               finished events. It expires whole at the end of its day plus
+                               the dedupe window (PEXPIREAT): a finished event is one hash
+                               field, ~70 B, no token, lease or key of its own.
+    <prefix>{<s>.<b>}c:<hex>   one hash per event in flight: token (the claimant's; a resumed
+                               run keeps it), attempts (handler calls made; survives a lost
+                               recovery directory), lease_until (epoch ms, Redis's clock;
+                               after it a crashed run's claim may be taken over). Deleted when
+                               the event is done, else it expires after the dedupe window.
+    <prefix>v2:since           when a v2 worker first ran here (standalone Redis only).
+
+A claim reads the event's claim key, then the day hashes still alive (today first). So an
+event stays done for DEDUPE_TTL_DAYS plus up to one day (the rest of the day it finished on;
+clock skew between workers moves that edge by the skew), after which it may be processed
+again. A DLQ re-drive deletes only "d" fields. Each script call is atomic.
+
+Upgrade from v1 (`<prefix>evt:<event key>`, one hash per event with state, token, attempts,
+lease_until and outcome): on standalone Redis, the only kind v1 ran on, claims and re-drives
+also read the v1 key for one window after the first v2 worker ran. A v1 done marker reads as
+done; a v1 claim as a claim, taken over into v2 (attempts kept) once its lease ran out; a
+re-drive resets v1 dlq markers. v1 keys expire by themselves within that window. A v1 worker
+does not see v2 markers: stop v1 workers before starting v2 ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol
 
+import redis
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from wa_worker.core import metrics
-from wa_worker.core.redis_client import SyncRedis, async_redis_client
+from wa_worker.core.redis_client import AsyncRedis, SyncRedis, async_redis_client
 from wa_worker.models.completions import ClaimStatus
 from wa_worker.settings import Settings
+
+DAY_MS = 86_400_000
+# Part of the layout: changing either hides every marker written before.
+BUCKETS = 32  # see README "Dedupe in Redis": spread over nodes vs calls per batch
+DIGEST_BYTES = 12  # 96 bits: a collision (an event taken for done) ~1e-11 per 7 days at 1000/s
+OUTCOME_CODES: dict[str, bytes] = {"processed": b"p", "dlq": b"d"}
 
 _NOW_MS = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# Each script takes a whole batch (KEYS = the events' hashes): one command to pack and one
-# reply to parse per batch instead of one per event, which was most of the I/O thread's time.
-# ARGV[1] is the dedupe window; then one group of arguments per key.
+# The per-event arguments of a call travel as one string (packing thousands of small
+# arguments was most of the client's time): fixed-width digests, and `<length>:<bytes>` or
+# `<number>:` for the rest. Keys stay in KEYS, so a call is refused whole, never half run,
+# by a node that does not own its slot (during a resharding).
+_READER = """
+local blob, pos = ARGV[#ARGV], 1
+local function take(len)
+  local s = string.sub(blob, pos, pos + len - 1)
+  pos = pos + len
+  return s
+end
+local function number()
+  local stop = string.find(blob, ':', pos, true)
+  local v = tonumber(string.sub(blob, pos, stop - 1))
+  pos = stop + 1
+  return v
+end
+"""
+
+# One bucket's claims. KEYS: n day hashes (today first), then the events' claim keys. ARGV:
+# n, the claim keys' TTL, the v1 prefix ('' on a Cluster), then per event: digest, lease ms,
+# token (and its event key, for its v1 key, when reading v1).
 CLAIM_LUA = (
     _NOW_MS
+    + _READER
     + """
-local ttl = ARGV[1]
-local replies = {}
-for i, key in ipairs(KEYS) do
-  local token, lease = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
-  local h = redis.call('HMGET', key, 'state', 'token', 'attempts', 'lease_until')
-  local attempts = tonumber(h[3]) or 0
-  if h[1] == 'done' then
-    replies[i] = {'done', attempts, 0}
-  elseif h[1] == 'claim' and h[2] ~= token and (tonumber(h[4]) or 0) > now_ms then
-    replies[i] = {'busy', attempts, tonumber(h[4]) - now_ms}
-  else
-    redis.call('HSET', key, 'state', 'claim', 'token', token, 'attempts', attempts,
-               'lease_until', now_ms + lease)
-    redis.call('PEXPIRE', key, ttl)
-    replies[i] = {'claimed', attempts, 0}
+local n, ttl, v1 = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local m = #KEYS - n
+local fields, leases, tokens, olds, done = {}, {}, {}, {}, {}
+for i = 1, m do
+  fields[i], leases[i] = take(12), number()
+  tokens[i] = take(number())
+  if v1 ~= '' then olds[i] = v1 .. 'evt:' .. take(number()) end
+end
+-- One HMGET per day for all the call's events (claims never write day hashes).
+for d = 1, n do
+  local got = redis.call('HMGET', KEYS[d], unpack(fields))
+  for i = 1, m do
+    if got[i] then done[i] = true end
   end
+end
+local replies = {}
+for i = 1, m do
+  local token, claim, old = tokens[i], KEYS[n + i], olds[i]
+  local h = redis.call('HMGET', claim, 'token', 'attempts', 'lease_until')
+  local reply, from_v1 = nil, false
+  if not h[1] and done[i] then
+    reply = {'done', 0, 0}
+  elseif not h[1] and old then
+    -- v1 keys only on standalone Redis (no slots), so reading one not in KEYS is safe there.
+    local o = redis.call('HMGET', old, 'state', 'token', 'attempts', 'lease_until')
+    if o[1] == 'done' then
+      reply = {'done', tonumber(o[3]) or 0, 0}
+    elseif o[1] == 'claim' then
+      h, from_v1 = {o[2], o[3], o[4]}, true
+    end
+  end
+  if not reply then
+    local attempts, lease_until = tonumber(h[2]) or 0, tonumber(h[3]) or 0
+    if h[1] and h[1] ~= token and lease_until > now_ms then
+      reply = {'busy', attempts, lease_until - now_ms}
+    else
+      redis.call('HSET', claim, 'token', token, 'attempts', attempts,
+                 'lease_until', now_ms + leases[i])
+      redis.call('PEXPIRE', claim, ttl)
+      if from_v1 then redis.call('DEL', old) end
+      reply = {'claimed', attempts, 0}
+    end
+  end
+  replies[i] = reply
 end
 return replies
 """
 )
 
+# KEYS: claim keys. ARGV per event: attempts, lease ms, token. Only the holder's count.
 RECORD_ATTEMPTS_LUA = (
     _NOW_MS
+    + _READER
     + """
 for i, key in ipairs(KEYS) do
-  local token = ARGV[3 * i - 2]
-  local h = redis.call('HMGET', key, 'state', 'token')
-  if h[1] == 'claim' and h[2] == token then
-    redis.call('HSET', key, 'attempts', ARGV[3 * i - 1],
-               'lease_until', now_ms + tonumber(ARGV[3 * i]))
+  local attempts, lease = number(), number()
+  if redis.call('HGET', key, 'token') == take(number()) then
+    redis.call('HSET', key, 'attempts', attempts, 'lease_until', now_ms + lease)
   end
 end
 return #KEYS
 """
 )
 
+# KEYS: today's day hash, then the events' claim keys. ARGV: the day hash's expiry (epoch ms),
+# then per event: digest and outcome code, 13 bytes.
 MARK_DONE_LUA = """
-local ttl = ARGV[1]
-for i, key in ipairs(KEYS) do
-  redis.call('HSET', key, 'state', 'done', 'outcome', ARGV[i + 1])
-  redis.call('PEXPIRE', key, ttl)
+local day, blob = KEYS[1], ARGV[2]
+if redis.call('EXISTS', day) == 0 then
+  redis.call('HSET', day, '~', ARGV[3])
 end
-return #KEYS
+local entries = {}
+for i = 2, #KEYS do
+  local at = (i - 2) * 13 + 1
+  entries[2 * i - 3] = string.sub(blob, at, at + 11)
+  entries[2 * i - 2] = string.sub(blob, at + 12, at + 12)
+end
+redis.call('HSET', day, unpack(entries))
+redis.call('DEL', unpack(KEYS, 2))
+redis.call('PEXPIREAT', day, ARGV[1])
+return #KEYS - 1
 """
+
+# KEYS as for a claim. ARGV: n, apply ('1' deletes, '0' only looks), the v1 prefix, then per
+# event: digest (and event key when reading v1). An event done as processed on any day stays
+# done; one only ever dead-lettered is reset.
+RESET_DEAD_LETTERED_LUA = (
+    _READER
+    + """
+local n, apply, v1 = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3]
+local m = #KEYS - n
+local fields, olds, processed, dlq_days = {}, {}, {}, {}
+for i = 1, m do
+  fields[i], dlq_days[i] = take(12), {}
+  if v1 ~= '' then olds[i] = v1 .. 'evt:' .. take(number()) end
+end
+for d = 1, n do
+  local got = redis.call('HMGET', KEYS[d], unpack(fields))
+  for i = 1, m do
+    if got[i] == 'p' then processed[i] = true end
+    if got[i] == 'd' then table.insert(dlq_days[i], KEYS[d]) end
+  end
+end
+local replies = {}
+for i = 1, m do
+  local state, old = 'absent', olds[i]
+  if processed[i] then
+    state = 'processed'
+  elseif #dlq_days[i] > 0 then
+    state = 'dead_lettered'
+    if apply then
+      for _, day in ipairs(dlq_days[i]) do redis.call('HDEL', day, fields[i]) end
+    end
+  elseif redis.call('EXISTS', KEYS[n + i]) == 1 then
+    state = 'in_flight'
+  elseif old then
+    local o = redis.call('HMGET', old, 'state', 'outcome')
+    if o[1] == 'claim' then
+      state = 'in_flight'
+    elseif o[1] == 'done' and o[2] ~= 'dlq' then
+      state = 'processed'
+    elseif o[1] == 'done' then
+      state = 'dead_lettered'
+      if apply then redis.call('DEL', old) end
+    end
+  end
+  replies[i] = state
+end
+return replies
+"""
+)
+
+
+class Lua:
+    """A script and its SHA1, run by EVALSHA (EVAL once on a node that lacks it)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+
+CLAIM = Lua(CLAIM_LUA)
+RECORD = Lua(RECORD_ATTEMPTS_LUA)
+DONE = Lua(MARK_DONE_LUA)
+RESET = Lua(RESET_DEAD_LETTERED_LUA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +261,42 @@ class ClaimReply:
 
 
 class DedupeKeys:
-    def __init__(self, prefix: str, ttl_ms: int) -> None:
+    """Key names of the layout (module docstring); `period_ms` is one day but in tests."""
+
+    def __init__(self, prefix: str, ttl_ms: int, period_ms: int = DAY_MS) -> None:
         self.prefix = prefix
         self.ttl_ms = ttl_ms
+        self.period_ms = period_ms
+        self._salt = hashlib.blake2b(_utf8(prefix), digest_size=2).hexdigest()
 
-    def key(self, event_key: str) -> str:
+    def digest(self, event_key: str) -> bytes:
+        return hashlib.blake2b(_utf8(event_key), digest_size=DIGEST_BYTES).digest()
+
+    @staticmethod
+    def bucket(digest: bytes) -> int:
+        return digest[0] % BUCKETS
+
+    def claim_key(self, digest: bytes) -> str:
+        return f"{self.prefix}{{{self._salt}.{self.bucket(digest)}}}c:{digest.hex()}"
+
+    def day_key(self, bucket: int, day: int) -> str:
+        return f"{self.prefix}{{{self._salt}.{bucket}}}d:{day}"
+
+    def window_days(self, now_ms: int) -> list[int]:
+        """The days whose hash may still be alive, today first."""
+        today, oldest = now_ms // self.period_ms, (now_ms - self.ttl_ms) // self.period_ms
+        return list(range(today, oldest - 1, -1))
+
+    def expire_at_ms(self, day: int) -> int:
+        return (day + 1) * self.period_ms + self.ttl_ms
+
+    def v1_key(self, event_key: str) -> str:
+        """Where the v1 layout kept an event's marker (read on standalone Redis only)."""
         return f"{self.prefix}evt:{event_key}"
+
+    def v2_since_key(self) -> str:
+        """When a v2 worker first ran here (epoch ms): v1 markers are read for one window."""
+        return f"{self.prefix}v2:since"
 
 
 class DedupeStore(Protocol):
@@ -137,39 +317,246 @@ def dedupe_keys(settings: Settings) -> DedupeKeys:
     return DedupeKeys(settings.redis_key_prefix, int(settings.dedupe_ttl_days * 86_400_000))
 
 
-_PROBE_TTL_MS = 10_000  # the probe's keys expire by themselves: nothing to clean up
+# Planning a batch: pure, no I/O. Each call carries one bucket's events (at most
+# _SCRIPT_BATCH); `Planned.events` are the indices, in the batch, of the events it answers for.
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    script: Lua
+    keys: list[str]
+    args: list[bytes | str | int]
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    call: ScriptCall
+    events: list[int]
+
+
+# Keys per script call: a script blocks Redis while it runs, so a backlog of done markers
+# after an outage goes out as several calls in the same pipeline.
+_SCRIPT_BATCH = 1000
+
+
+def _by_bucket(digests: Sequence[bytes]) -> Iterator[tuple[int, list[int]]]:
+    groups: dict[int, list[int]] = {}
+    for i, digest in enumerate(digests):
+        groups.setdefault(DedupeKeys.bucket(digest), []).append(i)
+    for bucket, indices in groups.items():
+        for start in range(0, len(indices), _SCRIPT_BATCH):
+            yield bucket, indices[start : start + _SCRIPT_BATCH]
+
+
+def _sized(data: bytes) -> bytes:
+    return b"%d:%s" % (len(data), data)
+
+
+def _utf8(text: str) -> bytes:
+    # surrogatepass: a JSON payload may carry a lone surrogate, which must not crash
+    return text.encode("utf-8", "surrogatepass")
+
+
+def plan_claims(
+    keys: DedupeKeys,
+    claims: Sequence[ClaimRequest],
+    now_ms: int,
+    v1: bool,
+    ttl_ms: int | None = None,
+) -> list[Planned]:
+    digests = [keys.digest(c.event_key) for c in claims]
+    days = keys.window_days(now_ms)
+    v1_prefix = keys.prefix if v1 else ""
+    planned = []
+    for bucket, indices in _by_bucket(digests):
+        blob: list[bytes] = []
+        for i in indices:
+            c = claims[i]
+            blob += (digests[i], b"%d:" % c.lease_ms, _sized(_utf8(c.token)))
+            if v1:
+                blob.append(_sized(_utf8(c.event_key)))
+        call_keys = [keys.day_key(bucket, d) for d in days]
+        call_keys += [keys.claim_key(digests[i]) for i in indices]
+        args: list[bytes | str | int] = [len(days), ttl_ms or keys.ttl_ms, v1_prefix]
+        args.append(b"".join(blob))
+        planned.append(Planned(ScriptCall(CLAIM, call_keys, args), indices))
+    return planned
+
+
+def plan_records(keys: DedupeKeys, records: Sequence[AttemptRecord]) -> list[ScriptCall]:
+    digests = [keys.digest(r.event_key) for r in records]
+    calls = []
+    for _, indices in _by_bucket(digests):
+        blob = b"".join(
+            b"%d:%d:%s" % (r.attempts, r.lease_ms, _sized(_utf8(r.token)))
+            for r in (records[i] for i in indices)
+        )
+        calls.append(ScriptCall(RECORD, [keys.claim_key(digests[i]) for i in indices], [blob]))
+    return calls
+
+
+# A day hash's first field: a value longer than hash-max-listpack-value (64 by default) makes
+# it a hash table from the start. A listpack (the encoding of small hashes) is searched end
+# to end by every lookup and HSET: up to 512 entries, most of a claim's cost.
+_HASHTABLE = b"listpack-off:" + b"-" * 500
+
+
+def plan_dones(keys: DedupeKeys, dones: Sequence[DoneMark], now_ms: int) -> list[ScriptCall]:
+    digests = [keys.digest(event_key) for event_key, _ in dones]
+    codes = [OUTCOME_CODES[outcome] for _, outcome in dones]  # the sinks write these two
+    today = now_ms // keys.period_ms
+    calls = []
+    for bucket, indices in _by_bucket(digests):
+        blob = b"".join(digests[i] + codes[i] for i in indices)
+        call_keys = [keys.day_key(bucket, today), *(keys.claim_key(digests[i]) for i in indices)]
+        args: list[bytes | str | int] = [keys.expire_at_ms(today), blob, _HASHTABLE]
+        calls.append(ScriptCall(DONE, call_keys, args))
+    return calls
+
+
+def plan_resets(
+    keys: DedupeKeys, event_keys: Sequence[str], now_ms: int, v1: bool, apply: bool
+) -> list[Planned]:
+    digests = [keys.digest(k) for k in event_keys]
+    days = keys.window_days(now_ms)
+    planned = []
+    for bucket, indices in _by_bucket(digests):
+        blob = b"".join(digests[i] + (_sized(_utf8(event_keys[i])) if v1 else b"") for i in indices)
+        call_keys = [keys.day_key(bucket, d) for d in days]
+        call_keys += [keys.claim_key(digests[i]) for i in indices]
+        args: list[bytes | str | int] = [len(days), int(apply), keys.prefix if v1 else "", blob]
+        planned.append(Planned(ScriptCall(RESET, call_keys, args), indices))
+    return planned
+
+
+def _in_order(planned: Sequence[Planned], replies: Sequence[Any], count: int) -> list[Any]:
+    """The per-event replies of the planned calls, back in the batch's order."""
+    ordered: list[Any] = [None] * count
+    for plan, reply in zip(planned, replies, strict=True):
+        for i, event_reply in zip(plan.events, reply, strict=True):
+            ordered[i] = event_reply
+    return ordered
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _claim_reply(reply: Sequence[Any]) -> ClaimReply:
+    return ClaimReply(ClaimStatus(_text(reply[0])), int(reply[1]), int(reply[2]))
+
+
+# Running calls: one pipeline (redis-py's ClusterPipeline sends it as one round trip per node
+# and follows MOVED/ASK). A node without the scripts (a fresh, failed-over or resharded one)
+# answers NOSCRIPT to those calls only, which are sent again as EVAL: loaded there for next time.
+
+
+def _check(replies: list[Any]) -> list[Any]:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def _queue(pipe: Any, call: ScriptCall, by_sha: bool) -> None:
+    # execute_command: redis-py's sync ClusterPipeline blocks its `evalsha` method (and so
+    # Script objects) but routes a raw EVALSHA by its keys, which here share one slot.
+    command, body = ("EVALSHA", call.script.sha) if by_sha else ("EVAL", call.script.text)
+    pipe.execute_command(command, body, len(call.keys), *call.keys, *call.args)
+
+
+async def run_calls_async(client: AsyncRedis, calls: Sequence[ScriptCall]) -> list[Any]:
+    async with client.pipeline(transaction=False) as pipe:
+        for call in calls:
+            _queue(pipe, call, by_sha=True)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        async with client.pipeline(transaction=False) as pipe:
+            for i in missing:
+                _queue(pipe, calls[i], by_sha=False)
+            for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+    return _check(replies)
+
+
+def run_calls(client: SyncRedis, calls: Sequence[ScriptCall]) -> list[Any]:
+    with client.pipeline(transaction=False) as pipe:
+        for call in calls:
+            _queue(pipe, call, by_sha=True)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        with client.pipeline(transaction=False) as pipe:
+            for i in missing:
+                _queue(pipe, calls[i], by_sha=False)
+            for i, reply in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+    return _check(replies)
+
+
+def reads_v1(client: SyncRedis | AsyncRedis) -> bool:
+    """v1 markers can only be on a standalone Redis (v1 batches never worked on a Cluster)."""
+    return not isinstance(client, redis.RedisCluster | aioredis.RedisCluster)
+
+
+def _v1_until(client: SyncRedis, keys: DedupeKeys, now_ms: int) -> int:
+    """Until when (epoch ms) v1 markers may still be alive and are read: one window after
+    the first v2 worker ran (recorded once, SET NX); never on a Cluster."""
+    if not reads_v1(client):
+        return 0
+    with client.pipeline(transaction=False) as pipe:
+        pipe.set(keys.v2_since_key(), now_ms, nx=True)
+        pipe.get(keys.v2_since_key())
+        _, since = pipe.execute()
+    return int(since) + keys.ttl_ms
+
+
+async def _v1_until_async(client: AsyncRedis, keys: DedupeKeys, now_ms: int) -> int:
+    if not reads_v1(client):
+        return 0
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.set(keys.v2_since_key(), now_ms, nx=True)
+        pipe.get(keys.v2_since_key())
+        _, since = await pipe.execute()
+    return int(since) + keys.ttl_ms
+
+
+_PROBE_TTL_MS = 10_000  # the probe's claim keys expire by themselves: nothing to clean up
 
 
 def check_dedupe_works(client: SyncRedis, keys: DedupeKeys) -> None:
-    """One real claim, as a batch of two throw-away keys, through the worker's own script.
+    """One real claim of two throw-away events through the worker's own script and layout.
 
     A Redis can answer PING and still be unable to do the work: an ACL that denies scripts, a
-    read-only replica, a cluster that refuses a batch's keys across slots. Each of those
+    read-only replica, a cluster that refuses a call's keys across slots. Each of those
     raises here with Redis's own reason (a `redis.ResponseError`), instead of leaving every
     claim to fail and retry while the worker looks healthy."""
-    nonce = uuid.uuid4().hex
-    probe = [keys.key(f"probe:{nonce}:{i}") for i in range(2)]
-    claim = client.register_script(CLAIM_LUA)
-    claim(keys=probe, args=[_PROBE_TTL_MS, *("probe", _PROBE_TTL_MS) * len(probe)])
+    nonce = time.time_ns()
+    probe = [ClaimRequest(f"probe:{nonce}:{i}", "probe", _PROBE_TTL_MS) for i in range(2)]
+    planned = plan_claims(keys, probe, _now_ms(), False, ttl_ms=_PROBE_TTL_MS)
+    run_calls(client, [p.call for p in planned])
 
 
 def redis_store(settings: Settings) -> AsyncDedupeStore:
-    """The store on REDIS_URL, in REDIS_MODE (created inside the runtime's event loop)."""
-    # cast: the batching here is standalone's (a cluster refuses its cross-slot calls, which the
-    # start-up check reports); the cluster-safe store takes both kinds of client.
-    client = cast(aioredis.Redis, async_redis_client(settings))
-    return AsyncDedupeStore(client, dedupe_keys(settings))
+    """The store on REDIS_URL (created inside the runtime's event loop)."""
+    return AsyncDedupeStore(async_redis_client(settings), dedupe_keys(settings))
 
 
 class AsyncDedupeStore:
     """Claims and attempt records, used from the I/O runtime's event loop."""
 
-    def __init__(self, client: aioredis.Redis, keys: DedupeKeys) -> None:
+    def __init__(
+        self, client: AsyncRedis, keys: DedupeKeys, now_ms: Callable[[], int] = _now_ms
+    ) -> None:
         self._client = client
         self._keys = keys
-        self._claim = client.register_script(CLAIM_LUA)
-        self._record = client.register_script(RECORD_ATTEMPTS_LUA)
-        self._done = client.register_script(MARK_DONE_LUA)
+        self._v1_until: int | None = None  # looked up by the first batch
+        self._now_ms = now_ms  # the day a done marker goes to; leases use Redis's clock
 
     async def run_batch(
         self,
@@ -177,51 +564,25 @@ class AsyncDedupeStore:
         records: Sequence[AttemptRecord] = (),
         dones: Sequence[DoneMark] = (),
     ) -> list[ClaimReply]:
-        """One pipelined round trip for a batch; returns the claim replies in order."""
+        """One pipelined round trip for a batch (claims, then records, then done markers);
+        returns the claim replies in order."""
         if not (claims or records or dones):
             return []
         started = time.perf_counter()
-        key, ttl_ms = self._keys.key, self._keys.ttl_ms
-        async with self._client.pipeline(transaction=False) as pipe:
-            for claim_chunk in _chunks(claims):
-                args: list[str | int] = [ttl_ms]
-                for c in claim_chunk:
-                    args += (c.token, c.lease_ms)
-                keys = [key(c.event_key) for c in claim_chunk]
-                await self._claim(keys=keys, args=args, client=pipe)
-            for record_chunk in _chunks(records):
-                args = []
-                for r in record_chunk:
-                    args += (r.token, r.attempts, r.lease_ms)
-                keys = [key(r.event_key) for r in record_chunk]
-                await self._record(keys=keys, args=args, client=pipe)
-            for done_chunk in _chunks(dones):
-                keys = [key(event_key) for event_key, _ in done_chunk]
-                args = [ttl_ms, *(outcome for _, outcome in done_chunk)]
-                await self._done(keys=keys, args=args, client=pipe)
-            replies: list[Any] = await pipe.execute()
+        now = self._now_ms()
+        if self._v1_until is None:
+            self._v1_until = await _v1_until_async(self._client, self._keys, now)
+        planned = plan_claims(self._keys, claims, now, now < self._v1_until)
+        calls = [p.call for p in planned]
+        calls += plan_records(self._keys, records)
+        calls += plan_dones(self._keys, dones, now)
+        replies = await run_calls_async(self._client, calls)
         metrics.REDIS_LATENCY.observe(time.perf_counter() - started)
-        claim_chunks = -(-len(claims) // _SCRIPT_BATCH)
-        return [_claim_reply(reply) for chunk in replies[:claim_chunks] for reply in chunk]
+        claim_replies = _in_order(planned, replies[: len(planned)], len(claims))
+        return [_claim_reply(r) for r in claim_replies]
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-# Keys per script call: a script blocks Redis while it runs, so a backlog of done markers
-# after an outage goes out as several calls in the same pipeline.
-_SCRIPT_BATCH = 1000
-T = TypeVar("T")
-
-
-def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), _SCRIPT_BATCH):
-        yield items[start : start + _SCRIPT_BATCH]
-
-
-def _claim_reply(reply: Sequence[Any]) -> ClaimReply:
-    status = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-    return ClaimReply(ClaimStatus(status), int(reply[1]), int(reply[2]))
 
 
 class MarkerState(StrEnum):
@@ -233,40 +594,32 @@ class MarkerState(StrEnum):
     IN_FLIGHT = "in_flight"  # claimed by a worker right now: left alone
 
 
-# Deletes the marker only when the event's last outcome was the DLQ (ARGV[1] == "1"; "0" only
-# looks). Atomic per key, so a worker finishing the event meanwhile is never undone.
-RESET_DEAD_LETTERED_LUA = """
-local h = redis.call('HMGET', KEYS[1], 'state', 'outcome')
-if not h[1] then return 'absent' end
-if h[1] ~= 'done' then return 'in_flight' end
-if h[2] ~= 'dlq' then return 'processed' end
-if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
-return 'dead_lettered'
-"""
-
-
 class DedupeAdmin:
     """Operator actions on the dedupe keys (the CLI's DLQ re-drive)."""
 
-    def __init__(self, client: SyncRedis, keys: DedupeKeys) -> None:
+    def __init__(
+        self, client: SyncRedis, keys: DedupeKeys, now_ms: Callable[[], int] = _now_ms
+    ) -> None:
         self._client = client
         self._keys = keys
-        self._reset = client.register_script(RESET_DEAD_LETTERED_LUA)
+        self._now_ms = now_ms
+        self._v1_until: int | None = None
 
     def reset_dead_lettered(
         self, event_keys: Sequence[str], dry_run: bool = False
     ) -> dict[str, MarkerState]:
         """Let dead-lettered events be processed again; events processed since (for instance
-        after an earlier re-drive) stay done. One pipelined round trip for the batch."""
+        after an earlier re-drive) stay done. One pipelined round trip for the batch, atomic
+        per event, so a worker finishing the event meanwhile is never undone."""
         if not event_keys:
             return {}
-        with self._client.pipeline(transaction=False) as pipe:
-            for event_key in event_keys:
-                self._reset(
-                    keys=[self._keys.key(event_key)], args=["0" if dry_run else "1"], client=pipe
-                )
-            replies: list[Any] = pipe.execute()
+        now = self._now_ms()
+        if self._v1_until is None:
+            self._v1_until = _v1_until(self._client, self._keys, now)
+        v1 = now < self._v1_until
+        planned = plan_resets(self._keys, event_keys, now, v1, apply=not dry_run)
+        replies = run_calls(self._client, [p.call for p in planned])
+        states = _in_order(planned, replies, len(event_keys))
         return {
-            key: MarkerState(r.decode() if isinstance(r, bytes) else str(r))
-            for key, r in zip(event_keys, replies, strict=True)
+            key: MarkerState(_text(state)) for key, state in zip(event_keys, states, strict=True)
         }
