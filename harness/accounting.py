@@ -26,6 +26,9 @@ class Report:
     poison_missing: int = 0
     note: str = ""
     stall_s: float | None = None  # longest time without a handler success after the fault
+    unexplained_repeats: int = 0  # repeats a failover's lost writes cannot explain
+    markers_missing: int | None = None  # events done on Kafka without a done marker at the end
+    lost_window_s: float | None = None  # writes lost until this long after a failover ended
 
 
 def longest_gap(times: Sequence[float], since: float) -> float:

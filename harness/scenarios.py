@@ -21,14 +21,24 @@ from devtools import devstack
 from devtools.devstack import Service, create_topics
 from devtools.handler_server import HandlerServer, Reply
 from devtools.kafka import produce, read_topic
+from devtools.redis_topologies import Topology, start_redis_cluster, start_redis_sentinel
 from devtools.worker import WorkerProcess
 from harness.accounting import Report, account, longest_gap
+from harness.failovers import (
+    Failover,
+    cluster_kill_primary,
+    sentinel_failover,
+    sentinel_kill_primary,
+)
 from harness.fuzz import fuzz_inputs
 from harness.tcp_proxy import TcpProxy
 from harness.traffic import SteadyProducer, Traffic, build
+from wa_worker.core.dedupe import DedupeAdmin, MarkerState, dedupe_keys
+from wa_worker.core.redis_client import redis_client
 from wa_worker.models.headers import ERROR_CLASS, EVENT_KEY
 from wa_worker.models.records import DeadLetter
 from wa_worker.operators.parse import parse_record
+from wa_worker.settings import load_settings
 
 HANDLER_TIMEOUT_S = 1.0
 
@@ -121,6 +131,7 @@ class Run:
             "DRAIN_TIMEOUT_S": "10",
             **worker_env,
         }
+        self.env = env
         self.worker = WorkerProcess(env, workdir / name / "recovery", workdir / f"{name}.log")
 
     def send(self, traffic: Traffic, rate: float) -> SteadyProducer:
@@ -155,6 +166,20 @@ class Run:
             self.worker.starts - 1,
             note,
         )
+
+    def markers_absent(self, event_keys: set[str]) -> set[str]:
+        """Events (with their outcome on Kafka) that Redis holds no done marker for: markers
+        lost and not written again by a repeat. Asked through the worker's own dedupe code,
+        with the worker's Redis settings."""
+        names = {k.lower(): v for k, v in self.env.items() if k.startswith("REDIS_")}
+        settings = load_settings(**names)
+        client = redis_client(settings)
+        try:
+            admin = DedupeAdmin(client, dedupe_keys(settings))
+            states = admin.reset_dead_lettered(sorted(event_keys), dry_run=True)
+        finally:
+            client.close()
+        return {key for key, state in states.items() if state is MarkerState.ABSENT}
 
     def wait_for_calls(self, count: int, timeout_s: float = 120) -> None:
         """Until the handler has had `count` calls: the worker is up and busy, not starting."""
@@ -387,11 +412,87 @@ def redis_network(fault: str) -> Callable[[Lab, Path, Scale], Report]:
                     f"{what} for {scale.redis_fault_s:.0f}s; stall counts from the fault",
                 )
                 report.stall_s = run.stall_since(fault_at)
+                report.markers_missing = len(run.markers_absent(traffic.unique_events))
                 return report
             finally:
                 run.close()
 
     return scenario
+
+
+FAILOVERS: dict[str, tuple[Callable[[Path], Topology], Callable[[Topology], Failover]]] = {
+    "sentinel-failover": (start_redis_sentinel, sentinel_failover),
+    "sentinel-kill-9": (start_redis_sentinel, sentinel_kill_primary),
+    "cluster-kill-9": (lambda base: start_redis_cluster(base, replicas=1), cluster_kill_primary),
+}
+
+
+def redis_failover(name: str) -> Callable[[Lab, Path, Scale], Report]:
+    """A failover of the worker's Redis under load, on a topology of the scenario's own:
+    Sentinel asked to fail over, or its primary killed (-9), or a Cluster primary killed and
+    its replica promoted. Repeats can only come from done markers the old primary had
+    acknowledged but not yet replicated when it died (or was demoted)."""
+    start, fail_over = FAILOVERS[name]
+
+    def scenario(lab: Lab, workdir: Path, scale: Scale) -> Report:
+        topology = start(lab.base / "topologies" / name)
+        try:
+            run = Run(lab, name, workdir, ok, **topology.env)
+            # Twice the traffic: a worker slow to start has caught up with the stream before
+            # the failover, which then hits steady traffic, not the end of a backlog.
+            traffic = build(scale.webhooks * 2, seed=43)
+            try:
+                producer = run.send(traffic, scale.rate)
+                run.worker.start()
+                run.wait_for_calls(len(traffic.unique_events) // 4)
+                fault_at = time.monotonic()
+                failover = fail_over(topology)
+                producer.join()
+                processed, dlq = run.settle(traffic)
+                report = run.report(traffic, processed, dlq)
+                report.stall_s = run.stall_since(fault_at)
+                absent = run.markers_absent(traffic.unique_events)
+                report.markers_missing = len(absent)
+                report.note = _failover_note(run, report, failover, fault_at, absent)
+                return report
+            finally:
+                run.close()
+        finally:
+            topology.stop()
+
+    return scenario
+
+
+def _failover_note(
+    run: Run, report: Report, failover: Failover, fault_at: float, absent: set[str]
+) -> str:
+    """How long the failover took, what the old primary wrote that the new one never got, and
+    which repeats a lost done marker explains: those of events first handled before the new
+    primary served. A repeat of an event first handled later has another cause (counted in
+    `report.unexplained_repeats`, which must stay 0)."""
+    first: dict[str, float] = {}
+    repeated: set[str] = set()
+    for call in sorted(run.handler.calls, key=lambda c: c.at):
+        if 200 <= call.status < 300:
+            if call.event_key in first:
+                repeated.add(call.event_key)
+            first.setdefault(call.event_key, call.at)
+    served_at = fault_at + failover.seconds
+    report.unexplained_repeats = sum(1 for key in repeated if first[key] > served_at)
+    # Until when, from the fault on, the worker's writes went where they were lost (after a
+    # kill nothing can be written to the dead primary; a demoted one takes writes until the
+    # worker leaves it).
+    lost_at = [first[key] for key in (absent | repeated) & first.keys()]
+    report.lost_window_s = max(0.0, max(lost_at, default=fault_at) - fault_at)
+    lost = failover.unreplicated_bytes
+    return (
+        f"new primary after {failover.seconds:.1f}s; "
+        f"lost with the old primary: {'-' if lost is None else f'{lost} B'}; "
+        f"done markers lost: {report.markers_missing} missing at the end + "
+        f"{len(repeated)} written again by a repeat; "
+        f"{report.unexplained_repeats} repeats not explained by a lost marker; "
+        f"writes lost until {report.lost_window_s:.1f}s after the fault"
+    )
 
 
 SCENARIOS: dict[str, Callable[[Lab, Path, Scale], Report]] = {
@@ -406,4 +507,5 @@ SCENARIOS: dict[str, Callable[[Lab, Path, Scale], Report]] = {
     "redis-delay": redis_network("delay"),
     "redis-blackhole": redis_network("blackhole"),
     "redis-reset": redis_network("reset"),
+    **{name: redis_failover(name) for name in FAILOVERS},
 }
