@@ -88,7 +88,7 @@ def main() -> int:
     progress(f"generating {plan.events:,} webhooks for each of: {', '.join(shapes)}")
     workloads = {shape: generate(plan.events, shape) for shape in shapes}
     progress("starting Kafka and Redis in .stack/bench")
-    stack = start_stack()
+    stack = start_stack({c.redis for c in rows})
     try:
         with handler_peers(rows) as urls:
             ctx = Context(stack, workloads, logs, args.stall_s, urls)
