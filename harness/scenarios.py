@@ -466,10 +466,11 @@ def redis_failover(name: str) -> Callable[[Lab, Path, Scale], Report]:
 def _failover_note(
     run: Run, report: Report, failover: Failover, fault_at: float, absent: set[str]
 ) -> str:
-    """How long the failover took, what the old primary wrote that the new one never got, and
-    which repeats a lost done marker explains: those of events first handled before the new
-    primary served. A repeat of an event first handled later has another cause (counted in
-    `report.unexplained_repeats`, which must stay 0)."""
+    """How long the failover took, what the old primary wrote that the new one never got, how
+    many done markers were lost and until when, and which repeats a lost marker explains: those
+    of events first handled before the new primary served or, when the old primary stayed up,
+    before the last marker seen lost. A repeat of an event first handled later has another
+    cause (counted in `report.unexplained_repeats`, which must stay 0)."""
     first: dict[str, float] = {}
     repeated: set[str] = set()
     for call in sorted(run.handler.calls, key=lambda c: c.at):
@@ -477,13 +478,13 @@ def _failover_note(
             if call.event_key in first:
                 repeated.add(call.event_key)
             first.setdefault(call.event_key, call.at)
-    served_at = fault_at + failover.seconds
-    report.unexplained_repeats = sum(1 for key in repeated if first[key] > served_at)
     # Until when, from the fault on, the worker's writes went where they were lost (after a
     # kill nothing can be written to the dead primary; a demoted one takes writes until the
-    # worker leaves it).
-    lost_at = [first[key] for key in (absent | repeated) & first.keys()]
+    # worker leaves it): the markers missing at the end say it.
+    lost_at = [first[key] for key in absent & first.keys()]
     report.lost_window_s = max(0.0, max(lost_at, default=fault_at) - fault_at)
+    explained_until = fault_at + max(failover.seconds, report.lost_window_s)
+    report.unexplained_repeats = sum(1 for key in repeated if first[key] > explained_until)
     lost = failover.unreplicated_bytes
     return (
         f"new primary after {failover.seconds:.1f}s; "
