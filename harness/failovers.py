@@ -26,6 +26,7 @@ PROMOTION_TIMEOUT_S = 60
 
 @dataclass(frozen=True)
 class Failover:
+    at: float  # time.monotonic() of the fault
     seconds: float  # from the fault until a new primary answered as one
     unreplicated_bytes: int | None  # written to the old primary, never on the new one
 
@@ -33,6 +34,7 @@ class Failover:
 def sentinel_failover(topology: Topology) -> Failover:
     """SENTINEL FAILOVER: the primary is demoted once its replica has caught up."""
     old = sentinel_primary(topology)
+    _wait_synced(topology, old)
     started = time.monotonic()
     with _client(_sentinels(topology)[0]) as sentinel:
         sentinel.execute_command("SENTINEL", "FAILOVER", SENTINEL_MASTER)
@@ -42,13 +44,15 @@ def sentinel_failover(topology: Topology) -> Failover:
     # primary, past the new primary's fork point.
     last: list[int] = []
     _wait(lambda: _demoted(old, last), "Sentinel did not demote the old primary")
-    return Failover(seconds, _lost_bytes(last[-1] if last else None, sentinel_primary(topology)))
+    lost = _lost_bytes(last[-1] if last else None, sentinel_primary(topology))
+    return Failover(started, seconds, lost)
 
 
 def sentinel_kill_primary(topology: Topology) -> Failover:
     """kill -9 of the primary; the sentinels notice (down-after 1 s), agree and promote. The
     killed node then restarts empty and the sentinels make it a replica of the new one."""
     old = sentinel_primary(topology)
+    _wait_synced(topology, old)
     offset = _offset(old)
     started = time.monotonic()
     old.kill()
@@ -56,13 +60,14 @@ def sentinel_kill_primary(topology: Topology) -> Failover:
     seconds = time.monotonic() - started
     lost = _lost_bytes(offset, sentinel_primary(topology))
     old.restart()
-    return Failover(seconds, lost)
+    return Failover(started, seconds, lost)
 
 
 def cluster_kill_primary(topology: Topology) -> Failover:
     """kill -9 of the Cluster primary serving slot 0; its replica takes over after
     cluster-node-timeout, then the killed node restarts and rejoins as a replica."""
     victim = _cluster_primaries(topology)[0]
+    _wait_synced(topology, victim)
     replica = _replica_of(topology, victim)
     offset = _offset(victim)
     started = time.monotonic()
@@ -71,7 +76,7 @@ def cluster_kill_primary(topology: Topology) -> Failover:
     seconds = time.monotonic() - started
     lost = _lost_bytes(offset, replica)
     victim.restart()
-    return Failover(seconds, lost)
+    return Failover(started, seconds, lost)
 
 
 def _sentinels(topology: Topology) -> list[Node]:
@@ -128,6 +133,20 @@ def _lost_bytes(old_offset: int | None, promoted: Node) -> int | None:
     if old_offset is None or fork < 0:
         return None
     return max(0, old_offset - (fork - 1))
+
+
+def _wait_synced(topology: Topology, primary: Node) -> None:
+    """Until the primary's replica has its data: a replica still in its first sync (5 s of
+    diskless-sync delay after a start) is refused promotion, or promoted empty."""
+    _wait(lambda: _synced(topology, primary), "the replica did not finish its first sync")
+
+
+def _synced(topology: Topology, primary: Node) -> bool:
+    try:
+        replica = _replica_of(topology, primary)
+        return _replication(replica).get("master_link_status") == "up"
+    except (redis.RedisError, StopIteration):
+        return False
 
 
 def _replica_of(topology: Topology, primary: Node) -> Node:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
 import signal
 import time
 import uuid
@@ -21,7 +22,12 @@ from devtools import devstack
 from devtools.devstack import Service, create_topics
 from devtools.handler_server import HandlerServer, Reply
 from devtools.kafka import produce, read_topic
-from devtools.redis_topologies import Topology, start_redis_cluster, start_redis_sentinel
+from devtools.redis_topologies import (
+    Topology,
+    recorded_nodes,
+    start_redis_cluster,
+    start_redis_sentinel,
+)
 from devtools.worker import WorkerProcess
 from harness.accounting import Report, account, longest_gap
 from harness.failovers import (
@@ -435,7 +441,10 @@ def redis_failover(name: str) -> Callable[[Lab, Path, Scale], Report]:
     start, fail_over = FAILOVERS[name]
 
     def scenario(lab: Lab, workdir: Path, scale: Scale) -> Report:
-        topology = start(lab.base / "topologies" / name)
+        base = lab.base / "topologies" / name
+        if not any(node.pid() for node in recorded_nodes(base)):
+            shutil.rmtree(base, ignore_errors=True)  # a fresh topology: roles as first made
+        topology = start(base)
         try:
             run = Run(lab, name, workdir, ok, **topology.env)
             # Twice the traffic: a worker slow to start has caught up with the stream before
@@ -445,8 +454,8 @@ def redis_failover(name: str) -> Callable[[Lab, Path, Scale], Report]:
                 producer = run.send(traffic, scale.rate)
                 run.worker.start()
                 run.wait_for_calls(len(traffic.unique_events) // 4)
-                fault_at = time.monotonic()
                 failover = fail_over(topology)
+                fault_at = failover.at
                 producer.join()
                 processed, dlq = run.settle(traffic)
                 report = run.report(traffic, processed, dlq)
