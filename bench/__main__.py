@@ -88,7 +88,7 @@ def main() -> int:
     progress(f"generating {plan.events:,} webhooks for each of: {', '.join(shapes)}")
     workloads = {shape: generate(plan.events, shape) for shape in shapes}
     progress("starting Kafka and Redis in .stack/bench")
-    stack = start_stack()
+    stack = start_stack({c.redis for c in rows})
     try:
         cluster = None
         if any(c.cluster for c in rows):

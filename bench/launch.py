@@ -155,7 +155,7 @@ def _worker(
     env = {
         **stack.env,
         "KAFKA_BROKERS": stack.brokers,
-        "REDIS_URL": stack.redis_url,
+        **stack.redis_env(contestant.redis),
         "KAFKA_INBOUND_TOPIC": topics.inbound,
         "KAFKA_PROCESSED_TOPIC": topics.processed,
         "KAFKA_DLQ_TOPIC": topics.dlq,

@@ -15,6 +15,14 @@ class Kind(StrEnum):
     QUIX = "quix"
 
 
+class RedisKind(StrEnum):
+    """The Redis a worker row runs on (the other contestants always use the standalone one)."""
+
+    STANDALONE = "standalone"
+    CLUSTER = "cluster"  # three primaries, the keys spread over them
+    TLS = "tls"  # standalone over TLS, with a client certificate and an ACL user
+
+
 class Contestant(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -27,6 +35,7 @@ class Contestant(BaseModel):
     processes: int = 1
     concurrency: int | None = None  # the worker's HANDLER_CONCURRENCY; None: its default
     cluster: bool = False  # on the 3-broker SASL_SSL cluster instead of the single broker
+    redis: RedisKind = RedisKind.STANDALONE
 
     @property
     def dedupes(self) -> bool:

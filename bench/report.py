@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.models import Kind, Results, Row
+from bench.models import Kind, RedisKind, Results, Row
 from wa_worker.settings import Settings
 
 _COLUMNS = (
@@ -32,7 +32,8 @@ def table(results: Results) -> str:
 
 def ratios(results: Results) -> str:
     """events/s of each worker row over A, B (pass-through rows), C with the same handler and
-    E on the same workload; E's CPU per event over D's."""
+    E on the same workload; E's CPU per event over D's; a row on Redis Cluster or TLS over
+    the standalone D row."""
     lines = ["ratios (events/s)"]
     for row in _rows(results, lambda r: r.contestant.kind is Kind.WORKER):
         parts = []
@@ -44,6 +45,9 @@ def ratios(results: Results) -> str:
         cpu, quix_cpu = row.median("cpu_s_per_10k"), quix.median("cpu_s_per_10k") if quix else None
         if cpu and quix_cpu:
             parts.append(f"CPU D/E {cpu / quix_cpu:6.2f}")
+        standalone = _one(results, "D")
+        if _other_redis(row) and standalone and row.rate and standalone.rate:
+            parts.append(f"D/D standalone {row.rate / standalone.rate:6.2f}")
         lines.append(f"  {row.contestant.label:<44}{'   '.join(parts) or '-'}")
     return "\n".join(lines)
 
@@ -87,6 +91,9 @@ def targets(results: Results) -> str:
                 f"{row.rate:,.0f} events/s" if row.rate else "no figure",
             )
         )
+    for row in _rows(results, _other_redis):
+        label = f"{row.contestant.label} >= 0.8 x standalone (same run)"
+        lines.append(_ratio_target(label, row, worker, 0.8))
     p99 = worker.latency.p99_ms if worker and worker.latency else None
     # Every event waits out the reorder window by design (README "Order within a
     # conversation"): the target is on the time beyond it.
@@ -175,13 +182,18 @@ def _one(
     results: Results, letter: str, handler_ms: int | None = None, shape: str = "base"
 ) -> Row | None:
     """The row of a letter with that handler on that workload, one process, default
-    concurrency."""
+    concurrency, standalone Redis."""
     for row in results.rows:
         c = row.contestant
-        one = (c.letter, c.handler_ms, c.processes, c.concurrency, c.shape, c.cluster)
-        if one == (letter, handler_ms, 1, None, shape, False):
+        one = (c.letter, c.handler_ms, c.processes, c.concurrency, c.shape, c.cluster, c.redis)
+        if one == (letter, handler_ms, 1, None, shape, False, RedisKind.STANDALONE):
             return row
     return None
+
+
+def _other_redis(row: Row) -> bool:
+    """A worker row on another Redis than standalone, compared with the standalone D row."""
+    return row.contestant.kind is Kind.WORKER and row.contestant.redis is not RedisKind.STANDALONE
 
 
 def _peer(results: Results, row: Row, letter: str) -> Row | None:

@@ -1,5 +1,6 @@
-"""The bench's Kafka and Redis (the project's devstack, in `.stack/bench`), fresh topics per
-run, loading records, and the Go handler peer."""
+"""The bench's Kafka and Redis (the project's devstack, in `.stack/bench`; a Redis Cluster and
+a TLS Redis too when rows need them), fresh topics per run, loading records, and the Go
+handler peer."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from bench.models import RedisKind
 from bench.workload import Record
-from devtools import devstack
+from devtools import devstack, redis_topologies
 from wa_worker.core.kafka_produce import produce_waiting
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,14 +30,21 @@ CLUSTER_DIR = BENCH_DIR / "kafka-cluster"
 @dataclass(frozen=True)
 class Stack:
     brokers: str
-    redis_url: str
+    redis_url: str  # the standalone Redis, which every contestant but D's other rows uses
     client: Mapping[str, str] = field(default_factory=dict)  # librdkafka options (SASL_SSL)
     env: Mapping[str, str] = field(default_factory=dict)  # the worker's KAFKA_* settings
     replicas: int = 1
+    other_redis: dict[RedisKind, dict[str, str]] = field(default_factory=dict)  # REDIS_* env
 
     def kafka(self, **options: str | int | float | bool) -> dict[str, str | int | float | bool]:
         """A client config for this stack's Kafka."""
         return {**self.client, "bootstrap.servers": self.brokers, **options}
+
+    def redis_env(self, kind: RedisKind) -> dict[str, str]:
+        """The worker's REDIS_* settings for a row on that Redis."""
+        if kind is RedisKind.STANDALONE:
+            return {"REDIS_URL": self.redis_url}
+        return self.other_redis[kind]
 
 
 @dataclass(frozen=True)
@@ -52,11 +61,17 @@ class RunTopics:
         return f"bench{self.tag}:"
 
 
-def start_stack() -> Stack:
+def start_stack(redis_kinds: Collection[RedisKind] = ()) -> Stack:
     kafka, redis_server = devstack.services(BENCH_DIR)
     redis_port = devstack.start_redis(0, service=redis_server)
     kafka_port = devstack.start_kafka(0, service=kafka)
-    return Stack(f"127.0.0.1:{kafka_port}", f"redis://127.0.0.1:{redis_port}/0")
+    other = {}
+    if RedisKind.CLUSTER in redis_kinds:
+        # Primaries only: replicas would take CPU from the contestant on a small machine.
+        other[RedisKind.CLUSTER] = redis_topologies.start_redis_cluster(BENCH_DIR, replicas=0).env
+    if RedisKind.TLS in redis_kinds:
+        other[RedisKind.TLS] = redis_topologies.start_redis_tls(BENCH_DIR).env
+    return Stack(f"127.0.0.1:{kafka_port}", f"redis://127.0.0.1:{redis_port}/0", other_redis=other)
 
 
 def start_cluster_stack(redis_url: str) -> Stack:
@@ -73,7 +88,7 @@ def start_cluster_stack(redis_url: str) -> Stack:
 def stop_stack() -> None:
     from devtools.kafka_cluster import open_cluster
 
-    for service in devstack.services(BENCH_DIR):
+    for service in [*devstack.services(BENCH_DIR), *redis_topologies.recorded_nodes(BENCH_DIR)]:
         service.stop()
     if cluster := open_cluster(CLUSTER_DIR):
         cluster.stop()

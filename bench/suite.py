@@ -6,9 +6,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from bench.measure import ContestantFailed, Context, latency, progress, throughput
-from bench.models import Contestant, Kind, Row
+from bench.models import Contestant, Kind, RedisKind, Row
 from bench.stack import handler_peer
 
 HTTP_DELAYS_MS = (5, 50)
@@ -39,7 +40,7 @@ def contestants(plan: Plan, events: int) -> list[Contestant]:
         count: int = events,
         shape: str = "base",
         cluster: bool = False,
-        **kw: int,
+        **kw: Any,
     ) -> Contestant:
         return Contestant(
             letter=letter,
@@ -58,6 +59,8 @@ def contestants(plan: Plan, events: int) -> list[Contestant]:
         row("D", "D worker", Kind.WORKER),
         row("D", "D worker, 2 processes", Kind.WORKER, processes=2),
         row("E", "E Quix Streams", Kind.QUIX),
+        row("D", "D worker, Redis Cluster", Kind.WORKER, redis=RedisKind.CLUSTER),
+        row("D", "D worker, Redis over TLS", Kind.WORKER, redis=RedisKind.TLS),
     ]
     for shape in plan.shapes:
         rows.append(row("D", f"D worker, {shape}", Kind.WORKER, shape=shape))

@@ -28,13 +28,17 @@ def main(
     ),
     duration: float = typer.Option(0, help="seconds of traffic per scenario (0: short mode)"),
     rate: float = typer.Option(SHORT.rate, help="webhooks per second"),
+    redis_fault_s: float = typer.Option(
+        SHORT.redis_fault_s, help="length of a delay or partition between worker and Redis"
+    ),
 ) -> None:
     names = scenarios or [*SCENARIOS, *BROKER_SCENARIOS]
     unknown = [n for n in names if n not in SCENARIOS and n not in BROKER_SCENARIOS]
     if unknown:
         choices = [*SCENARIOS, *BROKER_SCENARIOS]
         raise typer.BadParameter(f"unknown scenario {unknown}; choose from {choices}")
-    scale = replace(SHORT, rate=rate, webhooks=int(duration * rate) if duration else SHORT.webhooks)
+    webhooks = int(duration * rate) if duration else SHORT.webhooks
+    scale = replace(SHORT, rate=rate, webhooks=webhooks, redis_fault_s=redis_fault_s)
     reports = run(names, scale)
     raise typer.Exit(1 if any(r.lost for r in reports) else 0)
 

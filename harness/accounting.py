@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from devtools.handler_server import Call
 from devtools.kafka import Record
@@ -25,6 +26,18 @@ class Report:
     poison_missing: int = 0
     note: str = ""
     stalls_s: tuple[float, ...] = ()  # broker failovers: longest time without output, each
+    stall_s: float | None = None  # longest time without a handler success after the fault
+    unexplained_repeats: int = 0  # repeats a failover's lost writes cannot explain
+    markers_missing: int | None = None  # events done on Kafka without a done marker at the end
+    lost_window_s: float | None = None  # writes lost until this long after a failover ended
+
+
+def longest_gap(times: Sequence[float], since: float) -> float:
+    """The longest stretch without progress from `since` on: `times` are the moments of
+    progress (handler successes); the wait from `since` to the first one counts too."""
+    later = sorted(t for t in times if t >= since)
+    edges = [since, *later]
+    return max((b - a for a, b in pairwise(edges)), default=0.0)
 
 
 def account(
@@ -70,6 +83,7 @@ def table(reports: list[Report]) -> str:
         "dup processed",
         "dup handler ok",
         "restarts",
+        "stall s",
     ]
     rows = [
         [
@@ -82,6 +96,7 @@ def table(reports: list[Report]) -> str:
             r.duplicates_on_processed,
             r.duplicate_handler_successes,
             r.restarts,
+            "-" if r.stall_s is None else f"{r.stall_s:.1f}",
         ]
         for r in reports
     ]

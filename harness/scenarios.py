@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
 import signal
 import time
 import uuid
@@ -21,13 +22,29 @@ from devtools import devstack
 from devtools.devstack import Service, create_topics
 from devtools.handler_server import HandlerServer, Reply
 from devtools.kafka import produce, read_topic
+from devtools.redis_topologies import (
+    Topology,
+    recorded_nodes,
+    start_redis_cluster,
+    start_redis_sentinel,
+)
 from devtools.worker import WorkerProcess
-from harness.accounting import Report, account
+from harness.accounting import Report, account, longest_gap
+from harness.failovers import (
+    Failover,
+    cluster_kill_primary,
+    sentinel_failover,
+    sentinel_kill_primary,
+)
 from harness.fuzz import fuzz_inputs
+from harness.tcp_proxy import TcpProxy
 from harness.traffic import SteadyProducer, Traffic, build
+from wa_worker.core.dedupe import DedupeAdmin, MarkerState, dedupe_keys
+from wa_worker.core.redis_client import redis_client
 from wa_worker.models.headers import ERROR_CLASS, EVENT_KEY
 from wa_worker.models.records import DeadLetter
 from wa_worker.operators.parse import parse_record
+from wa_worker.settings import load_settings
 
 HANDLER_TIMEOUT_S = 1.0
 
@@ -38,6 +55,7 @@ class Scale:
     rate: float  # webhooks per second
     outage_s: float
     fuzz: int
+    redis_fault_s: float = 5.0  # delays and partitions between worker and Redis (> 2 s timeout)
 
 
 SHORT = Scale(webhooks=300, rate=60, outage_s=10, fuzz=10_000)
@@ -119,6 +137,7 @@ class Run:
             "DRAIN_TIMEOUT_S": "10",
             **worker_env,
         }
+        self.env = env
         self.worker = WorkerProcess(env, workdir / name / "recovery", workdir / f"{name}.log")
 
     def send(self, traffic: Traffic, rate: float) -> SteadyProducer:
@@ -153,6 +172,33 @@ class Run:
             self.worker.starts - 1,
             note,
         )
+
+    def markers_absent(self, event_keys: set[str]) -> set[str]:
+        """Events (with their outcome on Kafka) that Redis holds no done marker for: markers
+        lost and not written again by a repeat. Asked through the worker's own dedupe code,
+        with the worker's Redis settings."""
+        names = {k.lower(): v for k, v in self.env.items() if k.startswith("REDIS_")}
+        settings = load_settings(**names)
+        client = redis_client(settings)
+        try:
+            admin = DedupeAdmin(client, dedupe_keys(settings))
+            states = admin.reset_dead_lettered(sorted(event_keys), dry_run=True)
+        finally:
+            client.close()
+        return {key for key, state in states.items() if state is MarkerState.ABSENT}
+
+    def wait_for_calls(self, count: int, timeout_s: float = 120) -> None:
+        """Until the handler has had `count` calls: the worker is up and busy, not starting."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.handler.calls) < count:
+            if time.monotonic() > deadline or not self.worker.running():
+                raise RuntimeError(
+                    f"worker not busy after {timeout_s}s:\n{self.worker.log()[-3000:]}"
+                )
+            time.sleep(0.05)
+
+    def stall_since(self, moment: float) -> float:
+        return longest_gap([c.at for c in self.handler.calls if 200 <= c.status < 300], moment)
 
     def close(self) -> None:
         self.worker.stop(signal.SIGTERM)
@@ -339,6 +385,126 @@ def fuzz(lab: Lab, workdir: Path, scale: Scale) -> Report:
         run.close()
 
 
+REDIS_DELAY_MS = 200
+
+
+def redis_network(fault: str) -> Callable[[Lab, Path, Scale], Report]:
+    """The network between worker and Redis fails under load, through the harness's proxy:
+    `delay` (REDIS_DELAY_MS more per round trip), `blackhole` (nothing flows; longer than
+    REDIS_TIMEOUT_MS) or `reset` (connections reset and refused), for the outage, then healed."""
+
+    def scenario(lab: Lab, workdir: Path, scale: Scale) -> Report:
+        with TcpProxy("127.0.0.1", lab.redis_port) as proxy:
+            run = Run(lab, f"redis-{fault}", workdir, ok, REDIS_URL=proxy.url())
+            traffic = build(scale.webhooks, seed=41)
+            try:
+                producer = run.send(traffic, scale.rate)
+                run.worker.start()
+                run.wait_for_calls(len(traffic.unique_events) // 4)
+                fault_at = time.monotonic()
+                if fault == "delay":
+                    proxy.delay(REDIS_DELAY_MS)
+                else:
+                    proxy.partition("blackhole" if fault == "blackhole" else "reset")
+                time.sleep(scale.redis_fault_s)
+                proxy.heal()
+                producer.join()
+                processed, dlq = run.settle(traffic)
+                what = f"+{REDIS_DELAY_MS} ms per round trip" if fault == "delay" else fault
+                report = run.report(
+                    traffic,
+                    processed,
+                    dlq,
+                    f"{what} for {scale.redis_fault_s:.0f}s; stall counts from the fault",
+                )
+                report.stall_s = run.stall_since(fault_at)
+                report.markers_missing = len(run.markers_absent(traffic.unique_events))
+                return report
+            finally:
+                run.close()
+
+    return scenario
+
+
+FAILOVERS: dict[str, tuple[Callable[[Path], Topology], Callable[[Topology], Failover]]] = {
+    "sentinel-failover": (start_redis_sentinel, sentinel_failover),
+    "sentinel-kill-9": (start_redis_sentinel, sentinel_kill_primary),
+    "cluster-kill-9": (lambda base: start_redis_cluster(base, replicas=1), cluster_kill_primary),
+}
+
+
+def redis_failover(name: str) -> Callable[[Lab, Path, Scale], Report]:
+    """A failover of the worker's Redis under load, on a topology of the scenario's own:
+    Sentinel asked to fail over, or its primary killed (-9), or a Cluster primary killed and
+    its replica promoted. Repeats can only come from done markers the old primary had
+    acknowledged but not yet replicated when it died (or was demoted)."""
+    start, fail_over = FAILOVERS[name]
+
+    def scenario(lab: Lab, workdir: Path, scale: Scale) -> Report:
+        base = lab.base / "topologies" / name
+        if not any(node.pid() for node in recorded_nodes(base)):
+            shutil.rmtree(base, ignore_errors=True)  # a fresh topology: roles as first made
+        topology = start(base)
+        try:
+            run = Run(lab, name, workdir, ok, **topology.env)
+            # Twice the traffic: a worker slow to start has caught up with the stream before
+            # the failover, which then hits steady traffic, not the end of a backlog.
+            traffic = build(scale.webhooks * 2, seed=43)
+            try:
+                producer = run.send(traffic, scale.rate)
+                run.worker.start()
+                run.wait_for_calls(len(traffic.unique_events) // 4)
+                failover = fail_over(topology)
+                fault_at = failover.at
+                producer.join()
+                processed, dlq = run.settle(traffic)
+                report = run.report(traffic, processed, dlq)
+                report.stall_s = run.stall_since(fault_at)
+                absent = run.markers_absent(traffic.unique_events)
+                report.markers_missing = len(absent)
+                report.note = _failover_note(run, report, failover, fault_at, absent)
+                return report
+            finally:
+                run.close()
+        finally:
+            topology.stop()
+
+    return scenario
+
+
+def _failover_note(
+    run: Run, report: Report, failover: Failover, fault_at: float, absent: set[str]
+) -> str:
+    """How long the failover took, what the old primary wrote that the new one never got, how
+    many done markers were lost and until when, and which repeats a lost marker explains: those
+    of events first handled before the new primary served or, when the old primary stayed up,
+    before the last marker seen lost. A repeat of an event first handled later has another
+    cause (counted in `report.unexplained_repeats`, which must stay 0)."""
+    first: dict[str, float] = {}
+    repeated: set[str] = set()
+    for call in sorted(run.handler.calls, key=lambda c: c.at):
+        if 200 <= call.status < 300:
+            if call.event_key in first:
+                repeated.add(call.event_key)
+            first.setdefault(call.event_key, call.at)
+    # Until when, from the fault on, the worker's writes went where they were lost (after a
+    # kill nothing can be written to the dead primary; a demoted one takes writes until the
+    # worker leaves it): the markers missing at the end say it.
+    lost_at = [first[key] for key in absent & first.keys()]
+    report.lost_window_s = max(0.0, max(lost_at, default=fault_at) - fault_at)
+    explained_until = fault_at + max(failover.seconds, report.lost_window_s)
+    report.unexplained_repeats = sum(1 for key in repeated if first[key] > explained_until)
+    lost = failover.unreplicated_bytes
+    return (
+        f"new primary after {failover.seconds:.1f}s; "
+        f"lost with the old primary: {'-' if lost is None else f'{lost} B'}; "
+        f"done markers lost: {report.markers_missing} missing at the end + "
+        f"{len(repeated)} written again by a repeat; "
+        f"{report.unexplained_repeats} repeats not explained by a lost marker; "
+        f"writes lost until {report.lost_window_s:.1f}s after the fault"
+    )
+
+
 SCENARIOS: dict[str, Callable[[Lab, Path, Scale], Report]] = {
     "kill-9": kill_9,
     "redis-down-kept": redis_outage(keep_data=True),
@@ -348,4 +514,8 @@ SCENARIOS: dict[str, Callable[[Lab, Path, Scale], Report]] = {
     "handler-down": handler_down,
     "sigterm-burst": sigterm_burst,
     "fuzz": fuzz,
+    "redis-delay": redis_network("delay"),
+    "redis-blackhole": redis_network("blackhole"),
+    "redis-reset": redis_network("reset"),
+    **{name: redis_failover(name) for name in FAILOVERS},
 }

@@ -58,6 +58,9 @@ def new_token() -> str:
 
 
 PAUSED_RECHECK = timedelta(milliseconds=500)
+# The longest wait before claiming again after Redis failed: one batch per second is cheap, and
+# a longer wait would add itself to every outage's stall.
+REDIS_ERROR_POLL_MAX_S = 1.0
 
 
 class WorkSubmitter(Protocol):
@@ -317,6 +320,8 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             wait_s = poll_delay_s(head.polls)
             if result.status is ClaimStatus.BUSY:
                 wait_s = min(wait_s, result.wait_ms / 1000)
+            else:  # Redis failed: back within a second of its return (a failover takes seconds)
+                wait_s = min(wait_s, REDIS_ERROR_POLL_MAX_S)
             # An ERROR claim's failed batch was counted once, by the runtime.
             head.polls += 1
             head.due_at = now + timedelta(seconds=max(wait_s, 0.001))

@@ -13,8 +13,9 @@ import pytest
 
 from bench import report
 from bench.contestants import quix
-from bench.models import Contestant, Kind, Latency, Results, Row, RunFigures, Soak
+from bench.models import Contestant, Kind, Latency, RedisKind, Results, Row, RunFigures, Soak
 from bench.procstats import cpu_seconds, memory_kb
+from bench.suite import SMOKE, contestants
 from bench.workload import SHAPES, generate
 from wa_worker.models.records import SourcePosition, WebhookEvent
 from wa_worker.operators.parse import parse_record
@@ -67,15 +68,18 @@ def _row(
     handler_ms: int | None = None,
     shape: str = "base",
     cpu: float = 1.0,
+    redis: RedisKind = RedisKind.STANDALONE,
     **kw: float,
 ) -> Row:
     contestant = Contestant(
         letter=letter,
-        label=f"{letter} {handler_ms} {shape}",
+        label=f"{letter} {handler_ms} {shape}"
+        + ("" if redis is RedisKind.STANDALONE else f" {redis}"),
         kind=kind,
         events=1000,
         handler_ms=handler_ms,
         shape=shape,
+        redis=redis,
     )
     figures = RunFigures(rate=rate, cpu_s_per_10k=cpu, peak_rss_mb=50.0, seconds=1.0)
     latency = Latency(rate=rate / 2, sent=10, p50_ms=kw.get("p50", 5), p99_ms=kw.get("p99", 20))
@@ -184,3 +188,30 @@ def test_shapes_differ_as_documented():
         for s in c["value"].get("statuses", [])
     ]
     assert set(statuses) == {"sent", "delivered", "read"}
+
+
+def test_cluster_and_tls_rows_are_compared_with_standalone_in_the_same_run():
+    rows = contestants(SMOKE, SMOKE.events)  # smoke mode runs them too
+    assert {c.redis for c in rows if c.kind is Kind.WORKER} == set(RedisKind)
+    results = Results(
+        mode="full",
+        events=1000,
+        runs=1,
+        machine="test",
+        rows=[
+            _row("D", Kind.WORKER, 3_000, redis=RedisKind.CLUSTER),  # listed before standalone
+            _row("D", Kind.WORKER, 4_000),
+            _row("D", Kind.WORKER, 3_600, redis=RedisKind.TLS),
+        ],
+    )
+    ratios = report.ratios(results)
+    assert "D None base cluster" in ratios and "D/D standalone   0.75" in ratios
+    assert "D/D standalone   0.90" in ratios
+    targets = report.targets(results)
+    assert (
+        "[MISS] D None base cluster >= 0.8 x standalone (same run): 0.75 x (3,000 vs 4,000)"
+        in targets
+    )
+    assert (
+        "[met ] D None base tls >= 0.8 x standalone (same run): 0.90 x (3,600 vs 4,000)" in targets
+    )

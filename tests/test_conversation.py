@@ -160,6 +160,22 @@ def test_done_claim_is_a_duplicate_and_busy_claim_polls_again() -> None:
     assert (logic.notify_at() - clock.now).total_seconds() == 0.5
 
 
+def test_claims_failing_on_redis_retry_at_least_every_second() -> None:
+    # Waits that keep doubling while Redis is down (a failover, a partition) would leave the
+    # worker idle for as long again once Redis is back; a claim batch is one cheap round trip.
+    logic, submit, clock = make()
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    waits = []
+    for _ in range(6):
+        logic.on_batch([ClaimResult("wamid.a", submit.claims[-1][1], ClaimStatus.ERROR)])
+        waits.append((logic.notify_at() - clock.now).total_seconds())
+        clock.advance(waits[-1])
+        logic.on_notify()
+    assert waits == [0.25, 0.5, 1.0, 1.0, 1.0, 1.0]
+    assert len(submit.claims) == 7
+
+
 def test_a_failed_claim_is_not_counted_again_as_a_redis_error() -> None:
     # The runtime counts the failed batch once (wa_redis_errors_total); its N claims coming
     # back as errors must not add N more.

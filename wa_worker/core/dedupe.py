@@ -47,6 +47,7 @@ from redis.exceptions import NoScriptError
 
 from wa_worker.core import metrics
 from wa_worker.core.redis_client import AsyncRedis, SyncRedis, async_redis_client
+from wa_worker.core.sentinel_follow import PrimaryFollower
 from wa_worker.models.completions import ClaimStatus
 from wa_worker.settings import Settings
 
@@ -555,6 +556,7 @@ class AsyncDedupeStore:
     ) -> None:
         self._client = client
         self._keys = keys
+        self._follower = PrimaryFollower(client)  # a Sentinel failover, followed at once
         self._v1_until: int | None = None  # looked up by the first batch
         self._now_ms = now_ms  # the day a done marker goes to; leases use Redis's clock
 
@@ -569,6 +571,7 @@ class AsyncDedupeStore:
         if not (claims or records or dones):
             return []
         started = time.perf_counter()
+        await self._follower.check()
         now = self._now_ms()
         if self._v1_until is None:
             self._v1_until = await _v1_until_async(self._client, self._keys, now)
