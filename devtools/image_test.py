@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from devtools import devstack
 from devtools.buildah import Buildah, ensure_base, ensure_tools, say
@@ -143,6 +144,8 @@ def check_image(buildah: Buildah, brokers: str, redis_url: str, log: Path) -> li
     healthcheck = config["Healthcheck"]["Test"]
     if healthcheck[0] != "CMD" or "/livez" not in healthcheck:
         raise Failed(f"unexpected HEALTHCHECK {healthcheck}")
+    if "/var/lib/wa-worker" not in (config.get("Volumes") or {}):
+        raise Failed(f"no VOLUME /var/lib/wa-worker (volumes: {config.get('Volumes')})")
     run = uuid.uuid4().hex[:8]
     topics = [f"img{run}.inbound", f"img{run}.processed", f"img{run}.dlq"]
     devstack.create_topics(brokers, topics, partitions=2)
@@ -176,18 +179,21 @@ def check_image(buildah: Buildah, brokers: str, redis_url: str, log: Path) -> li
 
 def run_worker(
     container: Container,
-    config: dict[str, object],
+    config: dict[str, Any],
     healthcheck: list[str],
     brokers: str,
     topics: list[str],
     handler: HandlerServer,
     log: Path,
 ) -> list[str]:
-    entrypoint = [str(a) for a in config["Entrypoint"]]  # type: ignore[attr-defined]
+    entrypoint = [str(a) for a in config["Entrypoint"]]
     with log.open("wb") as out:
         runner = subprocess.Popen(container.argv(*entrypoint), stdout=out, stderr=subprocess.STDOUT)
+
+    def alive() -> bool:
+        return runner.poll() is None
+
     try:
-        alive = lambda: runner.poll() is None  # noqa: E731
         facts = []
         for path in ("/livez", "/readyz"):
             probe = [*healthcheck[:-1], path]
