@@ -32,6 +32,7 @@ CACHE = ROOT / ".stack" / "image"
 IMAGE = "localhost/wa-worker:image-test"
 SECRET = "image-test-secret"
 WEBHOOKS = 4  # two messages each
+CONTAINER_PREFIX = "wa-image-test-"
 
 
 class Failed(Exception):
@@ -115,7 +116,7 @@ class Container:
     def __init__(self, buildah: Buildah, env: dict[str, str]) -> None:
         self.buildah = buildah
         self.env = [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
-        self.name = buildah("from", "--name", f"wa-image-test-{uuid.uuid4().hex[:8]}", IMAGE)
+        self.name = buildah("from", "--name", f"{CONTAINER_PREFIX}{uuid.uuid4().hex[:8]}", IMAGE)
 
     def argv(self, *command: str) -> list[str]:
         return self.buildah.argv(
@@ -251,11 +252,20 @@ def contents(buildah: Buildah, container: Container) -> str:
     return f"image {size}: Python {python}, /opt/venv {venv} ({packages} packages), /usr {usr}"
 
 
+def remove_stale_containers(buildah: Buildah) -> None:
+    """Containers an interrupted run left (each a full copy of the image on vfs)."""
+    names = buildah("containers", "--format", "{{.ContainerName}}").split()
+    for name in names:
+        if name.startswith(CONTAINER_PREFIX):
+            buildah("rm", name)
+
+
 def main() -> int:
     started = time.monotonic()
     ensure_tools()
     CACHE.mkdir(parents=True, exist_ok=True)
     buildah = Buildah(CACHE)
+    remove_stale_containers(buildah)
     base, how = ensure_base(buildah)
     say(f"base {base}: {how}")
     step = time.monotonic()
