@@ -28,7 +28,8 @@ from devtools.kafka import produce, read_topic
 from devtools.webhooks import messages_value, payload, signed_envelope, text_message
 from devtools.worker import ROOT
 
-CACHE = ROOT / ".stack" / "image"
+# WA_IMAGE_CACHE: a folder outside the checkout keeps the base warm for fresh clones (CI's).
+CACHE = Path(os.environ.get("WA_IMAGE_CACHE") or ROOT / ".stack" / "image").resolve()
 IMAGE = "localhost/wa-worker:image-test"
 SECRET = "image-test-secret"
 WEBHOOKS = 4  # two messages each
