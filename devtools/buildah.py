@@ -1,7 +1,7 @@
 """Daemonless image builds with Debian's buildah and mmdebstrap (no Docker engine, no registry).
 
 Storage is vfs in a folder of ours (`.stack/image/storage`): overlay does not work here, and the
-folder is kept between runs as a cache. deploy/README.md ("The image, built without Docker").
+folder is kept between runs as a cache. deploy/README.md, "Built and run without Docker".
 """
 
 from __future__ import annotations

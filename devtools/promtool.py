@@ -28,7 +28,9 @@ def ensure_promtool() -> Path:
         return path
     go = shutil.which("go")
     if go is None:
-        raise RuntimeError("promtool: `go` is not installed (scripts/bootstrap installs golang-go)")
+        # This machine kind ships Go 1.26; the module's go.mod asks for 1.26.7 (Go >= 1.21
+        # fetches a newer toolchain from the module proxy by itself).
+        raise RuntimeError(f"promtool: `go` not found; {MODULE}@{VERSION} needs Go 1.26.7+")
     print(f"promtool: building {MODULE}@{VERSION} into {path.parent}", file=sys.stderr)
     env = {**os.environ, "GOBIN": str(path.parent)}
     subprocess.run(
