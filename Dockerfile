@@ -1,10 +1,16 @@
 # syntax=docker/dockerfile:1
 # The worker image. Kafka and Redis are external (KAFKA_BROKERS, REDIS_URL); see deploy/README.md.
 
+# Any Debian-based image with Python 3.11, `python3 -m venv` and useradd: the official slim image,
+# or the local one scripts/image-test makes from Debian's packages (no registry reachable there).
+# Both stages use it, so the venv's interpreter link is valid in the runtime stage.
+ARG BASE_IMAGE=python:3.11-slim
+
 # --- build: install the project and its dependencies into a virtualenv ---
-FROM python:3.11-slim AS build
+FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
+# python3, not python: Debian's interpreter has no `python` name (the venv's has).
+RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY dataflow.py ./
@@ -14,7 +20,7 @@ COPY sinks ./sinks
 RUN /opt/venv/bin/pip install .
 
 # --- runtime: the virtualenv, the entrypoint scripts, a non-root user ---
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \

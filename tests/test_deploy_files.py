@@ -210,8 +210,13 @@ def test_dockerfile_copies_files_that_exist_and_are_not_ignored() -> None:
 
 def test_dockerfile_is_multi_stage_non_root_with_healthcheck_volume_and_exec_entrypoint() -> None:
     instructions = _dockerfile()
+    # Every stage on the one BASE_IMAGE (official slim by default, scripts/image-test's local one).
+    assert ("ARG", "BASE_IMAGE=python:3.11-slim") in instructions
     stages = [args for op, args in instructions if op == "FROM"]
-    assert len(stages) >= 2 and all(s.startswith("python:3.11-slim") for s in stages)
+    assert len(stages) >= 2 and all(s.startswith("${BASE_IMAGE}") for s in stages)
+    # Debian's interpreter is only `python3`; `python` is the venv's, on PATH in the runtime stage.
+    runs = [args for op, args in instructions if op == "RUN"]
+    assert not [r for r in runs if re.match(r"python\b", r)], runs
     (user,) = [args for op, args in instructions if op == "USER"]
     assert user.split(":")[0] not in {"0", "root"}
     (volume,) = [json.loads(args) for op, args in instructions if op == "VOLUME"]
