@@ -7,6 +7,7 @@ most of the build); Go's build cache makes a rebuild after `.stack/` is gone fas
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -23,9 +24,20 @@ def promtool_path() -> Path:
 
 
 def ensure_promtool() -> Path:
+    """The binary, built first if missing. Callers take turns on a lock: `scripts/bootstrap`
+    starts the build in the background, and a test that needs it waits for that build."""
     path = promtool_path()
     if path.exists():
         return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (path.parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            _build(path)
+    return path
+
+
+def _build(path: Path) -> None:
     go = shutil.which("go")
     if go is None:
         # This machine kind ships Go 1.26; the module's go.mod asks for 1.26.7 (Go >= 1.21
@@ -36,4 +48,3 @@ def ensure_promtool() -> Path:
     subprocess.run(
         [go, "install", "-tags", "remove_all_sd", f"{MODULE}@{VERSION}"], check=True, env=env
     )
-    return path
