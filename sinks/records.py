@@ -98,6 +98,10 @@ def processed_record(
         "retries": outcome.retries,
         "handled_at": outcome.handled_at.isoformat(),
         "handler_latency_ms": round(outcome.handler_latency_s * 1000, 3),
+        # A status's place in its message's order (core/status_order.py); null otherwise.
+        "current_status": event.current_status,
+        "superseded": event.superseded,
+        "skipped": outcome.skipped,
     }
     headers = ProcessedHeaders(
         event_key=event.event_key,

@@ -11,13 +11,26 @@ prefixes sharing a cluster (a worker and its replays, several deployments) use o
                                worker's clock): digest -> "p" (processed) or "d" (dlq), the
                                finished events. It expires whole at the end of its day plus
                                the dedupe window (PEXPIREAT): a finished event is one hash
-                               field, ~70 B, no token, lease or key of its own.
+                               field, ~70 B, no token, lease or key of its own. Also status
+                               digest -> rank ("1".."5"): a message's highest status so far.
     <prefix>{<s>.<b>}c:<hex>   one hash per event in flight: token (the claimant's; a resumed
                                run keeps it), attempts (handler calls made; survives a lost
                                recovery directory), lease_until (epoch ms, Redis's clock;
                                after it a crashed run's claim may be taken over). Deleted when
                                the event is done, else it expires after the dedupe window.
     <prefix>v2:since           when a v2 worker first ran here (standalone Redis only).
+
+Statuses (core/status_order.py). An event key `<message id>:<ranked status>` is a status's:
+its bucket is picked by its message's status digest (blake2b of the message id, personalised
+so it never equals an event's digest), not by its own, so all statuses of one message, their
+claims, done markers and the message's rank share one slot and one script call. Its claim
+reads the message's rank from the day hashes still alive, answers it (the rank before this
+claim: higher than its own means superseded; its own, as for a redelivered copy, does not) and
+raises it in today's hash, in the same call. The rank stays for the window like a done marker;
+a status claimed and then lost in a crash stays seen (it was observed). `failed` ranks above
+the rest: final for the message's send attempt. Upgrading from the layout without ranks moves
+status events to other buckets: a status finished before and redelivered after is handled once
+more, unflagged.
 
 A claim reads the event's claim key, then the day hashes still alive (today first). So an
 event stays done for DEDUPE_TTL_DAYS plus up to one day (the rest of the day it finished on;
@@ -47,6 +60,7 @@ from redis.exceptions import NoScriptError
 
 from wa_worker.core import metrics
 from wa_worker.core.redis_client import AsyncRedis, SyncRedis, async_redis_client
+from wa_worker.core.status_order import status_of
 from wa_worker.models.completions import ClaimStatus
 from wa_worker.settings import Settings
 
@@ -81,8 +95,9 @@ end
 """
 
 # One bucket's claims. KEYS: n day hashes (today first), then the events' claim keys. ARGV:
-# n, the claim keys' TTL, the v1 prefix ('' on a Cluster), then per event: digest, lease ms,
-# token (and its event key, for its v1 key, when reading v1).
+# n, the claim keys' TTL, the v1 prefix ('' on a Cluster), today's hash expiry (epoch ms), its
+# first field ('' when no event is a status), then per event: digest, lease ms, token (and
+# its event key, for its v1 key, when reading v1), then '-' or a status's rank and digest.
 CLAIM_LUA = (
     _NOW_MS
     + _READER
@@ -90,18 +105,37 @@ CLAIM_LUA = (
 local n, ttl, v1 = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local m = #KEYS - n
 local fields, leases, tokens, olds, done = {}, {}, {}, {}, {}
+local ranks, rank_of, wanted, best = {}, {}, {}, {}
 for i = 1, m do
   fields[i], leases[i] = take(12), number()
   tokens[i] = take(number())
   if v1 ~= '' then olds[i] = v1 .. 'evt:' .. take(number()) end
+  local r = take(1)
+  if r ~= '-' then
+    ranks[i], rank_of[i] = tonumber(r), take(12)
+    if not best[rank_of[i]] then
+      best[rank_of[i]] = 0
+      table.insert(wanted, rank_of[i])
+    end
+  end
 end
--- One HMGET per day for all the call's events (claims never write day hashes).
+-- One HMGET per day for all the call's events and their messages' ranks.
+local asked = fields
+if #wanted > 0 then
+  asked = {unpack(fields)}
+  for _, f in ipairs(wanted) do table.insert(asked, f) end
+end
 for d = 1, n do
-  local got = redis.call('HMGET', KEYS[d], unpack(fields))
+  local got = redis.call('HMGET', KEYS[d], unpack(asked))
   for i = 1, m do
     if got[i] then done[i] = true end
   end
+  for j, f in ipairs(wanted) do
+    local r = tonumber(got[m + j])
+    if r and r > best[f] then best[f] = r end
+  end
 end
+local raised = {}
 local replies = {}
 for i = 1, m do
   local token, claim, old = tokens[i], KEYS[n + i], olds[i]
@@ -128,9 +162,27 @@ for i = 1, m do
       redis.call('PEXPIRE', claim, ttl)
       if from_v1 then redis.call('DEL', old) end
       reply = {'claimed', attempts, 0}
+      local f = rank_of[i]
+      if f then
+        reply[4] = best[f]
+        if ranks[i] > best[f] then
+          best[f] = ranks[i]
+          raised[f] = true
+        end
+      end
     end
   end
   replies[i] = reply
+end
+local writes = {}
+for f in pairs(raised) do
+  table.insert(writes, f)
+  table.insert(writes, best[f])
+end
+if #writes > 0 then
+  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], '~', ARGV[5]) end
+  redis.call('HSET', KEYS[1], unpack(writes))
+  redis.call('PEXPIREAT', KEYS[1], ARGV[4])
 end
 return replies
 """
@@ -258,6 +310,7 @@ class ClaimReply:
     status: ClaimStatus
     attempts: int
     wait_ms: int
+    prior_rank: int = 0  # a claimed status: its message's highest rank before this claim
 
 
 class DedupeKeys:
@@ -273,11 +326,24 @@ class DedupeKeys:
         return hashlib.blake2b(_utf8(event_key), digest_size=DIGEST_BYTES).digest()
 
     @staticmethod
+    def status_digest(message_id: str) -> bytes:
+        """Where a message's rank is kept: a field beside the done markers."""
+        hashed = hashlib.blake2b(_utf8(message_id), digest_size=DIGEST_BYTES, person=b"status")
+        return hashed.digest()
+
+    def place(self, event_key: str) -> tuple[bytes, int]:
+        """The event's digest and bucket; a status's bucket is its message's."""
+        digest = self.digest(event_key)
+        status = status_of(event_key)
+        return digest, self.bucket(self.status_digest(status.message_id) if status else digest)
+
+    @staticmethod
     def bucket(digest: bytes) -> int:
         return digest[0] % BUCKETS
 
-    def claim_key(self, digest: bytes) -> str:
-        return f"{self.prefix}{{{self._salt}.{self.bucket(digest)}}}c:{digest.hex()}"
+    def claim_key(self, digest: bytes, bucket: int | None = None) -> str:
+        bucket = self.bucket(digest) if bucket is None else bucket
+        return f"{self.prefix}{{{self._salt}.{bucket}}}c:{digest.hex()}"
 
     def day_key(self, bucket: int, day: int) -> str:
         return f"{self.prefix}{{{self._salt}.{bucket}}}d:{day}"
@@ -339,13 +405,18 @@ class Planned:
 _SCRIPT_BATCH = 1000
 
 
-def _by_bucket(digests: Sequence[bytes]) -> Iterator[tuple[int, list[int]]]:
+def _by_bucket(buckets: Sequence[int]) -> Iterator[tuple[int, list[int]]]:
     groups: dict[int, list[int]] = {}
-    for i, digest in enumerate(digests):
-        groups.setdefault(DedupeKeys.bucket(digest), []).append(i)
+    for i, bucket in enumerate(buckets):
+        groups.setdefault(bucket, []).append(i)
     for bucket, indices in groups.items():
         for start in range(0, len(indices), _SCRIPT_BATCH):
             yield bucket, indices[start : start + _SCRIPT_BATCH]
+
+
+def _places(keys: DedupeKeys, event_keys: Sequence[str]) -> tuple[list[bytes], list[int]]:
+    places = [keys.place(k) for k in event_keys]
+    return [digest for digest, _ in places], [bucket for _, bucket in places]
 
 
 def _sized(data: bytes) -> bytes:
@@ -364,34 +435,43 @@ def plan_claims(
     v1: bool,
     ttl_ms: int | None = None,
 ) -> list[Planned]:
-    digests = [keys.digest(c.event_key) for c in claims]
+    digests, buckets = _places(keys, [c.event_key for c in claims])
     days = keys.window_days(now_ms)
     v1_prefix = keys.prefix if v1 else ""
     planned = []
-    for bucket, indices in _by_bucket(digests):
+    for bucket, indices in _by_bucket(buckets):
         blob: list[bytes] = []
+        statuses = False
         for i in indices:
             c = claims[i]
             blob += (digests[i], b"%d:" % c.lease_ms, _sized(_utf8(c.token)))
             if v1:
                 blob.append(_sized(_utf8(c.event_key)))
+            if status := status_of(c.event_key):
+                blob += (b"%d" % status.rank, keys.status_digest(status.message_id))
+                statuses = True
+            else:
+                blob.append(b"-")
         call_keys = [keys.day_key(bucket, d) for d in days]
-        call_keys += [keys.claim_key(digests[i]) for i in indices]
+        call_keys += [keys.claim_key(digests[i], bucket) for i in indices]
         args: list[bytes | str | int] = [len(days), ttl_ms or keys.ttl_ms, v1_prefix]
+        # The rank goes to today's hash, which may not exist yet: made as plan_dones does.
+        args += (keys.expire_at_ms(days[0]), _HASHTABLE if statuses else b"")
         args.append(b"".join(blob))
         planned.append(Planned(ScriptCall(CLAIM, call_keys, args), indices))
     return planned
 
 
 def plan_records(keys: DedupeKeys, records: Sequence[AttemptRecord]) -> list[ScriptCall]:
-    digests = [keys.digest(r.event_key) for r in records]
+    digests, buckets = _places(keys, [r.event_key for r in records])
     calls = []
-    for _, indices in _by_bucket(digests):
+    for bucket, indices in _by_bucket(buckets):
         blob = b"".join(
             b"%d:%d:%s" % (r.attempts, r.lease_ms, _sized(_utf8(r.token)))
             for r in (records[i] for i in indices)
         )
-        calls.append(ScriptCall(RECORD, [keys.claim_key(digests[i]) for i in indices], [blob]))
+        claim_keys = [keys.claim_key(digests[i], bucket) for i in indices]
+        calls.append(ScriptCall(RECORD, claim_keys, [blob]))
     return calls
 
 
@@ -402,13 +482,14 @@ _HASHTABLE = b"listpack-off:" + b"-" * 500
 
 
 def plan_dones(keys: DedupeKeys, dones: Sequence[DoneMark], now_ms: int) -> list[ScriptCall]:
-    digests = [keys.digest(event_key) for event_key, _ in dones]
+    digests, buckets = _places(keys, [event_key for event_key, _ in dones])
     codes = [OUTCOME_CODES[outcome] for _, outcome in dones]  # the sinks write these two
     today = now_ms // keys.period_ms
     calls = []
-    for bucket, indices in _by_bucket(digests):
+    for bucket, indices in _by_bucket(buckets):
         blob = b"".join(digests[i] + codes[i] for i in indices)
-        call_keys = [keys.day_key(bucket, today), *(keys.claim_key(digests[i]) for i in indices)]
+        claim_keys = (keys.claim_key(digests[i], bucket) for i in indices)
+        call_keys = [keys.day_key(bucket, today), *claim_keys]
         args: list[bytes | str | int] = [keys.expire_at_ms(today), blob, _HASHTABLE]
         calls.append(ScriptCall(DONE, call_keys, args))
     return calls
@@ -417,13 +498,13 @@ def plan_dones(keys: DedupeKeys, dones: Sequence[DoneMark], now_ms: int) -> list
 def plan_resets(
     keys: DedupeKeys, event_keys: Sequence[str], now_ms: int, v1: bool, apply: bool
 ) -> list[Planned]:
-    digests = [keys.digest(k) for k in event_keys]
+    digests, buckets = _places(keys, event_keys)
     days = keys.window_days(now_ms)
     planned = []
-    for bucket, indices in _by_bucket(digests):
+    for bucket, indices in _by_bucket(buckets):
         blob = b"".join(digests[i] + (_sized(_utf8(event_keys[i])) if v1 else b"") for i in indices)
         call_keys = [keys.day_key(bucket, d) for d in days]
-        call_keys += [keys.claim_key(digests[i]) for i in indices]
+        call_keys += [keys.claim_key(digests[i], bucket) for i in indices]
         args: list[bytes | str | int] = [len(days), int(apply), keys.prefix if v1 else "", blob]
         planned.append(Planned(ScriptCall(RESET, call_keys, args), indices))
     return planned
@@ -447,7 +528,8 @@ def _text(value: Any) -> str:
 
 
 def _claim_reply(reply: Sequence[Any]) -> ClaimReply:
-    return ClaimReply(ClaimStatus(_text(reply[0])), int(reply[1]), int(reply[2]))
+    prior_rank = int(reply[3]) if len(reply) > 3 else 0
+    return ClaimReply(ClaimStatus(_text(reply[0])), int(reply[1]), int(reply[2]), prior_rank)
 
 
 # Running calls: one pipeline (redis-py's ClusterPipeline sends it as one round trip per node

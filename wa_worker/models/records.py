@@ -83,10 +83,16 @@ class WebhookEvent(BaseModel):
     # Fields the worker rewrote, as paths in the handler's JSON: `payload.timestamp` (a number
     # where Meta sends digits), `received_at` (the envelope's was unusable: receive time).
     coerced: tuple[str, ...] = ()
+    # A status: its message's highest status after this one, and whether a higher one was
+    # seen before it (core/status_order.py); set when the status is claimed.
+    current_status: str | None = None
+    superseded: bool = False
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         # Events pickled into recovery snapshots before `coerced` existed lack it.
         state.get("__dict__", {}).setdefault("coerced", ())
+        state.get("__dict__", {}).setdefault("current_status", None)
+        state.get("__dict__", {}).setdefault("superseded", False)
         super().__setstate__(state)
 
     def for_handler(self) -> dict[str, Any]:
@@ -110,6 +116,8 @@ class WebhookEvent(BaseModel):
             "value_context": self.value_context,
             "received_at": to_jsonable_python(self.received_at),
             "coerced": list(self.coerced),
+            "current_status": self.current_status,
+            "superseded": self.superseded,
         }
 
     def single_event_envelope(self) -> dict[str, Any]:
@@ -198,10 +206,11 @@ class Processed(BaseModel):
     attempts: int
     handled_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     handler_latency_s: float = 0.0
+    skipped: str | None = None  # why the handler was not called (`superseded`), else None
 
     @property
     def retries(self) -> int:
-        return self.attempts - 1
+        return max(self.attempts - 1, 0)  # a skipped event had no call
 
 
 Outcome = Processed | DeadLetter
