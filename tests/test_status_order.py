@@ -27,7 +27,9 @@ from wa_worker.core.dedupe import (
 from wa_worker.core.memory_dedupe import MemoryDedupeStore
 from wa_worker.core.redis_client import async_redis_client, redis_client
 from wa_worker.core.status_order import StatusOrder, order, status_of
+from wa_worker.errors import ConfigError
 from wa_worker.models.completions import ClaimStatus
+from wa_worker.settings import load_settings
 
 TTL_MS = 3_600_000
 DAY_MS = 86_400_000
@@ -123,34 +125,43 @@ def test_a_message_and_a_status_not_ranked_take_no_part(claim: Claim) -> None:
     assert status_of("wamid.E") is None and status_of("wamid.E:deleted") is None
 
 
-def test_all_statuses_of_a_message_are_one_script_call_with_its_rank_in_the_day_hash(
+def test_all_statuses_of_a_message_are_one_script_call_and_their_order_costs_no_key(
     dedupe_redis: RedisTarget, redis_prefix: str
 ) -> None:
     keys = DedupeKeys(redis_prefix, TTL_MS)
     statuses = [f"wamid.F:{s}" for s in ("sent", "delivered", "read", "played", "failed")]
     planned = plan_claims(keys, [ClaimRequest(k, "t", 5000) for k in statuses], 0, False)
-    assert len(planned) == 1  # one bucket: one call, claims and rank in one slot
+    assert len(planned) == 1  # one bucket: one call, claims and their lookups in one slot
+    read = ClaimRequest("wamid.F:read", "t", 5000)
 
-    async def go() -> None:
+    async def go() -> ClaimReply:
         store = AsyncDedupeStore(async_redis_client(dedupe_redis.settings()), keys)
         try:
-            await store.run_batch([ClaimRequest("wamid.F:read", "t", 5000)])
+            await store.run_batch([read], dones=[])
+            await store.run_batch([], dones=[("wamid.F:read", "processed")])
+            return (await store.run_batch([ClaimRequest("wamid.F:sent", "t", 5000)]))[0]
         finally:
             await store.aclose()
 
-    asyncio.run(go())
+    assert _place("wamid.F:sent", asyncio.run(go())) == StatusOrder("read", True)
     client = redis_client(dedupe_redis.settings())
     try:
-        field = keys.status_digest("wamid.F")
-        bucket = keys.bucket(field)
+        bucket = keys.bucket(keys.digest("wamid.F"))  # the message id's bucket
         day = keys.day_key(bucket, time.time_ns() // 1_000_000 // DAY_MS)
-        assert client.hget(day, field) == b"3"  # one byte of rank beside the done markers
-        assert TTL_MS - 60_000 < client.pttl(day) <= TTL_MS + DAY_MS  # the window's TTL
-        # Its claim key carries the message's bucket, so it shares the slot.
-        assert client.exists(keys.claim_key(keys.digest("wamid.F:read"), bucket))
-        client.delete(day, keys.claim_key(keys.digest("wamid.F:read"), bucket))
+        # The read's done marker is all the message's order needs: no field beside it.
+        assert client.hget(day, keys.digest("wamid.F:read")) == b"p"
+        assert client.hlen(day) == 2, client.hkeys(day)  # the first field ('~') and that one
+        sent = keys.claim_key(keys.digest("wamid.F:sent"), bucket)
+        assert client.exists(sent)
+        client.delete(day, sent)
     finally:
         client.close()
+
+
+def test_status_superseded_is_validated_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATUS_SUPERSEDED", "drop")
+    with pytest.raises(ConfigError, match="STATUS_SUPERSEDED: Input should be 'deliver' or 'skip'"):
+        load_settings()
 
 
 # A real worker on the real broker.

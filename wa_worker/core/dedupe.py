@@ -11,8 +11,7 @@ prefixes sharing a cluster (a worker and its replays, several deployments) use o
                                worker's clock): digest -> "p" (processed) or "d" (dlq), the
                                finished events. It expires whole at the end of its day plus
                                the dedupe window (PEXPIREAT): a finished event is one hash
-                               field, ~70 B, no token, lease or key of its own. Also status
-                               digest -> rank ("1".."5"): a message's highest status so far.
+                               field, ~70 B, no token, lease or key of its own.
     <prefix>{<s>.<b>}c:<hex>   one hash per event in flight: token (the claimant's; a resumed
                                run keeps it), attempts (handler calls made; survives a lost
                                recovery directory), lease_until (epoch ms, Redis's clock;
@@ -21,16 +20,18 @@ prefixes sharing a cluster (a worker and its replays, several deployments) use o
     <prefix>v2:since           when a v2 worker first ran here (standalone Redis only).
 
 Statuses (core/status_order.py). An event key `<message id>:<ranked status>` is a status's:
-its bucket is picked by its message's status digest (blake2b of the message id, personalised
-so it never equals an event's digest), not by its own, so all statuses of one message, their
-claims, done markers and the message's rank share one slot and one script call. Its claim
-reads the message's rank from the day hashes still alive, answers it (the rank before this
-claim: higher than its own means superseded; its own, as for a redelivered copy, does not) and
-raises it in today's hash, in the same call. The rank stays for the window like a done marker;
-a status claimed and then lost in a crash stays seen (it was observed). `failed` ranks above
-the rest: final for the message's send attempt. Upgrading from the layout without ranks moves
-status events to other buckets: a status finished before and redelivered after is handled once
-more, unflagged.
+its bucket is picked by its message id, not by its own digest, so all statuses of one message
+(their claim keys and done markers) share one slot, and the message's highest status so far
+needs no key or field of its own: it is the highest status of the message whose marker exists
+(a claim key, or a done marker on a day still alive). A status's claim also looks up the
+markers of the message's higher statuses (sent < delivered < read < played < failed: `failed`
+is final for the message's send attempt), in the same call, and answers the highest it found:
+above its own, the status is superseded. Its own marker never counts, so a redelivered copy or
+a claim resumed after a crash is not superseded by itself; a higher status claimed and then
+lost in a crash still counts (it was observed). So the rank costs no memory and lasts as long
+as the markers (the dedupe window); a DLQ re-drive, which deletes dlq markers, forgets those.
+Upgrading from the layout before statuses moves status events to other buckets: a status
+finished before and redelivered after is handled once more, unflagged.
 
 A claim reads the event's claim key, then the day hashes still alive (today first). So an
 event stays done for DEDUPE_TTL_DAYS plus up to one day (the rest of the day it finished on;
@@ -60,7 +61,7 @@ from redis.exceptions import NoScriptError
 
 from wa_worker.core import metrics
 from wa_worker.core.redis_client import AsyncRedis, SyncRedis, async_redis_client
-from wa_worker.core.status_order import status_of
+from wa_worker.core.status_order import above, status_of
 from wa_worker.models.completions import ClaimStatus
 from wa_worker.settings import Settings
 
@@ -94,48 +95,41 @@ local function number()
 end
 """
 
-# One bucket's claims. KEYS: n day hashes (today first), then the events' claim keys. ARGV:
-# n, the claim keys' TTL, the v1 prefix ('' on a Cluster), today's hash expiry (epoch ms), its
-# first field ('' when no event is a status), then per event: digest, lease ms, token (and
-# its event key, for its v1 key, when reading v1), then '-' or a status's rank and digest.
+# One bucket's claims. KEYS: n day hashes (today first), then the m events' claim keys, then
+# the claim keys of the statuses' higher statuses. ARGV: n, m, the claim keys' TTL, the v1
+# prefix ('' on a Cluster), then per event: digest, lease ms, token (and its event key, for its
+# v1 key, when reading v1), then k (0 but for a status): its k higher statuses, highest first,
+# each a rank digit and a digest.
 CLAIM_LUA = (
     _NOW_MS
     + _READER
     + """
-local n, ttl, v1 = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local m = #KEYS - n
+local n, m, ttl, v1 = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local fields, leases, tokens, olds, done = {}, {}, {}, {}, {}
-local ranks, rank_of, wanted, best = {}, {}, {}, {}
+-- above[i]: event i's higher statuses, as {rank, index in `fields`, claim key}.
+local above, extra = {}, n + m
 for i = 1, m do
   fields[i], leases[i] = take(12), number()
   tokens[i] = take(number())
   if v1 ~= '' then olds[i] = v1 .. 'evt:' .. take(number()) end
-  local r = take(1)
-  if r ~= '-' then
-    ranks[i], rank_of[i] = tonumber(r), take(12)
-    if not best[rank_of[i]] then
-      best[rank_of[i]] = 0
-      table.insert(wanted, rank_of[i])
+  local k = tonumber(take(1))
+  if k > 0 then
+    above[i] = {}
+    for j = 1, k do
+      local rank = tonumber(take(1))
+      table.insert(fields, take(12))
+      extra = extra + 1
+      above[i][j] = {rank, #fields, KEYS[extra]}
     end
   end
 end
--- One HMGET per day for all the call's events and their messages' ranks.
-local asked = fields
-if #wanted > 0 then
-  asked = {unpack(fields)}
-  for _, f in ipairs(wanted) do table.insert(asked, f) end
-end
+-- One HMGET per day for all the call's events (and higher statuses): done on some day.
 for d = 1, n do
-  local got = redis.call('HMGET', KEYS[d], unpack(asked))
-  for i = 1, m do
+  local got = redis.call('HMGET', KEYS[d], unpack(fields))
+  for i = 1, #fields do
     if got[i] then done[i] = true end
   end
-  for j, f in ipairs(wanted) do
-    local r = tonumber(got[m + j])
-    if r and r > best[f] then best[f] = r end
-  end
 end
-local raised = {}
 local replies = {}
 for i = 1, m do
   local token, claim, old = tokens[i], KEYS[n + i], olds[i]
@@ -162,27 +156,20 @@ for i = 1, m do
       redis.call('PEXPIRE', claim, ttl)
       if from_v1 then redis.call('DEL', old) end
       reply = {'claimed', attempts, 0}
-      local f = rank_of[i]
-      if f then
-        reply[4] = best[f]
-        if ranks[i] > best[f] then
-          best[f] = ranks[i]
-          raised[f] = true
+      if above[i] then
+        -- The highest status above this one seen so far: done, or claimed (this call's
+        -- earlier claims included).
+        reply[4] = 0
+        for _, h in ipairs(above[i]) do
+          if done[h[2]] or redis.call('EXISTS', h[3]) == 1 then
+            reply[4] = h[1]
+            break
+          end
         end
       end
     end
   end
   replies[i] = reply
-end
-local writes = {}
-for f in pairs(raised) do
-  table.insert(writes, f)
-  table.insert(writes, best[f])
-end
-if #writes > 0 then
-  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], '~', ARGV[5]) end
-  redis.call('HSET', KEYS[1], unpack(writes))
-  redis.call('PEXPIREAT', KEYS[1], ARGV[4])
 end
 return replies
 """
@@ -310,7 +297,7 @@ class ClaimReply:
     status: ClaimStatus
     attempts: int
     wait_ms: int
-    prior_rank: int = 0  # a claimed status: its message's highest rank before this claim
+    prior_rank: int = 0  # a claimed status: the highest rank above its own seen, else 0
 
 
 class DedupeKeys:
@@ -325,17 +312,11 @@ class DedupeKeys:
     def digest(self, event_key: str) -> bytes:
         return hashlib.blake2b(_utf8(event_key), digest_size=DIGEST_BYTES).digest()
 
-    @staticmethod
-    def status_digest(message_id: str) -> bytes:
-        """Where a message's rank is kept: a field beside the done markers."""
-        hashed = hashlib.blake2b(_utf8(message_id), digest_size=DIGEST_BYTES, person=b"status")
-        return hashed.digest()
-
     def place(self, event_key: str) -> tuple[bytes, int]:
-        """The event's digest and bucket; a status's bucket is its message's."""
+        """The event's digest and bucket; a status's bucket is its message id's."""
         digest = self.digest(event_key)
         status = status_of(event_key)
-        return digest, self.bucket(self.status_digest(status.message_id) if status else digest)
+        return digest, self.bucket(self.digest(status.message_id) if status else digest)
 
     @staticmethod
     def bucket(digest: bytes) -> int:
@@ -441,23 +422,25 @@ def plan_claims(
     planned = []
     for bucket, indices in _by_bucket(buckets):
         blob: list[bytes] = []
-        statuses = False
+        higher_keys: list[str] = []
         for i in indices:
             c = claims[i]
             blob += (digests[i], b"%d:" % c.lease_ms, _sized(_utf8(c.token)))
             if v1:
                 blob.append(_sized(_utf8(c.event_key)))
             if status := status_of(c.event_key):
-                blob += (b"%d" % status.rank, keys.status_digest(status.message_id))
-                statuses = True
+                higher = [(r, keys.digest(k)) for r, k in above(status)]
+                blob.append(b"%d" % len(higher))
+                for rank, digest in higher:
+                    blob += (b"%d" % rank, digest)
+                    higher_keys.append(keys.claim_key(digest, bucket))
             else:
-                blob.append(b"-")
+                blob.append(b"0")
         call_keys = [keys.day_key(bucket, d) for d in days]
         call_keys += [keys.claim_key(digests[i], bucket) for i in indices]
-        args: list[bytes | str | int] = [len(days), ttl_ms or keys.ttl_ms, v1_prefix]
-        # The rank goes to today's hash, which may not exist yet: made as plan_dones does.
-        args += (keys.expire_at_ms(days[0]), _HASHTABLE if statuses else b"")
-        args.append(b"".join(blob))
+        call_keys += higher_keys
+        args: list[bytes | str | int] = [len(days), len(indices), ttl_ms or keys.ttl_ms]
+        args += (v1_prefix, b"".join(blob))
         planned.append(Planned(ScriptCall(CLAIM, call_keys, args), indices))
     return planned
 

@@ -2,9 +2,9 @@
 
 Same interface and semantics as the Redis store (`wa_worker.core.dedupe`): a claim with a lease
 before the handler, attempts recorded with the claim, a done marker after the outcome is
-written, all kept for the dedupe window, and a status's claim reads and raises its message's
-highest rank (core/status_order.py). What it cannot give is memory across processes:
-duplicates are recognised within one run only.
+written, all kept for the dedupe window, and a status's claim answers the highest status of
+its message with a marker (core/status_order.py). What it cannot give is memory across
+processes: duplicates are recognised within one run only.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from wa_worker.core.dedupe import AttemptRecord, ClaimReply, ClaimRequest, DoneMark, dedupe_keys
-from wa_worker.core.status_order import status_of
+from wa_worker.core.status_order import above, status_of
 from wa_worker.models.completions import ClaimStatus
 from wa_worker.settings import Settings
 
@@ -34,7 +34,6 @@ class MemoryDedupeStore:
         self._ttl_ms = ttl_ms
         self._now_ms = clock_ms or (lambda: time.monotonic() * 1000)
         self._entries: dict[str, _Entry] = {}
-        self._ranks: dict[str, tuple[int, float]] = {}  # message id -> (rank, expires at)
 
     async def run_batch(
         self,
@@ -60,7 +59,6 @@ class MemoryDedupeStore:
 
     async def aclose(self) -> None:
         self._entries.clear()
-        self._ranks.clear()
 
     def _claim(self, request: ClaimRequest, now: float) -> ClaimReply:
         entry = self._live(request.event_key, now)
@@ -77,19 +75,15 @@ class MemoryDedupeStore:
         self._entries[request.event_key] = _Entry(
             "claim", request.token, attempts, now + request.lease_ms, now + self._ttl_ms
         )
-        return ClaimReply(ClaimStatus.CLAIMED, attempts, 0, self._raise(request.event_key, now))
+        higher = self._higher_seen(request.event_key, now)
+        return ClaimReply(ClaimStatus.CLAIMED, attempts, 0, higher)
 
-    def _raise(self, event_key: str, now: float) -> int:
-        """A status's message rank before this claim, raised to the status's own."""
+    def _higher_seen(self, event_key: str, now: float) -> int:
+        """A status: the highest status above it of its message with a marker, else 0."""
         status = status_of(event_key)
         if status is None:
             return 0
-        prior, expires = self._ranks.get(status.message_id, (0, 0.0))
-        if expires <= now:
-            prior = 0
-        if status.rank > prior:
-            self._ranks[status.message_id] = (status.rank, now + self._ttl_ms)
-        return prior
+        return next((r for r, k in above(status) if self._live(k, now) is not None), 0)
 
     def _live(self, event_key: str, now: float) -> _Entry | None:
         entry = self._entries.get(event_key)

@@ -5,8 +5,8 @@ comes. Ranks: sent < delivered < read < played, and `failed` above them all: a m
 one send attempt (a resend gets a new id), so once it failed nothing later changes that
 attempt's outcome, and a late `sent` or `delivered` must not make it look delivered. A status
 not ranked here (one Meta may add) is left out of the order: never superseded, its record's
-`current_status` is its own. The dedupe store keeps the highest rank per message id
-(core/dedupe.py), read and raised by the status's claim.
+`current_status` is its own. The dedupe stores find a message's highest status from the
+markers of its statuses (core/dedupe.py): the status's claim looks up the higher ones.
 """
 
 from __future__ import annotations
@@ -34,6 +34,14 @@ def status_of(event_key: str) -> StatusOf | None:
     return StatusOf(message_id, rank) if rank else None
 
 
+def above(status: StatusOf) -> list[tuple[int, str]]:
+    """The event keys of the statuses ranked above this one, highest first, with their rank."""
+    return [(r, f"{status.message_id}:{NAMES[r]}") for r in _DESCENDING if r > status.rank]
+
+
+_DESCENDING = sorted(NAMES, reverse=True)
+
+
 @dataclass(frozen=True, slots=True)
 class StatusOrder:
     current_status: str  # the message's highest status, this one included
@@ -41,6 +49,7 @@ class StatusOrder:
 
 
 def order(own: StatusOf, prior_rank: int) -> StatusOrder:
-    """`prior_rank`: the highest rank stored before this claim. The same event redelivered
-    (or claimed again after a crash) finds its own rank: not superseded."""
+    """`prior_rank`: the highest rank above its own seen before this claim (0: none). Its own
+    marker never counts: a redelivered copy, or a claim resumed after a crash, is not
+    superseded by itself."""
     return StatusOrder(NAMES[max(prior_rank, own.rank)], prior_rank > own.rank)
