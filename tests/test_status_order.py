@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -16,6 +17,7 @@ from devtools.kafka import produce, read_topic
 from devtools.webhooks import envelope, messages_value, payload, status
 from devtools.worker import WorkerProcess
 from tests.conftest import DEDUPE_TOPOLOGIES, RedisTarget, Stack, Topics
+from tests.support.cli import run_cli
 from wa_worker.core.dedupe import (
     AsyncDedupeStore,
     ClaimReply,
@@ -211,3 +213,25 @@ def test_a_worker_flags_a_late_status_and_skips_it_when_asked(
         assert late["result"] is None and late["attempts"] == 0
     else:
         assert late["result"] == {"current_status": "read", "superseded": True}
+
+
+def test_replay_in_memory_keeps_the_order_and_skips(stack: Stack, tmp_path: Path) -> None:
+    capture = tmp_path / "capture.jsonl"
+    capture.write_bytes(_statuses_out_of_order("w-so-replay") + b"\n")
+    env = {
+        "REDIS_URL": stack.redis_url,
+        "KAFKA_BROKERS": "127.0.0.1:9",  # no Kafka needed
+        "HANDLER_CALLABLE": "tests.support.result_handlers:status_order",
+        "STATUS_SUPERSEDED": "skip",
+        "REORDER_WINDOW_MS": "0",
+    }
+    out = tmp_path / "out"
+    run_cli(env, "replay", str(capture), "-o", str(out), "--in-memory", module="wa_worker")
+    lines = (out / "processed.jsonl").read_text().splitlines()
+    records = [json.loads(json.loads(line)["value"]) for line in lines]
+    seen = {r["event_key"]: (r["current_status"], r["superseded"], r["result"]) for r in records}
+    assert seen == {
+        "wamid.so.1:sent": ("sent", False, {"current_status": "sent", "superseded": False}),
+        "wamid.so.1:read": ("read", False, {"current_status": "read", "superseded": False}),
+        "wamid.so.1:delivered": ("read", True, None),  # skipped: no handler call
+    }
