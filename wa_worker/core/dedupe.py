@@ -31,7 +31,8 @@ a claim resumed after a crash is not superseded by itself; a higher status claim
 lost in a crash still counts (it was observed). So the rank costs no memory and lasts as long
 as the markers (the dedupe window); a DLQ re-drive, which deletes dlq markers, forgets those.
 Upgrading from the layout before statuses moves status events to other buckets: a status
-finished before and redelivered after is handled once more, unflagged.
+finished before and redelivered after is handled once more, unflagged, and old and new
+workers side by side miss each other's status claims (stop the old ones first).
 
 A claim reads the event's claim key, then the day hashes still alive (today first). So an
 event stays done for DEDUPE_TTL_DAYS plus up to one day (the rest of the day it finished on;
