@@ -121,7 +121,18 @@ def fresh_redis(name: str) -> Iterator[str]:
         service.stop()
 
 
-def measure(layout: str, events: int, batch: int = 500) -> Footprint:
+def status_keys(n: int, seed: str) -> list[str]:
+    """Status event keys (`<message id>:<status>`): one status per message, the costliest
+    case (each also stores its message's rank)."""
+    return [f"{k}:read" for k in event_keys(n, seed)]
+
+
+def measure(
+    layout: str,
+    events: int,
+    batch: int = 500,
+    keys: Callable[[int, str], list[str]] = event_keys,
+) -> Footprint:
     """One layout on a fresh server: bytes per finished and per in-flight event, and rate."""
     factory = LAYOUTS[layout]
     with fresh_redis(f"{layout}-{uuid.uuid4().hex[:6]}") as url:
@@ -130,9 +141,9 @@ def measure(layout: str, events: int, batch: int = 500) -> Footprint:
             store = factory(url, "wa:")
             try:
                 before = used_memory(url)
-                elapsed = await _run(store, event_keys(events, "done"), batch, finish=True)
+                elapsed = await _run(store, keys(events, "done"), batch, finish=True)
                 finished = used_memory(url)
-                await _run(store, event_keys(events // 10, "flight"), batch, finish=False)
+                await _run(store, keys(events // 10, "flight"), batch, finish=False)
                 return elapsed, before, finished, used_memory(url)
             finally:
                 await store.aclose()

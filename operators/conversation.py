@@ -32,6 +32,7 @@ from typing import Protocol
 from bytewax.operators import StatefulBatchLogic
 
 from wa_worker.core import metrics
+from wa_worker.core.status_order import order, status_of
 from wa_worker.models.completions import (
     ClaimResult,
     ClaimStatus,
@@ -39,11 +40,18 @@ from wa_worker.models.completions import (
     HandleResult,
     HandleStatus,
 )
-from wa_worker.models.records import DeadLetter, ErrorClass, Outcome, Processed, WebhookEvent
+from wa_worker.models.records import (
+    DeadLetter,
+    ErrorClass,
+    EventKind,
+    Outcome,
+    Processed,
+    WebhookEvent,
+)
 from wa_worker.operators import reorder
 from wa_worker.operators.backoff import BackoffPolicy, poll_delay_s
 from wa_worker.operators.deadlines import Deadline, DeadlinePolicy, policy_from
-from wa_worker.settings import Settings, StaleEvents
+from wa_worker.settings import Settings, StaleEvents, StatusSuperseded
 
 Clock = Callable[[], datetime]
 
@@ -109,6 +117,7 @@ class ConversationPolicy:
     reorder_window_ms: int = 0  # 0: events enter the queue as they arrive
     # Retry deadlines and staleness (operators/deadlines.py); the default bounds nothing.
     deadlines: DeadlinePolicy = field(default_factory=DeadlinePolicy)
+    skip_superseded: bool = False  # STATUS_SUPERSEDED=skip: no handler call for those
 
 
 class Phase(StrEnum):
@@ -311,6 +320,14 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         if result.status is ClaimStatus.CLAIMED:
             head.phase, head.polls, head.due_at = Phase.HANDLE, 0, now
             head.attempts = max(head.attempts, result.attempts)
+            if head.event.kind is EventKind.STATUS:
+                head.event = _ordered(head.event, result.prior_rank)
+                if head.event.superseded and self._policy.skip_superseded:
+                    self._pop_head()
+                    out.append(
+                        Processed(event=head.event, attempts=head.attempts, skipped="superseded")
+                    )
+                    return
             if self._policy.backoff.exhausted(head.attempts):
                 self._dead_letter(head, ErrorClass.RETRIES_EXHAUSTED, out)
         elif result.status is ClaimStatus.DONE:
@@ -411,6 +428,20 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         return int(needed)
 
 
+def _ordered(event: WebhookEvent, prior_rank: int) -> WebhookEvent:
+    """The status with its place in its message's order, from the rank its claim read."""
+    own = status_of(event.event_key)
+    if own is None:  # a status not ranked: outside the order
+        current = event.payload.get("status")
+        return event.model_copy(
+            update={"current_status": current if isinstance(current, str) else None}
+        )
+    place = order(own, prior_rank)
+    return event.model_copy(
+        update={"current_status": place.current_status, "superseded": place.superseded}
+    )
+
+
 def route_key(ordered: bool) -> Callable[[WebhookEvent], str]:
     """Ordered: one queue per conversation. Unordered: one per event, all concurrent."""
     if ordered:
@@ -441,6 +472,7 @@ def conversation_builder(
             settings.max_event_age_s,
             settings.stale_events is StaleEvents.SKIP,
         ),
+        skip_superseded=settings.status_superseded is StatusSuperseded.SKIP,
     )
     key = route_key(settings.handler_ordered)
 

@@ -107,6 +107,9 @@ def processed_record(
         "event_time": (int(own) if own.is_integer() else own) if own is not None else None,
         "event_age_s": round(handled.timestamp() - own, 3) if own is not None else None,
         "stale": event.stale,
+        # A status's place in its message's order (core/status_order.py); null otherwise.
+        "current_status": event.current_status,
+        "superseded": event.superseded,
         "skipped": outcome.skipped,
     }
     headers = ProcessedHeaders(

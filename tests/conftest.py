@@ -51,13 +51,13 @@ class Topics:
         }
 
 
-
 # Run last: what they need is built in the background meanwhile (promtool by scripts/bootstrap).
 _LAST = ("tests/test_alert_rules.py",)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.nodeid.startswith(_LAST))
+
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from bench.footprint import measure
+from bench.footprint import measure, status_keys
 
 
 def test_a_finished_event_costs_at_most_100_bytes_of_redis_memory() -> None:
@@ -13,3 +13,10 @@ def test_a_finished_event_costs_at_most_100_bytes_of_redis_memory() -> None:
     # The same measure holds the layout it replaced (~300 B) to the bound: it can fail.
     v1 = measure("v1", 5_000)
     assert v1.finished_bytes > 100, v1
+
+
+def test_a_finished_status_costs_no_more_its_order_included() -> None:
+    """A status's order lives in its message's markers: one status per message (the costliest
+    case: nothing shared) stays in the same budget."""
+    statuses = measure("v2", 30_000, keys=status_keys)
+    assert statuses.finished_bytes <= 100, statuses

@@ -42,6 +42,11 @@ class StaleEvents(StrEnum):
     SKIP = "skip"  # a processed record saying so, no handler call
 
 
+class StatusSuperseded(StrEnum):
+    DELIVER = "deliver"  # the handler is called, told by the event's `superseded: true`
+    SKIP = "skip"  # a processed record saying so, no handler call
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -113,6 +118,8 @@ class Settings(BaseSettings):
     handler_ordered: bool = True
     # How long a conversation's events wait to be put in Meta's timestamp order (0: off).
     reorder_window_ms: int = Field(300, ge=0, le=60_000)
+    # A status older than one already seen for its message (core/status_order.py).
+    status_superseded: StatusSuperseded = StatusSuperseded.DELIVER
     handler_health_url: str | None = None
     breaker_enabled: bool = True
     breaker_window: int = Field(20, ge=1, le=10_000)

@@ -27,3 +27,8 @@ def incompressible(event: WebhookEvent) -> Any:
     if event.event_key.endswith(".big"):
         return base64.b64encode(os.urandom(1_500_000)).decode()
     return {"ok": True}
+
+
+def status_order(event: WebhookEvent) -> Any:
+    """What a status handler sees of its message's order (tests/test_status_order.py)."""
+    return {"current_status": event.current_status, "superseded": event.superseded}

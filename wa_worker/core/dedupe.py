@@ -19,6 +19,21 @@ prefixes sharing a cluster (a worker and its replays, several deployments) use o
                                the event is done, else it expires after the dedupe window.
     <prefix>v2:since           when a v2 worker first ran here (standalone Redis only).
 
+Statuses (core/status_order.py). An event key `<message id>:<ranked status>` is a status's:
+its bucket is picked by its message id, not by its own digest, so all statuses of one message
+(their claim keys and done markers) share one slot, and the message's highest status so far
+needs no key or field of its own: it is the highest status of the message whose marker exists
+(a claim key, or a done marker on a day still alive). A status's claim also looks up the
+markers of the message's higher statuses (sent < delivered < read < played < failed: `failed`
+is final for the message's send attempt), in the same call, and answers the highest it found:
+above its own, the status is superseded. Its own marker never counts, so a redelivered copy or
+a claim resumed after a crash is not superseded by itself; a higher status claimed and then
+lost in a crash still counts (it was observed). So the rank costs no memory and lasts as long
+as the markers (the dedupe window); a DLQ re-drive, which deletes dlq markers, forgets those.
+Upgrading from the layout before statuses moves status events to other buckets: a status
+finished before and redelivered after is handled once more, unflagged, and old and new
+workers side by side miss each other's status claims (stop the old ones first).
+
 A claim reads the event's claim key, then the day hashes still alive (today first). So an
 event stays done for DEDUPE_TTL_DAYS plus up to one day (the rest of the day it finished on;
 clock skew between workers moves that edge by the skew), after which it may be processed
@@ -48,6 +63,7 @@ from redis.exceptions import NoScriptError
 from wa_worker.core import metrics
 from wa_worker.core.redis_client import AsyncRedis, SyncRedis, async_redis_client
 from wa_worker.core.sentinel_follow import PrimaryFollower
+from wa_worker.core.status_order import above, status_of
 from wa_worker.models.completions import ClaimStatus
 from wa_worker.settings import Settings
 
@@ -81,25 +97,38 @@ local function number()
 end
 """
 
-# One bucket's claims. KEYS: n day hashes (today first), then the events' claim keys. ARGV:
-# n, the claim keys' TTL, the v1 prefix ('' on a Cluster), then per event: digest, lease ms,
-# token (and its event key, for its v1 key, when reading v1).
+# One bucket's claims. KEYS: n day hashes (today first), then the m events' claim keys, then
+# the claim keys of the statuses' higher statuses. ARGV: n, m, the claim keys' TTL, the v1
+# prefix ('' on a Cluster), then per event: digest, lease ms, token (and its event key, for its
+# v1 key, when reading v1), then k (0 but for a status): its k higher statuses, highest first,
+# each a rank digit and a digest.
 CLAIM_LUA = (
     _NOW_MS
     + _READER
     + """
-local n, ttl, v1 = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local m = #KEYS - n
+local n, m, ttl, v1 = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local fields, leases, tokens, olds, done = {}, {}, {}, {}, {}
+-- above[i]: event i's higher statuses, as {rank, index in `fields`, claim key}.
+local above, extra = {}, n + m
 for i = 1, m do
   fields[i], leases[i] = take(12), number()
   tokens[i] = take(number())
   if v1 ~= '' then olds[i] = v1 .. 'evt:' .. take(number()) end
+  local k = tonumber(take(1))
+  if k > 0 then
+    above[i] = {}
+    for j = 1, k do
+      local rank = tonumber(take(1))
+      table.insert(fields, take(12))
+      extra = extra + 1
+      above[i][j] = {rank, #fields, KEYS[extra]}
+    end
+  end
 end
--- One HMGET per day for all the call's events (claims never write day hashes).
+-- One HMGET per day for all the call's events (and higher statuses): done on some day.
 for d = 1, n do
   local got = redis.call('HMGET', KEYS[d], unpack(fields))
-  for i = 1, m do
+  for i = 1, #fields do
     if got[i] then done[i] = true end
   end
 end
@@ -129,6 +158,17 @@ for i = 1, m do
       redis.call('PEXPIRE', claim, ttl)
       if from_v1 then redis.call('DEL', old) end
       reply = {'claimed', attempts, 0}
+      if above[i] then
+        -- The highest status above this one seen so far: done, or claimed (this call's
+        -- earlier claims included).
+        reply[4] = 0
+        for _, h in ipairs(above[i]) do
+          if done[h[2]] or redis.call('EXISTS', h[3]) == 1 then
+            reply[4] = h[1]
+            break
+          end
+        end
+      end
     end
   end
   replies[i] = reply
@@ -259,6 +299,7 @@ class ClaimReply:
     status: ClaimStatus
     attempts: int
     wait_ms: int
+    prior_rank: int = 0  # a claimed status: the highest rank above its own seen, else 0
 
 
 class DedupeKeys:
@@ -273,12 +314,19 @@ class DedupeKeys:
     def digest(self, event_key: str) -> bytes:
         return hashlib.blake2b(_utf8(event_key), digest_size=DIGEST_BYTES).digest()
 
+    def place(self, event_key: str) -> tuple[bytes, int]:
+        """The event's digest and bucket; a status's bucket is its message id's."""
+        digest = self.digest(event_key)
+        status = status_of(event_key)
+        return digest, self.bucket(self.digest(status.message_id) if status else digest)
+
     @staticmethod
     def bucket(digest: bytes) -> int:
         return digest[0] % BUCKETS
 
-    def claim_key(self, digest: bytes) -> str:
-        return f"{self.prefix}{{{self._salt}.{self.bucket(digest)}}}c:{digest.hex()}"
+    def claim_key(self, digest: bytes, bucket: int | None = None) -> str:
+        bucket = self.bucket(digest) if bucket is None else bucket
+        return f"{self.prefix}{{{self._salt}.{bucket}}}c:{digest.hex()}"
 
     def day_key(self, bucket: int, day: int) -> str:
         return f"{self.prefix}{{{self._salt}.{bucket}}}d:{day}"
@@ -340,13 +388,18 @@ class Planned:
 _SCRIPT_BATCH = 1000
 
 
-def _by_bucket(digests: Sequence[bytes]) -> Iterator[tuple[int, list[int]]]:
+def _by_bucket(buckets: Sequence[int]) -> Iterator[tuple[int, list[int]]]:
     groups: dict[int, list[int]] = {}
-    for i, digest in enumerate(digests):
-        groups.setdefault(DedupeKeys.bucket(digest), []).append(i)
+    for i, bucket in enumerate(buckets):
+        groups.setdefault(bucket, []).append(i)
     for bucket, indices in groups.items():
         for start in range(0, len(indices), _SCRIPT_BATCH):
             yield bucket, indices[start : start + _SCRIPT_BATCH]
+
+
+def _places(keys: DedupeKeys, event_keys: Sequence[str]) -> tuple[list[bytes], list[int]]:
+    places = [keys.place(k) for k in event_keys]
+    return [digest for digest, _ in places], [bucket for _, bucket in places]
 
 
 def _sized(data: bytes) -> bytes:
@@ -365,34 +418,45 @@ def plan_claims(
     v1: bool,
     ttl_ms: int | None = None,
 ) -> list[Planned]:
-    digests = [keys.digest(c.event_key) for c in claims]
+    digests, buckets = _places(keys, [c.event_key for c in claims])
     days = keys.window_days(now_ms)
     v1_prefix = keys.prefix if v1 else ""
     planned = []
-    for bucket, indices in _by_bucket(digests):
+    for bucket, indices in _by_bucket(buckets):
         blob: list[bytes] = []
+        higher_keys: list[str] = []
         for i in indices:
             c = claims[i]
             blob += (digests[i], b"%d:" % c.lease_ms, _sized(_utf8(c.token)))
             if v1:
                 blob.append(_sized(_utf8(c.event_key)))
+            if status := status_of(c.event_key):
+                higher = [(r, keys.digest(k)) for r, k in above(status)]
+                blob.append(b"%d" % len(higher))
+                for rank, digest in higher:
+                    blob += (b"%d" % rank, digest)
+                    higher_keys.append(keys.claim_key(digest, bucket))
+            else:
+                blob.append(b"0")
         call_keys = [keys.day_key(bucket, d) for d in days]
-        call_keys += [keys.claim_key(digests[i]) for i in indices]
-        args: list[bytes | str | int] = [len(days), ttl_ms or keys.ttl_ms, v1_prefix]
-        args.append(b"".join(blob))
+        call_keys += [keys.claim_key(digests[i], bucket) for i in indices]
+        call_keys += higher_keys
+        args: list[bytes | str | int] = [len(days), len(indices), ttl_ms or keys.ttl_ms]
+        args += (v1_prefix, b"".join(blob))
         planned.append(Planned(ScriptCall(CLAIM, call_keys, args), indices))
     return planned
 
 
 def plan_records(keys: DedupeKeys, records: Sequence[AttemptRecord]) -> list[ScriptCall]:
-    digests = [keys.digest(r.event_key) for r in records]
+    digests, buckets = _places(keys, [r.event_key for r in records])
     calls = []
-    for _, indices in _by_bucket(digests):
+    for bucket, indices in _by_bucket(buckets):
         blob = b"".join(
             b"%d:%d:%s" % (r.attempts, r.lease_ms, _sized(_utf8(r.token)))
             for r in (records[i] for i in indices)
         )
-        calls.append(ScriptCall(RECORD, [keys.claim_key(digests[i]) for i in indices], [blob]))
+        claim_keys = [keys.claim_key(digests[i], bucket) for i in indices]
+        calls.append(ScriptCall(RECORD, claim_keys, [blob]))
     return calls
 
 
@@ -403,13 +467,14 @@ _HASHTABLE = b"listpack-off:" + b"-" * 500
 
 
 def plan_dones(keys: DedupeKeys, dones: Sequence[DoneMark], now_ms: int) -> list[ScriptCall]:
-    digests = [keys.digest(event_key) for event_key, _ in dones]
+    digests, buckets = _places(keys, [event_key for event_key, _ in dones])
     codes = [OUTCOME_CODES[outcome] for _, outcome in dones]  # the sinks write these two
     today = now_ms // keys.period_ms
     calls = []
-    for bucket, indices in _by_bucket(digests):
+    for bucket, indices in _by_bucket(buckets):
         blob = b"".join(digests[i] + codes[i] for i in indices)
-        call_keys = [keys.day_key(bucket, today), *(keys.claim_key(digests[i]) for i in indices)]
+        claim_keys = (keys.claim_key(digests[i], bucket) for i in indices)
+        call_keys = [keys.day_key(bucket, today), *claim_keys]
         args: list[bytes | str | int] = [keys.expire_at_ms(today), blob, _HASHTABLE]
         calls.append(ScriptCall(DONE, call_keys, args))
     return calls
@@ -418,13 +483,13 @@ def plan_dones(keys: DedupeKeys, dones: Sequence[DoneMark], now_ms: int) -> list
 def plan_resets(
     keys: DedupeKeys, event_keys: Sequence[str], now_ms: int, v1: bool, apply: bool
 ) -> list[Planned]:
-    digests = [keys.digest(k) for k in event_keys]
+    digests, buckets = _places(keys, event_keys)
     days = keys.window_days(now_ms)
     planned = []
-    for bucket, indices in _by_bucket(digests):
+    for bucket, indices in _by_bucket(buckets):
         blob = b"".join(digests[i] + (_sized(_utf8(event_keys[i])) if v1 else b"") for i in indices)
         call_keys = [keys.day_key(bucket, d) for d in days]
-        call_keys += [keys.claim_key(digests[i]) for i in indices]
+        call_keys += [keys.claim_key(digests[i], bucket) for i in indices]
         args: list[bytes | str | int] = [len(days), int(apply), keys.prefix if v1 else "", blob]
         planned.append(Planned(ScriptCall(RESET, call_keys, args), indices))
     return planned
@@ -448,7 +513,8 @@ def _text(value: Any) -> str:
 
 
 def _claim_reply(reply: Sequence[Any]) -> ClaimReply:
-    return ClaimReply(ClaimStatus(_text(reply[0])), int(reply[1]), int(reply[2]))
+    prior_rank = int(reply[3]) if len(reply) > 3 else 0
+    return ClaimReply(ClaimStatus(_text(reply[0])), int(reply[1]), int(reply[2]), prior_rank)
 
 
 # Running calls: one pipeline (redis-py's ClusterPipeline sends it as one round trip per node

@@ -2,8 +2,9 @@
 
 Same interface and semantics as the Redis store (`wa_worker.core.dedupe`): a claim with a lease
 before the handler, attempts recorded with the claim, a done marker after the outcome is
-written, all kept for the dedupe window. What it cannot give is memory across processes:
-duplicates are recognised within one run only.
+written, all kept for the dedupe window, and a status's claim answers the highest status of
+its message with a marker (core/status_order.py). What it cannot give is memory across
+processes: duplicates are recognised within one run only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from wa_worker.core.dedupe import AttemptRecord, ClaimReply, ClaimRequest, DoneMark, dedupe_keys
+from wa_worker.core.status_order import above, status_of
 from wa_worker.models.completions import ClaimStatus
 from wa_worker.settings import Settings
 
@@ -73,7 +75,15 @@ class MemoryDedupeStore:
         self._entries[request.event_key] = _Entry(
             "claim", request.token, attempts, now + request.lease_ms, now + self._ttl_ms
         )
-        return ClaimReply(ClaimStatus.CLAIMED, attempts, 0)
+        higher = self._higher_seen(request.event_key, now)
+        return ClaimReply(ClaimStatus.CLAIMED, attempts, 0, higher)
+
+    def _higher_seen(self, event_key: str, now: float) -> int:
+        """A status: the highest status above it of its message with a marker, else 0."""
+        status = status_of(event_key)
+        if status is None:
+            return 0
+        return next((r for r, k in above(status) if self._live(k, now) is not None), 0)
 
     def _live(self, event_key: str, now: float) -> _Entry | None:
         entry = self._entries.get(event_key)

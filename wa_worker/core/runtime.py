@@ -216,7 +216,14 @@ class IoRuntime:
             return
         metrics.DONE_MARKS_PENDING.set(len(self._dones))
         for (route_key, c), reply in zip(claims, replies, strict=True):
-            result = ClaimResult(c.event_key, c.token, reply.status, reply.attempts, reply.wait_ms)
+            result = ClaimResult(
+                c.event_key,
+                c.token,
+                reply.status,
+                reply.attempts,
+                reply.wait_ms,
+                prior_rank=reply.prior_rank,
+            )
             self._complete(route_key, result)
 
     def _start_handler(self, route_key: str, event: WebhookEvent, token: str) -> None:

@@ -25,6 +25,7 @@ class ClaimResult:
     attempts: int = 0
     wait_ms: int = 0
     error: str | None = None
+    prior_rank: int = 0  # a claimed status: the highest rank above its own seen (status_order)
 
 
 class HandleStatus(StrEnum):

@@ -111,6 +111,10 @@ class WebhookEvent(BaseModel):
     # A `user_changed_number` / `user_changed_user_id` system message: the customer's
     # identifiers before and after (`previous_wa_id`, `wa_id`, `previous_user_id`, `user_id`).
     identity_change: dict[str, str | None] | None = None
+    # A status: its message's highest status after this one, and whether a higher one was
+    # seen before it (core/status_order.py); set when the status is claimed.
+    current_status: str | None = None
+    superseded: bool = False
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         # Events pickled into recovery snapshots before these fields existed lack them.
@@ -144,6 +148,8 @@ class WebhookEvent(BaseModel):
             "observe_only": self.observe_only,
             "stale": self.stale,
             "identity_change": self.identity_change,
+            "current_status": self.current_status,
+            "superseded": self.superseded,
         }
 
     def single_event_envelope(self) -> dict[str, Any]:
@@ -197,6 +203,8 @@ _ADDED_FIELDS: tuple[tuple[str, Any], ...] = (
     ("observe_only", False),
     ("stale", False),
     ("identity_change", None),
+    ("current_status", None),
+    ("superseded", False),
 )
 
 
@@ -259,7 +267,7 @@ class Processed(BaseModel):
     attempts: int
     handled_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     handler_latency_s: float = 0.0
-    skipped: str | None = None  # why the handler was not called (`stale`), else None
+    skipped: str | None = None  # why the handler was not called (`stale`, `superseded`)
 
     @property
     def retries(self) -> int:
