@@ -83,10 +83,16 @@ class WebhookEvent(BaseModel):
     # Fields the worker rewrote, as paths in the handler's JSON: `payload.timestamp` (a number
     # where Meta sends digits), `received_at` (the envelope's was unusable: receive time).
     coerced: tuple[str, ...] = ()
+    # W3C trace context (wa_worker/core/tracing.py): the inbound record's until the event span
+    # starts, then that span's. Strings, so they pickle into recovery snapshots.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         # Events pickled into recovery snapshots before `coerced` existed lack it.
         state.get("__dict__", {}).setdefault("coerced", ())
+        state.get("__dict__", {}).setdefault("traceparent", None)
+        state.get("__dict__", {}).setdefault("tracestate", None)
         super().__setstate__(state)
 
     def for_handler(self) -> dict[str, Any]:
