@@ -66,7 +66,8 @@ def decode(body: bytes) -> list[ReceivedSpan]:
 
 
 class OtlpReceiver:
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = True) -> None:
+        """`keep=False`: count what arrives without decoding it (a measurement's sink)."""
         self.spans: list[ReceivedSpan] = []
         self.posts = 0
         self._lock = threading.Lock()
@@ -82,7 +83,7 @@ class OtlpReceiver:
                 if self.path != "/v1/traces":
                     self._answer(404, b"")
                     return
-                spans = decode(body)
+                spans = decode(body) if keep else []
                 with receiver._lock:
                     receiver.posts += 1
                     receiver.spans.extend(spans)

@@ -109,7 +109,7 @@ def test_a_webhooks_trace_context_reaches_the_handler_and_the_outcome_records(
         record_line(
             b"w-kafka",
             _webhook("w-kafka", "wamid.kafka"),
-            [("traceparent", traceparent(KAFKA_TRACE).encode())],
+            (("traceparent", traceparent(KAFKA_TRACE).encode()),),
         ),
         # Only the envelope's headers have it (what the edge received).
         _webhook("w-env", "wamid.envelope", {"traceparent": traceparent(ENVELOPE_TRACE)}),
@@ -128,12 +128,12 @@ def test_a_webhooks_trace_context_reaches_the_handler_and_the_outcome_records(
         (call,) = named["handler"]
         # The event span hangs under the webhook's span; the others under the event span.
         assert event.parent is not None and f"{event.parent.span_id:016x}" == "00f067aa0ba902b7"
-        event_span_id = f"{event.context.span_id:016x}"  # type: ignore[union-attr]
+        event_span_id = f"{event.context.span_id:016x}"
         for child in (*named["claim"], call, *named["write"]):
             assert child.parent is not None and f"{child.parent.span_id:016x}" == event_span_id
         assert event.attributes is not None and event.attributes["wa.outcome"] == "processed"
         # The handler saw the trace (its span's context), the processed record the event's.
-        assert _ids(seen[wamid]) == (trace_id, f"{call.context.span_id:016x}")  # type: ignore[union-attr]
+        assert _ids(seen[wamid]) == (trace_id, f"{call.context.span_id:016x}")
         assert _ids(processed[wamid]) == (trace_id, event_span_id)
 
     # No context: the event span is a root, and its trace still reaches handler and record.
@@ -146,7 +146,7 @@ def test_a_webhooks_trace_context_reaches_the_handler_and_the_outcome_records(
     # A dead letter carries its event span's traceparent too, and that span says why.
     rejected_trace, rejected_span = _ids(dlq["wamid.rejected"])
     (rejected,) = _by_name(finished, rejected_trace)["event"]
-    assert f"{rejected.context.span_id:016x}" == rejected_span  # type: ignore[union-attr]
+    assert f"{rejected.context.span_id:016x}" == rejected_span
     assert rejected.attributes is not None and rejected.attributes["wa.outcome"] == "dlq"
 
     # The Redis round trips: batch spans linked to the events they carried.
@@ -161,11 +161,8 @@ def test_traces_are_off_by_default(tmp_path: Path, stack: Stack, redis_prefix: s
     disabled = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}
     assert tracing.configure_from_env("wa-worker", disabled) is False
     assert not tracing.ENABLED
-    lines = [
-        record_line(
-            b"w1", _webhook("w1", "wamid.off"), [("traceparent", traceparent(KAFKA_TRACE).encode())]
-        )
-    ]
+    context = (("traceparent", traceparent(KAFKA_TRACE).encode()),)
+    lines = [record_line(b"w1", _webhook("w1", "wamid.off"), context)]
     with HandlerServer() as handler:
         processed, _ = _replay(tmp_path, stack, redis_prefix, handler, lines)
     assert processed == {"wamid.off": ""}  # no traceparent header written

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from dotenv import dotenv_values
+
 from wa_worker.errors import ConfigError
 from wa_worker.models.records import WebhookEvent
 
@@ -55,7 +57,12 @@ class _Written(Protocol):
 
 def configure_from_env(service_name: str, environ: Mapping[str, str] | None = None) -> bool:
     """Turn tracing on when the `OTEL_*` variables ask for it; True if on. Raises ConfigError
-    naming the variable that is wrong."""
+    naming the variable that is wrong. `environ`: the process's environment, with `.env`'s
+    OTEL_* lines under it (copied into it: the SDK reads only the environment)."""
+    if environ is None:
+        for name, value in dotenv_values(".env").items():
+            if name.startswith("OTEL_") and value is not None:
+                os.environ.setdefault(name, value)
     env = os.environ if environ is None else environ
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
