@@ -123,13 +123,13 @@ def test_a_webhooks_trace_context_reaches_the_handler_and_the_outcome_records(
 
     for wamid, trace_id in (("wamid.kafka", KAFKA_TRACE), ("wamid.envelope", ENVELOPE_TRACE)):
         named = _by_name(finished, trace_id)
-        assert {"event", "claim", "handler", "write"} <= set(named), (wamid, sorted(named))
+        assert {"event", "handler", "write"} <= set(named), (wamid, sorted(named))
         (event,) = named["event"]
         (call,) = named["handler"]
         # The event span hangs under the webhook's span; the others under the event span.
         assert event.parent is not None and f"{event.parent.span_id:016x}" == "00f067aa0ba902b7"
         event_span_id = f"{event.context.span_id:016x}"
-        for child in (*named["claim"], call, *named["write"]):
+        for child in (call, *named["write"]):
             assert child.parent is not None and f"{child.parent.span_id:016x}" == event_span_id
         assert event.attributes is not None and event.attributes["wa.outcome"] == "processed"
         # The handler saw the trace (its span's context), the processed record the event's.
@@ -149,10 +149,11 @@ def test_a_webhooks_trace_context_reaches_the_handler_and_the_outcome_records(
     assert f"{rejected.context.span_id:016x}" == rejected_span
     assert rejected.attributes is not None and rejected.attributes["wa.outcome"] == "dlq"
 
-    # The Redis round trips: batch spans linked to the events they carried.
+    # The Redis round trips: batch spans linked to the event spans they claimed.
     batches = [s for s in finished if s.name == "redis batch"]
-    linked = {f"{link.context.trace_id:032x}" for b in batches for link in b.links}
-    assert {KAFKA_TRACE, ENVELOPE_TRACE, root_trace} <= linked
+    linked = {f"{link.context.span_id:016x}" for b in batches for link in b.links}
+    assert _ids(processed["wamid.kafka"])[1] in linked
+    assert {_ids(processed[k])[1] for k in processed} <= linked
 
 
 def test_traces_are_off_by_default(tmp_path: Path, stack: Stack, redis_prefix: str) -> None:
@@ -242,7 +243,7 @@ def test_one_trace_from_the_ingress_through_the_worker_exported_over_otlp(
         assert _ids(processed[0].header("traceparent") or "-")[0] == trace_id
         assert [_ids(c.traceparent or "-")[0] for c in handler.calls] == [trace_id]
 
-        wanted = {"POST /webhook", "event", "claim", "handler", "produce"}
+        wanted = {"POST /webhook", "event", "handler", "produce"}
 
         def complete(received: list[Any]) -> bool:
             return wanted <= {s.name for s in received if s.trace_id == trace_id}
@@ -254,12 +255,19 @@ def test_one_trace_from_the_ingress_through_the_worker_exported_over_otlp(
     assert (root.parent_span_id, root.span_id, root.service) == ("", ingress_span, "test-ingress")
     event = by_name["event"]
     assert (event.parent_span_id, event.service) == (ingress_span, "test-worker")
-    for name in ("claim", "handler", "produce"):
+    for name in ("handler", "produce"):
         assert by_name[name].parent_span_id == event.span_id, name
+
+    def claimed(s: Any) -> bool:
+        return bool(s.name == "redis batch" and event.span_id in s.links)
+
+    batches = [s for s in receiver.wait_for(lambda r: any(map(claimed, r))) if claimed(s)]
+    assert batches and all(b.parent_span_id == "" for b in batches)  # linked, not a child
     assert _ids(processed[0].header("traceparent") or "-")[1] == event.span_id
     print(
         "\none webhook's trace: "
         + ", ".join(f"{s.name} {s.duration_ms:.1f} ms" for s in sorted(received, key=_start))
+        + f"; linked redis batch {batches[0].duration_ms:.1f} ms"
     )
 
 

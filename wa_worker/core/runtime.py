@@ -210,8 +210,8 @@ class IoRuntime:
             )
             metrics.REDIS_ERRORS.inc()
             if tracing.ENABLED:
-                failed = [(c.event_key, "error") for _, c in claims]
-                tracing.redis_batch(failed, started_ns, len(records), len(dones), str(exc))
+                keys = [c.event_key for _, c in claims]
+                tracing.redis_batch(keys, started_ns, len(records), len(dones), str(exc))
             self._dones[:0] = dones
             metrics.DONE_MARKS_PENDING.set(len(self._dones))
             for route_key, c in claims:
@@ -220,9 +220,8 @@ class IoRuntime:
             return
         metrics.DONE_MARKS_PENDING.set(len(self._dones))
         if tracing.ENABLED:
-            pairs = zip(claims, replies, strict=True)
-            traced = [(c.event_key, r.status.value) for (_, c), r in pairs]
-            tracing.redis_batch(traced, started_ns, len(records), len(dones), None)
+            keys = [c.event_key for _, c in claims]
+            tracing.redis_batch(keys, started_ns, len(records), len(dones), None)
         for (route_key, c), reply in zip(claims, replies, strict=True):
             result = ClaimResult(c.event_key, c.token, reply.status, reply.attempts, reply.wait_ms)
             self._complete(route_key, result)

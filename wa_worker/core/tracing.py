@@ -6,9 +6,10 @@ skips. On (`OTEL_TRACES_EXPORTER=otlp`, OTLP/HTTP), `wa_worker.core.tracing_otel
 spans. Across Bytewax steps the context travels in the event as its `traceparent` string
 (it pickles into recovery snapshots); the live span objects stay in this process.
 
-Spans per event: `event` (queued → outcome written), with children `claim` (one per event
-of a Redis batch, linked to the batch's own `redis batch` span), `handler` (the call; the
-HTTP handler's request carries its `traceparent`) and `produce` (or `write` for a replay).
+Spans: `event` per event (queued → outcome written), with children `handler` (each call; the
+HTTP handler's request carries its `traceparent`) and `produce` (`write` in a replay); one
+`redis batch` per Redis round trip, linked to the events it claimed (a child span per claim
+would cost as much as the event's own span).
 Their parent is the inbound record's `traceparent` header, else the envelope's (what the
 edge received), else none: a new root. `wa-worker ingress` opens the root when Meta sends
 no context, and puts its `traceparent` on the inbound record.
@@ -132,9 +133,9 @@ def end_event(event_key: str, outcome: str) -> None:
 
 
 def redis_batch(
-    claims: Sequence[tuple[str, str]], started_ns: int, records: int, dones: int, error: str | None
+    claims: Sequence[str], started_ns: int, records: int, dones: int, error: str | None
 ) -> None:
-    """One Redis round trip: `claims` as (event key, status)."""
+    """One Redis round trip: `claims`, the event keys claimed (its span links to theirs)."""
     _tracing().redis_batch(claims, started_ns, records, dones, error)
 
 

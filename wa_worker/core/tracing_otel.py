@@ -70,8 +70,12 @@ def _context(traceparent: str | None, tracestate: str | None) -> Context:
 
 
 def _carrier(span: Span) -> dict[str, str]:
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span, Context()))
+    """The span's W3C headers, written directly (the propagator's way costs several context
+    look-ups per event)."""
+    ctx = span.get_span_context()
+    carrier = {TRACEPARENT: f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"}
+    if ctx.trace_state:
+        carrier[TRACESTATE] = ctx.trace_state.to_header()
     return carrier
 
 
@@ -127,13 +131,11 @@ class Tracing:
             "event",
             context=_context(parent, state),
             kind=SpanKind.CONSUMER,
-            attributes={
-                "wa.event_key": event.event_key,
-                "wa.event_kind": event.kind.value,
-                "wa.webhook_id": event.webhook_id,
-                "wa.resumed": resumed,
-            },
+            # Few attributes: the SDK checks each one, most of a span's cost.
+            attributes={"wa.event_key": event.event_key, "wa.event_kind": event.kind.value},
         )
+        if resumed:
+            span.set_attribute("wa.resumed", True)
         evicted: list[Span] = []
         with self._lock:
             if (old := self._open.pop(event.event_key, None)) is not None:
@@ -154,26 +156,23 @@ class Tracing:
         if span is not None:
             _finish(span, outcome, end_ns)
 
-    def _event_span(self, event_key: str) -> Span | None:
-        with self._lock:
-            return self._open.get(event_key)
-
     def redis_batch(
         self,
-        claims: Sequence[tuple[str, str]],
+        claims: Sequence[str],
         started_ns: int,
         records: int,
         dones: int,
         error: str | None,
     ) -> None:
         ended = time.time_ns()
-        spans = [(key, status, self._event_span(key)) for key, status in claims]
+        with self._lock:
+            spans = [self._open.get(key) for key in claims]
         batch = self._tracer.start_span(
             "redis batch",
             context=Context(),
             kind=SpanKind.CLIENT,
             start_time=started_ns,
-            links=[Link(s.get_span_context()) for _, _, s in spans if s is not None],
+            links=[Link(s.get_span_context()) for s in spans if s is not None],
             attributes={
                 "db.system.name": "redis",
                 "wa.claims": len(claims),
@@ -184,19 +183,6 @@ class Tracing:
         if error is not None:
             batch.set_status(Status(StatusCode.ERROR, error[:200]))
         batch.end(ended)
-        link = [Link(batch.get_span_context())]
-        for key, status, event_span in spans:
-            if event_span is None:
-                continue
-            claim = self._tracer.start_span(
-                "claim",
-                context=trace.set_span_in_context(event_span, Context()),
-                kind=SpanKind.CLIENT,
-                start_time=started_ns,
-                links=link,
-                attributes={"wa.event_key": key, "wa.claim_status": status},
-            )
-            claim.end(ended)
 
     async def handler_call(
         self, handler: Callable[[WebhookEvent], Awaitable[T]], event: WebhookEvent
@@ -221,19 +207,25 @@ class Tracing:
     def written(self, records: Sequence[_Written], span_name: str, started_ns: int) -> None:
         ended = time.time_ns()
         for record in records:
-            parent, state = trace_of(record.headers)
-            if parent is None:
-                continue
+            with self._lock:
+                event = self._open.pop(record.done[0], None) if record.done else None
+            if event is not None:
+                parent = trace.set_span_in_context(event, Context())
+            else:  # its event span is not open here (a resumed event's record, say)
+                traceparent, tracestate = trace_of(record.headers)
+                if traceparent is None:
+                    continue
+                parent = _context(traceparent, tracestate)
             span = self._tracer.start_span(
                 span_name,
-                context=_context(parent, state),
+                context=parent,
                 kind=SpanKind.PRODUCER,
                 start_time=started_ns,
                 attributes={"messaging.destination.name": record.topic},
             )
             span.end(ended)
-            if record.done is not None:
-                self.end_event(record.done[0], record.done[1], ended)
+            if event is not None and record.done is not None:
+                _finish(event, record.done[1], ended)
 
     @contextmanager
     def ingress_request(self, headers: Mapping[str, str], name: str) -> Iterator[IngressTrace]:
