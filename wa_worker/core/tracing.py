@@ -89,7 +89,9 @@ def configure_from_env(service_name: str, environ: Mapping[str, str] | None = No
             "OTEL_TRACES_EXPORTER: traces need the optional packages: "
             f"pip install 'wa-worker[tracing]' ({exc})"
         ) from None
-    install(tracing_otel.provider(service_name, sorted(names)))
+    made = tracing_otel.provider(service_name, sorted(names))
+    install(made)
+    tracing_otel.make_global(made)  # a handler callable's own spans join the same export
     return True
 
 

@@ -41,6 +41,10 @@ def provider(service_name: str, exporters: Sequence[str]) -> TracerProvider:
     return made
 
 
+def make_global(made: TracerProvider) -> None:
+    trace.set_tracer_provider(made)
+
+
 def _exporter(name: str) -> SpanExporter:
     if name == "console":
         return ConsoleSpanExporter()

@@ -1,4 +1,4 @@
-"""`python -m devtools.trace_cost [ENVELOPES] [ROUNDS]`: what traces cost a replay.
+"""`python -m bench.trace_cost [ENVELOPES] [ROUNDS]`: what traces cost a replay.
 
 Replays the benchmark's workload (bench.workload) with traces off and on (OTLP/HTTP to a local
 receiver in this process), interleaved, each run under a Redis prefix of its own (deleted
