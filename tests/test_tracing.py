@@ -5,6 +5,7 @@ runs unless the OTEL_* variables ask for it."""
 from __future__ import annotations
 
 import json
+import pickle
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -303,3 +304,34 @@ def test_the_ingress_keeps_a_context_meta_sends(
         (span,) = receiver.wait_for(lambda r: bool(r))
     assert (span.trace_id, span.parent_span_id) == (KAFKA_TRACE, "00f067aa0ba902b7")
     assert span.attributes["http.response.status_code"] == 200
+
+
+def test_the_trace_context_survives_a_snapshot_and_a_duplicate_closes_its_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    """The event carries its span's context as strings: pickled into a snapshot and resumed,
+    the new process's `event` span continues the same trace under the lost span."""
+    from tests.test_conversation import claimed, events, make
+    from wa_worker.models.completions import ClaimResult, ClaimStatus
+
+    logic, submit, clock = make()
+    (a,) = events("wamid.a")
+    logic.on_batch([a.model_copy(update={"traceparent": traceparent(KAFKA_TRACE)})])
+    token = submit.claims[0][1]
+    logic.on_batch([claimed("wamid.a", token)])
+    state = pickle.loads(pickle.dumps(logic.snapshot()))
+    first = state.queue[0].event.traceparent
+    assert first is not None and _ids(first)[0] == KAFKA_TRACE
+
+    resumed, submit2, _ = make(resume=state, clock=clock)
+    again = resumed.snapshot().queue[0].event.traceparent
+    assert again is not None and _ids(again)[0] == KAFKA_TRACE and again != first
+    resumed.on_notify()
+    resumed.on_batch([ClaimResult("wamid.a", submit2.claims[0][1], ClaimStatus.DONE)])
+    # (In one process, the first logic's span is closed too, as `unfinished`, when the resumed
+    # event takes its place.)
+    outcomes = {s.attributes["wa.outcome"]: s for s in spans.get_finished_spans() if s.attributes}
+    assert set(outcomes) == {"unfinished", "duplicate"}
+    ended = outcomes["duplicate"]
+    assert ended.attributes is not None and ended.attributes["wa.resumed"] is True
+    assert ended.parent is not None and f"{ended.parent.span_id:016x}" == _ids(first)[1]
