@@ -17,7 +17,8 @@ COPY dataflow.py ./
 COPY wa_worker ./wa_worker
 COPY operators ./operators
 COPY sinks ./sinks
-RUN /opt/venv/bin/pip install .
+# The tracing extra: OTEL_TRACES_EXPORTER=otlp works in the image (off unless set).
+RUN /opt/venv/bin/pip install '.[tracing]'
 
 # --- runtime: the virtualenv, the entrypoint scripts, a non-root user ---
 FROM ${BASE_IMAGE}

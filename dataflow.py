@@ -27,6 +27,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
+from wa_worker.core import tracing
 from wa_worker.core.services import Services
 from wa_worker.models.records import DeadLetter
 from wa_worker.operators.completions import CompletionSource, EndSignal
@@ -40,7 +41,12 @@ from wa_worker.operators.inbound import (
     is_message,
 )
 from wa_worker.operators.parse import is_event, parse_batch
-from wa_worker.process.startup import require_kafka_topics, require_working_redis, start_process
+from wa_worker.process.startup import (
+    configure_tracing_or_exit,
+    require_kafka_topics,
+    require_working_redis,
+    start_process,
+)
 from wa_worker.settings import Settings, load_settings_or_exit
 from wa_worker.sinks.kafka_sink import KafkaOutcomeSink
 from wa_worker.sinks.records import KafkaRecord, Topics, to_record
@@ -74,6 +80,8 @@ def build(
 
     # Parse & split: each envelope into events, or a dead letter saying why not.
     parse = parse_batch(_app_secret(settings))
+    if tracing.ENABLED:  # each record's trace context onto its events
+        parse = tracing.traced_parse(parse)
     parsed = op.flat_map_batch(
         "parse", readable.trues, finish.counted_parse(parse) if finish else parse
     )
@@ -110,6 +118,7 @@ def worker_flow() -> Dataflow:
     """The worker: Kafka in, Kafka out. Starts the process's services (signals, health,
     offset reporter) too, so it is called once, by Bytewax reading `flow`."""
     settings = load_settings_or_exit()
+    configure_tracing_or_exit("wa-worker")
     require_kafka_topics(settings)
     require_working_redis(settings)
     services = Services.create(settings)

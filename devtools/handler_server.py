@@ -29,6 +29,7 @@ class Call:
     at: float  # time.monotonic()
     status: int
     idempotency_key: str | None
+    traceparent: str | None = None  # the W3C trace context the worker sent, if any
 
 
 Plan = Callable[[dict[str, Any], int], Reply]
@@ -58,7 +59,9 @@ class HandlerServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 event = json.loads(self.rfile.read(length))
-                reply = server._record(event, self.headers.get("Idempotency-Key"))
+                reply = server._record(
+                    event, self.headers.get("Idempotency-Key"), self.headers.get("traceparent")
+                )
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
                 body = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
@@ -83,7 +86,9 @@ class HandlerServer:
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def _record(self, event: dict[str, Any], idempotency_key: str | None) -> Reply:
+    def _record(
+        self, event: dict[str, Any], idempotency_key: str | None, traceparent: str | None = None
+    ) -> Reply:
         key = event["event_key"]
         with self._lock:
             attempt = self._attempts[key] = self._attempts.get(key, 0) + 1
@@ -97,6 +102,7 @@ class HandlerServer:
                     time.monotonic(),
                     reply.status,
                     idempotency_key,
+                    traceparent,
                 )
             )
         return reply

@@ -31,7 +31,7 @@ from typing import Protocol
 
 from bytewax.operators import StatefulBatchLogic
 
-from wa_worker.core import metrics
+from wa_worker.core import metrics, tracing
 from wa_worker.core.status_order import order, status_of
 from wa_worker.models.completions import (
     ClaimResult,
@@ -179,6 +179,9 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
                 replace(p, phase=Phase.CLAIM, due_at=p.due_at or now) for p in resume.queue
             ]
             metrics.RETRIES_PENDING.inc(sum(p.retry_waiting for p in self._state.queue))
+            if tracing.ENABLED:  # the old process's spans died with it: a new one each
+                for p in self._state.queue:
+                    p.event = tracing.start_event(p.event, resumed=True)
             # getattr: states snapshotted before the reorder window have neither field.
             self._state.held = [replace(h) for h in getattr(resume, "held", [])]
             self._state.arrivals = getattr(resume, "arrivals", 0)
@@ -246,6 +249,8 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             self._queue_event(event)
 
     def _queue_event(self, event: WebhookEvent) -> None:
+        if tracing.ENABLED:
+            event = tracing.start_event(event)
         self._state.queue.append(Pending(event=event, token=new_token(), due_at=self._now()))
 
     def _pop_head(self) -> Pending:
@@ -333,6 +338,8 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         elif result.status is ClaimStatus.DONE:
             metrics.DUPLICATES.inc()
             self._pop_head()
+            if tracing.ENABLED:
+                tracing.end_event(head.event.event_key, "duplicate")
         else:
             wait_s = poll_delay_s(head.polls)
             if result.status is ClaimStatus.BUSY:

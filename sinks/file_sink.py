@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import BinaryIO
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pydantic import BaseModel
 
+from wa_worker.core import tracing
 from wa_worker.models.headers import attempts_of, decoded
 from wa_worker.sinks.kafka_sink import DoneMarks
 from wa_worker.sinks.records import KafkaRecord
@@ -92,6 +94,7 @@ class _FilePartition(StatelessSinkPartition[KafkaRecord]):
         self._durable = durable
 
     def write_batch(self, items: list[KafkaRecord]) -> None:
+        started_ns = time.time_ns()
         processed = [r for r in items if r.error_class is None]
         dead = [r for r in items if r.error_class is not None]
         for out, records in ((self._processed, processed), (self._dlq, dead)):
@@ -103,6 +106,8 @@ class _FilePartition(StatelessSinkPartition[KafkaRecord]):
         for record in items:
             self._tally.count(record)
         self._tally.on_count(len(items))
+        if tracing.ENABLED:
+            tracing.written(items, "write", started_ns)
         self._marks.mark_done([r.done for r in items if r.done is not None])
 
     def close(self) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from wa_worker.core import metrics
+from wa_worker.core import metrics, tracing
 from wa_worker.core.dedupe import DoneMark
 from wa_worker.core.kafka_produce import produce_waiting
 from wa_worker.errors import DeliveryError
@@ -56,6 +56,7 @@ class _KafkaOutcomePartition(StatelessSinkPartition[KafkaRecord]):
         self._flush_timeout_s = flush_timeout_s
 
     def write_batch(self, items: list[KafkaRecord]) -> None:
+        started_ns = time.time_ns()
         written: list[KafkaRecord] = []
         pending = items
         while pending:  # each round writes what the last one had refused, made smaller
@@ -63,6 +64,8 @@ class _KafkaOutcomePartition(StatelessSinkPartition[KafkaRecord]):
             written.extend(r for i, r in enumerate(pending) if i not in refused)
             pending = [_instead(pending[i], reason) for i, reason in refused.items()]
         self._observe(written)
+        if tracing.ENABLED:
+            tracing.written(written, "produce", started_ns)
         self._marks.mark_done([r.done for r in written if r.done is not None])
 
     def _send(self, records: list[KafkaRecord]) -> dict[int, str]:

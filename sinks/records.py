@@ -8,7 +8,7 @@ from functools import partial
 
 from wa_worker.core import jsonbytes
 from wa_worker.models.event_time import event_time
-from wa_worker.models.headers import DeadLetterHeaders, ProcessedHeaders, dropped
+from wa_worker.models.headers import DeadLetterHeaders, ProcessedHeaders, dropped, trace_headers
 from wa_worker.models.records import DeadLetter, ErrorClass, Outcome, Processed
 
 # librdkafka counts a record's framing (and the broker its batch's) on top of key, value and
@@ -119,6 +119,8 @@ def processed_record(
         attempts=outcome.attempts,
         latency_ms=_latency_ms(event.received_at, outcome.handled_at),
     ).to_headers()
+    if event.traceparent is not None:
+        headers += trace_headers(event.traceparent, event.tracestate)
     return KafkaRecord(
         topic=topic,
         key=event.conversation_key.encode(),
@@ -173,6 +175,8 @@ def dead_letter_record(letter: DeadLetter, topic: str, inbound_topic: str) -> Ka
         status_code=letter.status_code,
         envelope_rebuilt=letter.is_rebuilt(),
     ).to_headers()
+    if letter.event is not None and letter.event.traceparent is not None:
+        headers += trace_headers(letter.event.traceparent, letter.event.tracestate)
     key = letter.event_key or letter.webhook_id
     return KafkaRecord(
         topic=topic,

@@ -42,7 +42,7 @@ from wa_worker.core.services import Services
 from wa_worker.operators.file_source import FileSource, LineCounts
 from wa_worker.operators.finish import FinishTracker
 from wa_worker.process import logs
-from wa_worker.process.startup import require_handler
+from wa_worker.process.startup import configure_tracing_or_exit, require_handler
 from wa_worker.settings import Settings, load_settings_or_exit
 from wa_worker.sinks.file_sink import DLQ_FILE, PROCESSED_FILE, FileOutcomeSink, OutcomeTally
 
@@ -268,6 +268,7 @@ def replay_command(
     settings = load_settings_or_exit()
     require_handler(settings)  # a HANDLER_CALLABLE typo: one line, not a Rust panic
     logs.configure_from(settings)
+    configure_tracing_or_exit("wa-worker-replay")
     err = Console(stderr=True)
     dedupe = choose_dedupe(settings, in_memory, dedupe_prefix)
     note = f"; {dedupe.note}" if dedupe.note else ""

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from wa_worker.core import jsonbytes
+from wa_worker.core import jsonbytes, tracing
 from wa_worker.core.excerpt import error_excerpt, request_texts
 from wa_worker.errors import ConfigError, PermanentError, TransientError
 from wa_worker.models.records import WebhookEvent
@@ -94,15 +94,16 @@ class HttpHandler:
 
     async def __call__(self, event: WebhookEvent) -> Any:
         sent = event.for_handler()
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": header_safe(event.event_key),
+            "X-WA-Event-Kind": event.kind.value,
+        }
+        if tracing.ENABLED:
+            tracing.inject(headers)  # the handler span's context: the peer joins the trace
         try:
             response = await self._client.post(
-                self._url,
-                content=jsonbytes.dumps(sent),
-                headers={
-                    "Content-Type": "application/json",
-                    "Idempotency-Key": header_safe(event.event_key),
-                    "X-WA-Event-Kind": event.kind.value,
-                },
+                self._url, content=jsonbytes.dumps(sent), headers=headers
             )
         except httpx.TimeoutException as exc:
             raise TransientError(f"handler timed out: {type(exc).__name__}") from exc

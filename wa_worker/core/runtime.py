@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from wa_worker.core import metrics
+from wa_worker.core import metrics, tracing
 from wa_worker.core.breaker import CircuitBreaker
 from wa_worker.core.dedupe import AttemptRecord, ClaimRequest, DedupeStore, DoneMark, redis_store
 from wa_worker.core.excerpt import one_line
@@ -198,6 +198,7 @@ class IoRuntime:
         dones, self._dones = self._dones, []
         if self._claims:
             self._redis_wake.set()
+        started_ns = time.time_ns()
         try:
             replies = await self._store.run_batch([c for _, c in claims], records, dones)
         except Exception as exc:  # noqa: BLE001  (Redis down: claims wait, marks are retried)
@@ -208,6 +209,9 @@ class IoRuntime:
                 exc,
             )
             metrics.REDIS_ERRORS.inc()
+            if tracing.ENABLED:
+                keys = [c.event_key for _, c in claims]
+                tracing.redis_batch(keys, started_ns, len(records), len(dones), str(exc))
             self._dones[:0] = dones
             metrics.DONE_MARKS_PENDING.set(len(self._dones))
             for route_key, c in claims:
@@ -215,6 +219,9 @@ class IoRuntime:
                 self._complete(route_key, error)
             return
         metrics.DONE_MARKS_PENDING.set(len(self._dones))
+        if tracing.ENABLED:
+            keys = [c.event_key for _, c in claims]
+            tracing.redis_batch(keys, started_ns, len(records), len(dones), None)
         for (route_key, c), reply in zip(claims, replies, strict=True):
             result = ClaimResult(
                 c.event_key,
@@ -236,7 +243,12 @@ class IoRuntime:
             metrics.HANDLER_IN_FLIGHT.inc()
             started = time.perf_counter()
             try:
-                result = await asyncio.wait_for(self._handler(event), self._timeout_s * 1.5)
+                call = (
+                    tracing.handler_call(self._handler, event)
+                    if tracing.ENABLED
+                    else self._handler(event)
+                )
+                result = await asyncio.wait_for(call, self._timeout_s * 1.5)
                 outcome = HandleResult(event.event_key, token, HandleStatus.OK, result=result)
             except PermanentError as exc:
                 outcome = _failed(event, token, HandleStatus.PERMANENT, str(exc), exc.status_code)

@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from wa_worker.core import tracing
 from wa_worker.ingress import metrics
 from wa_worker.ingress.config import IngressSettings
 from wa_worker.ingress.envelope import build_envelope, envelope_id, handshake, signature_problem
-from wa_worker.ingress.publisher import Publisher, Unavailable
+from wa_worker.ingress.publisher import Publisher, RecordHeaders, Unavailable
 
 log = logging.getLogger("wa_worker.ingress")
 
@@ -62,7 +63,14 @@ class Ingress:
         self.in_flight += 1
         self._idle.clear()
         try:
-            return await self._deliver(request)
+            if not tracing.ENABLED:
+                return await self._deliver(request)
+            # The request's span is the trace's root unless Meta sent a context.
+            name = f"POST {self.settings.ingress_path}"
+            with tracing.ingress_request(request.headers, name) as trace:
+                response = await self._deliver(request, trace.headers)
+                trace.answered(response.status)
+                return response
         finally:
             self.in_flight -= 1
             if not self.in_flight:
@@ -80,7 +88,9 @@ class Ingress:
             return False
         return True
 
-    async def _deliver(self, request: web.Request) -> web.Response:
+    async def _deliver(
+        self, request: web.Request, trace_headers: RecordHeaders | None = None
+    ) -> web.Response:
         received_at = datetime.now(UTC)
         limit = self.settings.ingress_max_body_bytes
         if request.content_length is not None and request.content_length > limit:
@@ -109,7 +119,7 @@ class Ingress:
             return _refused(413, "too_large_for_kafka")
         started = time.perf_counter()
         try:
-            await self.publisher.publish(webhook_id.encode(), value)
+            await self.publisher.publish(webhook_id.encode(), value, trace_headers)
         except Unavailable as exc:
             return _refused(503, exc.outcome, detail=str(exc))
         finally:

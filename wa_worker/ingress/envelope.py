@@ -19,7 +19,7 @@ from wa_worker.operators.parse import SIGNATURE_HEADER, verify_signature
 
 # Kept in the envelope: what the worker needs (the signature) and what an auditor needs (who
 # sent it, as what); never cookies, authorization or a proxy's headers.
-KEPT_HEADERS = (SIGNATURE_HEADER, "User-Agent", "Content-Type")
+KEPT_HEADERS = (SIGNATURE_HEADER, "User-Agent", "Content-Type", "traceparent", "tracestate")
 RECEIVED_AT_HEADER = "X-Wa-Ingress-Received-At"
 
 

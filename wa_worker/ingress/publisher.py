@@ -18,6 +18,9 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 log = logging.getLogger("wa_worker.ingress.kafka")
 
+# A record's headers, as confluent-kafka takes them.
+RecordHeaders = list[tuple[str, str | bytes | None]]
+
 
 class Unavailable(Exception):
     """Kafka did not acknowledge the record: the request is answered 503 (Meta retries)."""
@@ -58,8 +61,9 @@ class Publisher:
             self.fatal = error.str()
             log.error("kafka producer failed for good", extra={"error": error.str()})
 
-    async def publish(self, key: bytes, value: bytes) -> None:
-        """Return once the record is acknowledged (acks=all); raise Unavailable otherwise."""
+    async def publish(self, key: bytes, value: bytes, headers: RecordHeaders | None = None) -> None:
+        """Return once the record is acknowledged (acks=all); raise Unavailable otherwise.
+        `headers`: the request's trace context, when tracing is on."""
         if self.fatal is not None:
             raise Unavailable("kafka_unavailable", self.fatal)
         self._loop = loop = asyncio.get_running_loop()
@@ -70,7 +74,9 @@ class Publisher:
                 self._reports.append((done, error))
 
         try:
-            self._producer.produce(self.topic, value, key, on_delivery=delivered)
+            self._producer.produce(
+                self.topic, value, key, on_delivery=delivered, headers=list(headers or ())
+            )
         except BufferError:
             raise Unavailable("kafka_backlog", "the producer's local queue is full") from None
         except KafkaException as exc:

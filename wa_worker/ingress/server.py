@@ -18,6 +18,7 @@ from wa_worker.ingress.app import Ingress
 from wa_worker.ingress.config import Config, load_config_or_exit
 from wa_worker.ingress.publisher import Publisher
 from wa_worker.process import logs
+from wa_worker.process.startup import configure_tracing_or_exit
 
 log = logging.getLogger("wa_worker.ingress")
 
@@ -84,6 +85,7 @@ def main() -> None:
         config.worker.log_redact,
         (*config.worker.secrets(), *config.ingress.secrets()),
     )
+    configure_tracing_or_exit("wa-worker-ingress")
     if not config.ingress.app_secrets():
         log.warning("INGRESS_ALLOW_UNSIGNED=true: POSTs are accepted without a signature check")
     if config.ingress.wa_verify_token is None:

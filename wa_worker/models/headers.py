@@ -38,6 +38,10 @@ ENVELOPE_DROPPED = "wa-envelope-dropped"
 # Inbound records `dlq redrive` publishes.
 REDRIVE_OF = "wa-redrive-of"
 REDRIVE_AT = "wa-redrive-at"
+# W3C trace context (README "Traces"): on inbound records from `wa-worker ingress`, and on
+# processed records and dead letters when tracing is on (the event span's).
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 
 Headers = list[tuple[str, bytes]]
 # What a reader may be given: pairs or a mapping (confluent-kafka returns either, with None
@@ -193,6 +197,26 @@ class DeadLetterHeaders:
 def dropped(reason: str | None) -> Headers:
     """The header that marks a dead letter written without its envelope (appended last)."""
     return [] if reason is None else [(ENVELOPE_DROPPED, reason.encode())]
+
+
+def trace_headers(traceparent: str | None, tracestate: str | None = None) -> Headers:
+    """The trace context headers (appended last); none when there is no context."""
+    if traceparent is None:
+        return []
+    out = [(TRACEPARENT, traceparent.encode())]
+    return [*out, (TRACESTATE, tracestate.encode())] if tracestate else out
+
+
+def trace_of(raw: AnyHeaders) -> tuple[str | None, str | None]:
+    """(traceparent, tracestate) of a record, names matched case-insensitively."""
+    parent = state = None
+    for name, value in normalise(raw):
+        lowered = name.lower()
+        if lowered == TRACEPARENT:
+            parent = value.decode(errors="replace")
+        elif lowered == TRACESTATE:
+            state = value.decode(errors="replace")
+    return parent, state
 
 
 def _iso(at: datetime | None) -> str | None:

@@ -115,6 +115,10 @@ class WebhookEvent(BaseModel):
     # seen before it (core/status_order.py); set when the status is claimed.
     current_status: str | None = None
     superseded: bool = False
+    # W3C trace context (wa_worker/core/tracing.py): the inbound record's until the event span
+    # starts, then that span's. Strings, so they pickle into recovery snapshots.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         # Events pickled into recovery snapshots before these fields existed lack them.
@@ -205,6 +209,8 @@ _ADDED_FIELDS: tuple[tuple[str, Any], ...] = (
     ("identity_change", None),
     ("current_status", None),
     ("superseded", False),
+    ("traceparent", None),
+    ("tracestate", None),
 )
 
 

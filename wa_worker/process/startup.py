@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import redis
 from redis.exceptions import SlotNotCoveredError
 
-from wa_worker.core import kafka_connect
+from wa_worker.core import kafka_connect, tracing
 from wa_worker.core.dedupe import check_dedupe_works, dedupe_keys
 from wa_worker.core.handlers import load_callable
 from wa_worker.core.masking import mask_secrets
@@ -185,3 +185,15 @@ def _exit(message: str, settings: Settings) -> None:
         line = json.dumps({"ts": when, "level": "CRITICAL", "logger": __name__, "msg": line})
     print(line, file=sys.stderr)
     raise SystemExit(2)
+
+
+def configure_tracing_or_exit(service_name: str) -> None:
+    """Traces on when the OTEL_* variables say so (README "Traces"); a bad one is one line
+    naming it and exit code 2, like every other setting."""
+    try:
+        on = tracing.configure_from_env(service_name)
+    except ConfigError as exc:
+        print(f"wa-worker: invalid setting {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if on:
+        log.info("traces on: exporter %s", os.environ.get("OTEL_TRACES_EXPORTER"))
