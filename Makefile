@@ -7,7 +7,7 @@ run:
 # Install what is missing, then run every test against a real Kafka broker and Redis server.
 test:
 	scripts/bootstrap
-	.venv/bin/python -m pytest --durations=25
+	.venv/bin/python -m pytest -n 2 --dist loadfile --durations=25
 
 lint:
 	.venv/bin/ruff check .

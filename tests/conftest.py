@@ -1,11 +1,11 @@
 """Fixtures: a real Kafka broker and Redis server for the whole session, and per-test names.
 
-The stack is the project's own (`devtools.devstack`), started in `.stack/test` on free ports
-and stopped at the end. To use services you already run, set WA_TEST_KAFKA_BROKERS and
+The stack is the project's own (`devtools.devstack`), started in `.stack/test-<worker>` on free
+ports and stopped at the end. To use services you already run, set WA_TEST_KAFKA_BROKERS and
 WA_TEST_REDIS_URL (and WA_TEST_REDIS_CLUSTER_URL for a Redis Cluster). The other Redis
 topologies (Sentinel, TLS with an ACL user) are always the project's own
 (`devtools.redis_topologies`), started once per session by the first test that needs them.
-The 3-broker SASL_SSL Kafka cluster (`kafka_cluster`) is started in `.stack/test/kafka-cluster`,
+The 3-broker SASL_SSL Kafka cluster (`kafka_cluster`) is started in `.stack/test-*/kafka-cluster`,
 or reused from the folder WA_TEST_KAFKA_CLUSTER_DIR names (e.g. `.stack/kafka-cluster` after
 `scripts/devstack up --brokers 3 --security sasl_ssl`).
 """
@@ -51,6 +51,9 @@ class Topics:
         }
 
 
+# The session's own services; each pytest-xdist worker (`make test` runs two) has its own.
+TEST_STACK = ROOT / ".stack" / ("test-" + os.environ.get("PYTEST_XDIST_WORKER", "main"))
+
 # Run last: what they need is built in the background meanwhile (promtool by scripts/bootstrap).
 _LAST = ("tests/test_alert_rules.py",)
 
@@ -68,7 +71,7 @@ def stack() -> Iterator[Stack]:
         return
     from devtools import devstack
 
-    kafka, redis_server = devstack.services(ROOT / ".stack" / "test")
+    kafka, redis_server = devstack.services(TEST_STACK)
     redis_port = devstack.start_redis(0, service=redis_server)
     kafka_port = devstack.start_kafka(0, service=kafka)
     yield Stack(f"127.0.0.1:{kafka_port}", f"redis://127.0.0.1:{redis_port}/0", owned=True)
@@ -76,7 +79,6 @@ def stack() -> Iterator[Stack]:
     redis_server.stop()
 
 
-TEST_STACK = ROOT / ".stack" / "test"
 
 
 @pytest.fixture(scope="session")
@@ -152,7 +154,7 @@ def kafka_cluster() -> Iterator[Cluster]:
     from devtools.kafka_cluster import start_cluster
 
     given = os.environ.get("WA_TEST_KAFKA_CLUSTER_DIR")
-    base = Path(given) if given else ROOT / ".stack" / "test" / "kafka-cluster"
+    base = Path(given) if given else TEST_STACK / "kafka-cluster"
     cluster = start_cluster(base, brokers=3, security="sasl_ssl")
     yield cluster
     if not given:
