@@ -202,9 +202,7 @@ class Settings(BaseSettings):
     @field_validator("wa_app_secrets")
     @classmethod
     def _secret_list(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not all(s.strip() for s in value.get_secret_value().split(",")):
-            raise ValueError("has an empty entry (a comma list of app secrets)")
-        return value
+        return checked_secret_list(value)
 
     @field_validator("recovery_dir")
     @classmethod
@@ -280,9 +278,7 @@ class Settings(BaseSettings):
 
     def app_secrets(self) -> tuple[bytes, ...]:
         """WA_APP_SECRET and each of WA_APP_SECRETS, once each."""
-        listed = self.wa_app_secrets.get_secret_value().split(",") if self.wa_app_secrets else []
-        one = [self.wa_app_secret.get_secret_value()] if self.wa_app_secret else []
-        return tuple(dict.fromkeys(s.strip().encode() for s in [*one, *listed] if s.strip()))
+        return app_secret_list(self.wa_app_secret, self.wa_app_secrets)
 
     def secrets(self) -> tuple[str, ...]:
         """Values logs and tools must never print (the app secrets, Redis and Kafka passwords)."""
@@ -319,6 +315,20 @@ class Settings(BaseSettings):
 
     def admin_config(self) -> dict[str, Any]:
         return self._kafka.admin()
+
+
+def checked_secret_list(value: SecretStr | None) -> SecretStr | None:
+    """WA_APP_SECRETS (worker and ingress): a comma list without empty entries."""
+    if value is not None and not all(s.strip() for s in value.get_secret_value().split(",")):
+        raise ValueError("has an empty entry (a comma list of app secrets)")
+    return value
+
+
+def app_secret_list(one: SecretStr | None, listed: SecretStr | None) -> tuple[bytes, ...]:
+    """WA_APP_SECRET and each of WA_APP_SECRETS, once each: any of them may sign a webhook."""
+    more = listed.get_secret_value().split(",") if listed else []
+    first = [one.get_secret_value()] if one else []
+    return tuple(dict.fromkeys(s.strip().encode() for s in [*first, *more] if s.strip()))
 
 
 def _describe(error: Mapping[str, Any]) -> str:

@@ -14,7 +14,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wa_worker.errors import ConfigError
-from wa_worker.settings import Settings, _describe, load_settings
+from wa_worker.settings import (
+    Settings,
+    _describe,
+    app_secret_list,
+    checked_secret_list,
+    load_settings,
+)
 
 # What the envelope around a body may add, at worst, besides the body's own JSON escaping.
 ENVELOPE_OVERHEAD_BYTES = 64 * 1024
@@ -52,9 +58,7 @@ class IngressSettings(BaseSettings):
     @field_validator("wa_app_secrets")
     @classmethod
     def _secret_list(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not all(s.strip() for s in value.get_secret_value().split(",")):
-            raise ValueError("has an empty entry (a comma list of app secrets)")
-        return value
+        return checked_secret_list(value)
 
     @model_validator(mode="after")
     def _signed_or_told_not_to(self) -> IngressSettings:
@@ -66,9 +70,7 @@ class IngressSettings(BaseSettings):
         return self
 
     def app_secrets(self) -> tuple[bytes, ...]:
-        listed = self.wa_app_secrets.get_secret_value().split(",") if self.wa_app_secrets else []
-        one = [self.wa_app_secret.get_secret_value()] if self.wa_app_secret else []
-        return tuple(dict.fromkeys(s.strip().encode() for s in [*one, *listed]))
+        return app_secret_list(self.wa_app_secret, self.wa_app_secrets)
 
     def secrets(self) -> tuple[str, ...]:
         """Values logs must never print."""
