@@ -14,14 +14,14 @@ import urllib.request
 from pathlib import Path
 
 from devtools.devstack import free_port
-from devtools.worker import ROOT
+from devtools.worker import ROOT, ChildProcess
 
 
 def sign(body: bytes, secret: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-class IngressProcess:
+class IngressProcess(ChildProcess):
     def __init__(self, env: dict[str, str], log_path: Path, port: int = 0) -> None:
         self.port = port or free_port()
         self.env = {**os.environ, **env, "INGRESS_PORT": str(self.port), "PYTHONUNBUFFERED": "1"}
@@ -51,20 +51,6 @@ class IngressProcess:
             except (urllib.error.URLError, OSError):
                 time.sleep(0.1)
         raise RuntimeError(f"ingress not answering after {timeout_s}s:\n{self.log()}")
-
-    def send(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
-    def wait(self, timeout_s: float = 30) -> int | None:
-        if self.proc is None:
-            return None
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        return self.proc.returncode
 
     def stop(self, timeout_s: float = 30) -> int | None:
         self.send(signal.SIGTERM)

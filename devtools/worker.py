@@ -11,7 +11,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class WorkerProcess:
+class ChildProcess:
+    """Signals and waits for a subprocess the tests started (`proc`, None until started)."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def send(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout_s: float = 30) -> int | None:
+        """The exit code; killed (and None-safe) when it does not exit in time."""
+        if self.proc is None:
+            return None
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        return self.proc.returncode
+
+
+class WorkerProcess(ChildProcess):
     def __init__(
         self,
         env: dict[str, str],
@@ -79,21 +100,6 @@ class WorkerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-
-    def send(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
-    def wait(self, timeout_s: float = 30) -> int | None:
-        """The exit code; killed (and None-safe) when it does not exit in time."""
-        if self.proc is None:
-            return None
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        return self.proc.returncode
 
     def stop(self, sig: int = signal.SIGINT, timeout_s: float = 30) -> int | None:
         self.send(sig)
