@@ -85,6 +85,23 @@ def test_report_commits_snapshotted_positions_to_the_group(stack: Stack, topics:
     assert _committed(stack, group, topics.inbound, 2) == [3, 1]
 
 
+def test_a_partition_without_a_watermark_does_not_blank_the_others(
+    stack: Stack, topics: Topics
+) -> None:
+    """A partition between leaders (here one that does not exist) answers no watermark: the
+    other partitions are still measured and the commits still made."""
+    produce(stack.brokers, topics.inbound, [(f"k{i}".encode(), b"v") for i in range(12)])
+    high = Counter(r.partition for r in read_topic(stack.brokers, topics.inbound))
+    group, book = _group(), PositionBook()
+    book.read((topics.inbound, 7), 1)  # no such partition: get_watermark_offsets raises
+    book.read((topics.inbound, 0), 1)
+    book.snapshotted((topics.inbound, 0), 1)
+    _report_once(stack, book, group)
+    assert _lag(topics.inbound, 0) == high[0] - 1
+    assert _lag(topics.inbound, 7) is None
+    assert _committed(stack, group, topics.inbound, 1) == [1]
+
+
 def test_report_commits_only_positions_that_changed(stack: Stack, topics: Topics) -> None:
     group, book = _group(), PositionBook()
     reporter = _reporter(stack, book, group)

@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from wa_worker.core import metrics
 
@@ -96,7 +96,13 @@ class OffsetReporter:
             consumer.commit(offsets=changed, asynchronous=False)
             self._committed.update({(tp.topic, tp.partition): tp.offset for tp in changed})
         for (topic, partition), position in read.items():
-            _low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=2, cached=False
-            )
+            try:
+                _low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=2, cached=False
+                )
+            except KafkaException as exc:
+                # A partition between leaders (a broker failover, a new topic) keeps its last
+                # lag until the next round; the other partitions are still measured.
+                log.debug("no watermark for %s[%d]: %s", topic, partition, exc)
+                continue
             metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, high - position))
