@@ -79,8 +79,6 @@ def stack() -> Iterator[Stack]:
     redis_server.stop()
 
 
-
-
 @pytest.fixture(scope="session")
 def redis_cluster_url() -> Iterator[str]:
     """Any node of a Redis Cluster (three primaries, one replica each)."""
