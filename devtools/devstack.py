@@ -51,6 +51,21 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
+def java_command(lib: Path, log4j: Path, heap_min: str, heap_max: str) -> list[str]:
+    """`java …` for a Kafka tool or server from the resolved jars (also devtools.kafka_cluster)."""
+    return [
+        "java",
+        f"-Xms{heap_min}",
+        f"-Xmx{heap_max}",
+        "-XX:+UseG1GC",
+        "-XX:+ExitOnOutOfMemoryError",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j.configuration=file:{log4j}",
+        "-cp",
+        f"{lib}/*",
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -289,17 +304,7 @@ def start_kafka(
     )
     log4j = svc.dir / "log4j.properties"
     log4j.write_text(_LOG4J)
-    java = [
-        "java",
-        "-Xms256m",
-        "-Xmx512m",
-        "-XX:+UseG1GC",
-        "-XX:+ExitOnOutOfMemoryError",
-        "-Djava.awt.headless=true",
-        f"-Dlog4j.configuration=file:{log4j}",
-        "-cp",
-        f"{lib}/*",
-    ]
+    java = java_command(lib, log4j, "256m", "512m")
     cluster_file = svc.dir / "cluster.id"
     if not cluster_file.exists():
         cluster_file.write_text(new_cluster_id())

@@ -35,6 +35,7 @@ from devtools.devstack import (
     _port_open,
     ensure_kafka_jars,
     free_port,
+    java_command,
     new_cluster_id,
 )
 
@@ -273,17 +274,7 @@ def _service(base: Path, node_id: int) -> Service:
 
 
 def _java(lib: Path, log4j: Path, heap: str = "384m") -> list[str]:
-    return [
-        "java",
-        "-Xms128m",
-        f"-Xmx{heap}",
-        "-XX:+UseG1GC",
-        "-XX:+ExitOnOutOfMemoryError",
-        "-Djava.awt.headless=true",
-        f"-Dlog4j.configuration=file:{log4j}",
-        "-cp",
-        f"{lib}/*",
-    ]
+    return java_command(lib, log4j, "128m", heap)
 
 
 def _spawn(node: Node) -> subprocess.Popen[bytes]:

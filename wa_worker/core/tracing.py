@@ -45,7 +45,7 @@ class _Message(Protocol):
     def headers(self) -> Sequence[tuple[str, bytes]] | None: ...
 
 
-class _Written(Protocol):
+class Written(Protocol):
     """An outcome record a sink wrote (sinks.records.KafkaRecord)."""
 
     @property
@@ -151,7 +151,7 @@ def inject(headers: dict[str, str]) -> None:
     _tracing().inject(headers)
 
 
-def written(records: Sequence[_Written], span_name: str, started_ns: int) -> None:
+def written(records: Sequence[Written], span_name: str, started_ns: int) -> None:
     """Records a sink wrote since `started_ns`: a `span_name` span each, and their events'
     spans closed."""
     _tracing().written(records, span_name, started_ns)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from wa_worker.core.tracing import Written
 from wa_worker.models.headers import TRACEPARENT, TRACESTATE, trace_headers, trace_of
 from wa_worker.models.records import WebhookEvent
 
@@ -51,15 +52,6 @@ def _exporter(name: str) -> SpanExporter:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter()
-
-
-class _Written(Protocol):
-    @property
-    def topic(self) -> str: ...
-    @property
-    def headers(self) -> list[tuple[str, bytes]]: ...
-    @property
-    def done(self) -> tuple[str, str] | None: ...
 
 
 def _context(traceparent: str | None, tracestate: str | None) -> Context:
@@ -208,7 +200,7 @@ class Tracing:
     def inject(self, headers: dict[str, str]) -> None:
         _PROPAGATOR.inject(headers)
 
-    def written(self, records: Sequence[_Written], span_name: str, started_ns: int) -> None:
+    def written(self, records: Sequence[Written], span_name: str, started_ns: int) -> None:
         ended = time.time_ns()
         for record in records:
             with self._lock:
