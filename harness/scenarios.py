@@ -265,6 +265,7 @@ def broker_outage(lab: Lab, workdir: Path, scale: Scale) -> Report:
     try:
         producer = run.send(traffic, scale.rate)
         run.worker.start()
+        run.wait_for_calls(1)  # mid-stream: a loaded machine may still be starting the worker
         time.sleep(scale.webhooks / scale.rate / 3)
         lab.stop_kafka()
         time.sleep(scale.outage_s)

@@ -16,9 +16,8 @@ from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 from confluent_kafka import KafkaError as ConfluentKafkaError
-from confluent_kafka.admin import AdminClient
 
-from wa_worker.core import metrics
+from wa_worker.core import kafka_connect, metrics
 from wa_worker.core.offsets import PositionBook
 from wa_worker.core.shutdown import Drain
 from wa_worker.models.records import DeadLetter, ErrorClass, SourcePosition
@@ -93,7 +92,14 @@ class InboundSource(KafkaSource):
         self._list_timeout_s = list_timeout_s
 
     def list_parts(self) -> list[str]:
-        metadata = AdminClient(self._admin_config).list_topics(timeout=self._list_timeout_s)
+        # Bytewax lists once, as the flow starts: a broker restarting then is waited for.
+        try:
+            metadata = kafka_connect.connect(self._admin_config, {}, self._list_timeout_s)
+        except Exception as exc:
+            raise RuntimeError(
+                f"Kafka: cannot list the partitions of {', '.join(self._topics)} within "
+                f"{self._list_timeout_s:g}s (KAFKA_STARTUP_WAIT_S): {exc}"
+            ) from exc
         parts: list[str] = []
         for topic in self._topics:
             found = metadata.topics.get(topic)
@@ -130,6 +136,7 @@ def inbound_source(
         add_config=settings.consumer_config(),
         batch_size=settings.kafka_batch_size,
         raise_on_errors=False,
+        list_timeout_s=settings.kafka_startup_wait_s,
     )
 
 

@@ -35,6 +35,7 @@ STALL_LIMIT_S = {
     "sentinel-kill-9": 4.0 + RECOVERY_S,
     "cluster-kill-9": 6.0 + RECOVERY_S,
 }
+KILL_IN_FLIGHT = 30
 # Done markers acknowledged by a primary that died (or was demoted) before replicating them.
 LOST_WRITES = ("sentinel-failover", "sentinel-kill-9", "cluster-kill-9")
 
@@ -57,7 +58,12 @@ def test_scenario_loses_nothing(lab: Lab, name: str, capsys: pytest.CaptureFixtu
         print("\n" + table([report]), flush=True)
     assert report.lost == 0
     assert report.processed + report.dead_lettered == report.unique
-    if name in ("kill-9", "redis-down-lost", *LOST_WRITES):
+    if name == "kill-9":
+        # What Kafka acknowledged but whose done markers the kill cut off repeats: at most the
+        # batches in flight at each kill (~120 events/s arrive; a loaded machine's batch cycle
+        # takes up to ~0.25 s). A share of the total would depend on how many kills fell in.
+        assert report.duplicates_on_processed <= max(1, report.restarts) * KILL_IN_FLIGHT
+    elif name in ("redis-down-lost", *LOST_WRITES):
         # Events in flight at a kill (or whose done markers Redis lost) may repeat: few.
         assert report.duplicates_on_processed <= report.unique * 0.05
     else:

@@ -8,6 +8,7 @@ snapshot and librdkafka's real error records use the broker.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -15,12 +16,13 @@ from datetime import UTC, datetime
 import pytest
 from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from bytewax.inputs import StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, KafkaException
+from confluent_kafka import OFFSET_BEGINNING
 from confluent_kafka import KafkaError as ConfluentError
 from prometheus_client import REGISTRY
 
 from devtools.devstack import create_topics
 from devtools.kafka import produce
+from harness.tcp_proxy import TcpProxy
 from tests.conftest import Stack, Topics
 from wa_worker.core.offsets import PositionBook
 from wa_worker.core.shutdown import Drain
@@ -206,9 +208,38 @@ def test_list_parts_gives_up_after_its_timeout_on_a_broker_that_never_answers() 
             topics=["any"],
         )
         started = time.monotonic()
-        with pytest.raises(KafkaException):
+        with pytest.raises(RuntimeError, match=r"cannot list the partitions of any within 1s"):
             source.list_parts()
         assert time.monotonic() - started < 5
+
+
+def test_list_parts_waits_for_a_broker_that_comes_up_after_the_flow_starts(
+    stack: Stack, topics: Topics
+) -> None:
+    # The broker (behind a proxy on a port nothing listens on yet) is back two seconds later.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    host, broker_port = stack.brokers.rsplit(":", 1)
+    proxies: list[TcpProxy] = []
+    later = threading.Timer(2.0, lambda: proxies.append(TcpProxy(host, int(broker_port), port)))
+    later.start()
+    source = InboundSource(
+        book=PositionBook(),
+        drain=Drain(),
+        hold=lambda: False,
+        admin_config={"bootstrap.servers": f"127.0.0.1:{port}", "log_level": 0},
+        list_timeout_s=30.0,
+        brokers=["unused"],
+        topics=[topics.inbound],
+    )
+    try:
+        parts = source.list_parts()
+    finally:
+        later.join()
+        for proxy in proxies:
+            proxy.close()
+    assert sorted(parts) == [f"{i}-{topics.inbound}" for i in range(3)]
 
 
 def _read(

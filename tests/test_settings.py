@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -213,20 +214,28 @@ def test_start_up_stops_with_one_line(argv: list[str]) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_unreachable_kafka_stops_start_up_clearly() -> None:
-    result = start_up({"KAFKA_BROKERS": "127.0.0.1:1"})
+def test_unreachable_kafka_is_waited_for_then_stops_start_up_clearly() -> None:
+    started = time.monotonic()
+    result = start_up({"KAFKA_BROKERS": "127.0.0.1:1", "KAFKA_STARTUP_WAIT_S": "3"})
     assert result.returncode == 2
-    assert "wa-worker: KAFKA_BROKERS: cannot reach Kafka" in result.stderr
+    waiting, stopped = result.stderr.strip().splitlines()
+    assert waiting.startswith(
+        "wa-worker: waiting up to 3s (KAFKA_STARTUP_WAIT_S) for Kafka at 127.0.0.1:1"
+    )
+    assert stopped.startswith("wa-worker: KAFKA_BROKERS: cannot reach Kafka at 127.0.0.1:1")
+    assert time.monotonic() - started >= 3
     assert "Traceback" not in result.stderr
 
 
-def test_with_log_format_json_an_unreachable_broker_is_reported_in_one_json_line() -> None:
-    result = start_up({"KAFKA_BROKERS": "127.0.0.1:1", "LOG_FORMAT": "json"})
+def test_with_log_format_json_an_unreachable_broker_is_reported_in_json_lines() -> None:
+    result = start_up(
+        {"KAFKA_BROKERS": "127.0.0.1:1", "LOG_FORMAT": "json", "KAFKA_STARTUP_WAIT_S": "3"}
+    )
     assert result.returncode == 2
-    [line] = result.stderr.strip().splitlines()
-    record = json.loads(line)
-    assert record["level"] == "CRITICAL"
-    assert record["msg"].startswith("wa-worker: KAFKA_BROKERS: cannot reach Kafka at 127.0.0.1:1")
+    waiting, stopped = [json.loads(line) for line in result.stderr.strip().splitlines()]
+    assert waiting["level"] == "WARNING"
+    assert stopped["level"] == "CRITICAL"
+    assert stopped["msg"].startswith("wa-worker: KAFKA_BROKERS: cannot reach Kafka at 127.0.0.1:1")
 
 
 def test_several_app_secrets_are_read_checked_and_masked() -> None:

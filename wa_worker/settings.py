@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     # How long a batch may wait for Kafka's acknowledgement (a broker outage stalls the
     # worker this long, then it stops loudly); also the producer's message.timeout.ms.
     kafka_flush_timeout_s: float = Field(300.0, gt=0)
+    # How long start-up waits for a broker to answer (a cluster restarting with the worker);
+    # refused credentials or certificates stop it at once.
+    kafka_startup_wait_s: float = Field(60.0, gt=0)
 
     # Redis (dedupe claims and done markers)
     redis_url: str = "redis://127.0.0.1:6379/0"

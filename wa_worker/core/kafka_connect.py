@@ -8,7 +8,7 @@ KAFKA_SASL_PASSWORD.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError
@@ -31,10 +31,16 @@ def culprit(error: KafkaError, variables: Mapping[str, str]) -> str | None:
     return None
 
 
-def connect(admin_config: Mapping[str, Any], variables: Mapping[str, str], timeout_s: float) -> Any:
+def connect(
+    admin_config: Mapping[str, Any],
+    variables: Mapping[str, str],
+    timeout_s: float,
+    on_wait: Callable[[Exception], None] | None = None,
+) -> Any:
     """Cluster metadata within `timeout_s`; a ConfigError naming the setting as soon as the
-    brokers refuse the credentials or certificate; librdkafka's error when none can be reached
-    (as before), TimeoutError when nothing answers in time."""
+    brokers refuse the credentials or certificate. Brokers that cannot be reached (down, or
+    restarting as the worker starts) are asked again until `timeout_s`, calling `on_wait` once
+    with the first error; then librdkafka's last error, or TimeoutError when nothing answered."""
     refused: list[KafkaError] = []
 
     def on_error(error: KafkaError) -> None:
@@ -60,13 +66,19 @@ def connect(admin_config: Mapping[str, Any], variables: Mapping[str, str], timeo
                 return
 
     deadline = time.monotonic() + timeout_s
+    waited = False
     while time.monotonic() < deadline:
         try:
             metadata = admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
-        except Exception:
+        except Exception as exc:
             # A refused login also ends in "all brokers down": look for the refusal first.
-            check_refused(1.0)
-            raise
+            check_refused(min(1.0, max(0.0, deadline - time.monotonic())))
+            if time.monotonic() >= deadline:
+                raise
+            if on_wait is not None and not waited:
+                on_wait(exc)
+            waited = True
+            continue
         check_refused(0)
         if metadata.brokers:
             return metadata

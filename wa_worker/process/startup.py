@@ -27,8 +27,9 @@ from wa_worker.settings import LogFormat, RedisMode, Settings
 log = logging.getLogger(__name__)
 
 
-def require_kafka_topics(settings: Settings, timeout_s: float = 15.0) -> None:
-    """Bytewax's Kafka source waits forever for an unreachable broker: fail fast instead."""
+def require_kafka_topics(settings: Settings) -> None:
+    """Bytewax's Kafka source waits forever for an unreachable broker: wait a bounded time
+    (KAFKA_STARTUP_WAIT_S: brokers restarting as the worker starts), then stop saying why."""
     topics = [
         settings.kafka_inbound_topic,
         settings.kafka_processed_topic,
@@ -39,7 +40,13 @@ def require_kafka_topics(settings: Settings, timeout_s: float = 15.0) -> None:
         metadata = kafka_connect.connect(
             {**settings.admin_config(), "log_level": 0},
             settings.librdkafka_variables(),
-            timeout_s,
+            settings.kafka_startup_wait_s,
+            on_wait=lambda exc: _say(
+                "WARNING",
+                f"waiting up to {settings.kafka_startup_wait_s:g}s (KAFKA_STARTUP_WAIT_S) for "
+                f"Kafka at {settings.kafka_brokers} ({exc})",
+                settings,
+            ),
         )
     except ConfigError as exc:  # the brokers refused the login or the certificate
         _exit(str(exc), settings)
@@ -179,12 +186,17 @@ def start_process(settings: Settings, services: Services) -> None:
 
 def _exit(message: str, settings: Settings) -> None:
     """One line and exit code 2; a JSON line when LOG_FORMAT=json, like every other line."""
+    _say("CRITICAL", message, settings)
+    raise SystemExit(2)
+
+
+def _say(level: str, message: str, settings: Settings) -> None:
+    """A line before logging is configured, in the format LOG_FORMAT asks for."""
     line = f"wa-worker: {message}"
     if settings.log_format is LogFormat.JSON:
         when = datetime.now(UTC).isoformat(timespec="milliseconds")
-        line = json.dumps({"ts": when, "level": "CRITICAL", "logger": __name__, "msg": line})
-    print(line, file=sys.stderr)
-    raise SystemExit(2)
+        line = json.dumps({"ts": when, "level": level, "logger": __name__, "msg": line})
+    print(line, file=sys.stderr, flush=True)
 
 
 def configure_tracing_or_exit(service_name: str) -> None:
