@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     NewTopic,
     ResourceType,
 )
+from prometheus_client import REGISTRY
 
 from devtools.devstack import free_port
 from devtools.handler_server import HandlerServer
@@ -35,6 +37,7 @@ from harness.broker_faults import resumed_after, stall_per_fault
 from tests.conftest import Stack
 from tests.support.cli import run_cli
 from wa_worker.core.kafka_connect import culprit
+from wa_worker.core.offsets import OffsetReporter, PositionBook
 from wa_worker.process.health import Probes
 from wa_worker.process.logs import redact
 from wa_worker.settings import load_settings
@@ -256,3 +259,90 @@ def test_the_stall_is_the_longest_gap_in_output_after_each_fault() -> None:
     stalls = stall_per_fault(output, [("first", 1.15), ("second", 5.5)])
     assert [(what, round(s, 2)) for what, s in stalls] == [("first", 4.0), ("second", 6.0)]
     assert [round(r or 0, 2) for r in resumed_after(output, [5.0, 11.0])] == [0.2, 1.0]
+
+
+def _lag(topic: str, partition: int) -> float | None:
+    return REGISTRY.get_sample_value(
+        "wa_consumer_lag_messages", {"topic": topic, "partition": str(partition)}
+    )
+
+
+def test_group_commits_and_the_lag_gauge_survive_a_coordinator_move(
+    kafka_cluster: Cluster,
+) -> None:
+    topic = _names()["KAFKA_INBOUND_TOPIC"]
+    kafka_cluster.create_topics([topic])
+    produce(
+        kafka_cluster.brokers,
+        topic,
+        [(f"k{i}".encode(), b"v") for i in range(30)],
+        config=kafka_cluster.client_config(),
+    )
+    group = f"g{uuid.uuid4().hex[:10]}"
+    book = PositionBook()
+    for partition in range(3):
+        book.read((topic, partition), 0)
+        book.snapshotted((topic, partition), 0)
+    reporter = OffsetReporter(book, kafka_cluster.client_config(), group, 0.3).start()
+    admin = AdminClient(kafka_cluster.client_config())
+    coordinator = None
+    try:
+        # The group exists (its coordinator is known) once the first commit went through.
+        _wait(lambda: _committed_to(kafka_cluster, group, topic) == [0, 0, 0])
+        [described] = admin.describe_consumer_groups([group]).values()
+        coordinator = int(described.result().coordinator.id)
+        kafka_cluster.kill(coordinator)
+        # The worker reads on while the group's coordinator moves to another broker.
+        for partition in range(3):
+            book.read((topic, partition), 1)
+            book.snapshotted((topic, partition), 1)
+        _wait(lambda: _committed_to(kafka_cluster, group, topic) == [1, 1, 1], timeout_s=90)
+
+        def lags_match() -> bool:
+            expected = [max(0, high - 1) for high in _watermarks(kafka_cluster, topic)]
+            return [_lag(topic, p) for p in range(3)] == expected
+
+        _wait(lags_match, timeout_s=60, why=lambda: f"lag {[_lag(topic, p) for p in range(3)]}")
+        [moved] = admin.describe_consumer_groups([group]).values()
+        assert int(moved.result().coordinator.id) != coordinator
+    finally:
+        reporter.stop()
+        if coordinator is not None:
+            kafka_cluster.start_node(coordinator)
+
+
+def _wait(
+    condition: Callable[[], bool],
+    timeout_s: float = 30,
+    why: Callable[[], str] = lambda: "not within the timeout",
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, why()
+        time.sleep(0.3)
+
+
+def _committed_to(cluster: Cluster, group: str, topic: str) -> list[int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**cluster.client_config(), "group.id": group, "log_level": 0})
+    try:
+        parts = [TopicPartition(topic, p) for p in range(3)]
+        return [tp.offset for tp in consumer.committed(parts, timeout=10)]
+    except Exception:  # noqa: BLE001  (no coordinator answers mid-move)
+        return []
+    finally:
+        consumer.close()
+
+
+def _watermarks(cluster: Cluster, topic: str) -> list[int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**cluster.client_config(), "group.id": "watermarks"})
+    try:
+        return [
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(3)
+        ]
+    finally:
+        consumer.close()

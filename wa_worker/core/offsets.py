@@ -76,16 +76,26 @@ class OffsetReporter:
             while True:
                 stopping = self._stop.wait(self._interval_s)
                 consumer.poll(0)  # never consumes: this hands librdkafka's log lines over
+                fresh = True
                 try:
-                    self.report(consumer)
+                    fresh = self.report(consumer)
                 except Exception as exc:  # noqa: BLE001  (monitoring must never stop the worker)
                     log.debug("offset report failed: %s", exc)
                 if stopping:
                     return
+                if not fresh:
+                    # A client that assigns nothing keeps a dead leader in its metadata for
+                    # good (_UNKNOWN_PARTITION each round, seen after a kill -9): a new client
+                    # asks the cluster again.
+                    consumer.close()
+                    consumer = Consumer(self._config)
         finally:
             consumer.close()
 
-    def report(self, consumer: Consumer) -> None:
+    def report(self, consumer: Consumer) -> bool:
+        """Commit what was snapshotted and set the lag gauge; False when some partition's
+        watermark could not be read."""
+        fresh = True
         read, snapshotted = self._book.views()
         changed = [
             TopicPartition(t, p, o)
@@ -104,5 +114,7 @@ class OffsetReporter:
                 # A partition between leaders (a broker failover, a new topic) keeps its last
                 # lag until the next round; the other partitions are still measured.
                 log.debug("no watermark for %s[%d]: %s", topic, partition, exc)
+                fresh = False
                 continue
             metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, high - position))
+        return fresh
