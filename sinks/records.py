@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
+from typing import Any
+
+import orjson
 
 from wa_worker.core import jsonbytes
 from wa_worker.models.event_time import event_time
-from wa_worker.models.headers import DeadLetterHeaders, ProcessedHeaders, dropped, trace_headers
+from wa_worker.models.headers import (
+    DeadLetterHeaders,
+    dropped,
+    processed_headers,
+    trace_headers,
+)
 from wa_worker.models.records import DeadLetter, ErrorClass, Outcome, Processed
 
 # librdkafka counts a record's framing (and the broker its batch's) on top of key, value and
@@ -16,7 +24,9 @@ from wa_worker.models.records import DeadLetter, ErrorClass, Outcome, Processed
 RECORD_OVERHEAD_BYTES = 512
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, which made
+# building one cost four times as much, on every record. Nothing changes a record once built.
+@dataclass(slots=True)
 class KafkaRecord:
     topic: str
     key: bytes | None
@@ -88,10 +98,11 @@ def processed_record(
     outcome: Processed, topic: str, unwritable: partial[KafkaRecord] | None = None
 ) -> KafkaRecord:
     event = outcome.event
-    kind = event.kind.value
+    kind = event.kind  # a StrEnum: orjson writes its value
     # The event's own time (Meta's timestamp) and its age when handled.
     own = event_time(event)
     handled = outcome.handled_at
+    received = event.received_at
     value = {
         "event_key": event.event_key,
         "webhook_id": event.webhook_id,
@@ -101,7 +112,8 @@ def processed_record(
         "result": outcome.result,
         "attempts": outcome.attempts,
         "retries": outcome.retries,
-        "handled_at": handled.isoformat(),
+        # orjson writes a UTC datetime as isoformat() does, in a tenth of its time.
+        "handled_at": handled if handled.tzinfo is UTC else handled.isoformat(),
         "handler_latency_ms": round(outcome.handler_latency_s * 1000, 3),
         # Unix seconds as Meta sends them: formatting a date cost the hot path microseconds.
         "event_time": (int(own) if own.is_integer() else own) if own is not None else None,
@@ -112,25 +124,35 @@ def processed_record(
         "superseded": event.superseded,
         "skipped": outcome.skipped,
     }
-    headers = ProcessedHeaders(
-        event_key=event.event_key,
-        webhook_id=event.webhook_id,
-        event_kind=kind,
-        attempts=outcome.attempts,
-        latency_ms=_latency_ms(event.received_at, outcome.handled_at),
-    ).to_headers()
+    headers = processed_headers(
+        event.event_key,
+        event.webhook_id,
+        kind,
+        outcome.attempts,
+        None if received is None else round((handled - received).total_seconds() * 1000),
+    )
     if event.traceparent is not None:
         headers += trace_headers(event.traceparent, event.tracestate)
     return KafkaRecord(
-        topic=topic,
-        key=event.conversation_key.encode(),
-        value=jsonbytes.dumps(value),
-        headers=headers,
-        done=(event.event_key, "processed"),
-        received_at=event.received_at,
-        kind=kind,
-        unwritable=unwritable,
+        topic,
+        event.conversation_key.encode(),
+        _processed_value(value),
+        headers,
+        (event.event_key, "processed"),
+        received,
+        None,
+        kind,
+        unwritable,
     )
+
+
+def _processed_value(value: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(value, default=str)
+    except TypeError:  # what orjson refuses (jsonbytes): the stdlib writes no datetime
+        if isinstance(handled := value["handled_at"], datetime):
+            value["handled_at"] = handled.isoformat()
+        return jsonbytes.dumps(value)
 
 
 def unwritable_record(outcome: Processed, topics: Topics, reason: str) -> KafkaRecord:
@@ -187,9 +209,3 @@ def dead_letter_record(letter: DeadLetter, topic: str, inbound_topic: str) -> Ka
         received_at=letter.event.received_at if letter.event else None,
         error_class=letter.error_class.value,
     )
-
-
-def _latency_ms(received_at: datetime | None, now: datetime) -> int | None:
-    if received_at is None:
-        return None
-    return round((now - received_at).total_seconds() * 1000)

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -64,6 +65,51 @@ def test_a_processed_record_carries_its_event_and_its_headers_in_order() -> None
     assert ProcessedHeaders.from_headers(record.headers) == ProcessedHeaders(
         "wamid.1", "w-1", "message", 3, 1234
     )
+
+
+# The processed record's value, byte for byte as the worker has always written it: the handler
+# result and `handled_at` (isoformat: `+00:00`, never `Z`; the event's `received_at` is
+# pydantic's `Z`) go in where the braces are.
+PROCESSED_VALUE = (
+    '{"event_key":"wamid.1","webhook_id":"w-1","kind":"message",'
+    '"conversation_key":"106540352242922:31612345678","event":{"event_key":"wamid.1",'
+    '"conversation_key":"106540352242922:31612345678","kind":"message","webhook_id":"w-1",'
+    '"field":"messages","object":"whatsapp_business_account","entry_id":"102290129340398",'
+    '"entry_time":null,"phone_number_id":null,"wa_id":null,"user_id":null,"payload":'
+    '{"from":"31612345678","id":"wamid.1","timestamp":"1796115599","type":"text",'
+    '"text":{"body":"hello"}},"value_context":{},"received_at":"2026-12-01T09:00:00Z",'
+    '"coerced":[],"observe_only":false,"stale":false,"identity_change":null,'
+    '"current_status":null,"superseded":false},"result":{result},"attempts":3,"retries":2,'
+    '"handled_at":"{handled_at}","handler_latency_ms":2.1,"event_time":1796115599,'
+    '"event_age_s":2.234,"stale":false,"current_status":null,"superseded":false,'
+    '"skipped":null}'
+)
+
+
+@pytest.mark.parametrize(
+    ("handled_at", "result", "text"),
+    [
+        (HANDLED, {"ok": True}, ('{"ok":true}', "2026-12-01T09:00:01.234400+00:00")),
+        (
+            HANDLED.astimezone(timezone(timedelta(hours=2))),
+            {"ok": True},
+            ('{"ok":true}', "2026-12-01T11:00:01.234400+02:00"),
+        ),
+        # Beyond 64 bits: orjson refuses it and the stdlib writes the record, `handled_at` too.
+        (HANDLED, {"big": 2**70}, ('{"big":1180591620717411303424}', HANDLED.isoformat())),
+    ],
+    ids=["utc", "offset", "stdlib-encoder"],
+)
+def test_a_processed_records_value_is_byte_for_byte_the_documented_one(
+    handled_at: datetime, result: object, text: tuple[str, str]
+) -> None:
+    event = _event()
+    sent_at = event.model_copy(update={"payload": {**event.payload, "timestamp": "1796115599"}})
+    outcome = Processed(
+        event=sent_at, result=result, attempts=3, handled_at=handled_at, handler_latency_s=0.0021
+    )
+    expected = PROCESSED_VALUE.replace("{result}", text[0]).replace("{handled_at}", text[1])
+    assert to_record(outcome, TOPICS, MAX).value.decode() == expected
 
 
 def test_a_processed_record_without_a_receive_time_has_an_empty_latency() -> None:
