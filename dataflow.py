@@ -42,6 +42,7 @@ from wa_worker.operators.inbound import (
 )
 from wa_worker.operators.parse import is_event, parse_batch
 from wa_worker.process.startup import (
+    bytewax_process_id,
     configure_tracing_or_exit,
     require_kafka_topics,
     require_working_redis,
@@ -56,7 +57,7 @@ def build(
     flow_id: str,
     services: Services,
     source: Source[InboundItem],
-    sink: tuple[str, Sink[KafkaRecord]],
+    sink: tuple[str, Sink[tuple[str, KafkaRecord]]],
     finish: FinishTracker | None = None,
 ) -> Dataflow:
     """One output record (processed or dead letter) per inbound event or unusable record.
@@ -109,7 +110,8 @@ def build(
         settings.kafka_processed_topic, settings.kafka_dlq_topic, settings.kafka_inbound_topic
     )
     max_bytes = settings.kafka_max_message_bytes
-    records = op.map("to-records", outcomes, lambda o: to_record(o, topics, max_bytes))
+    # Keyed for the Kafka sink's partitions, whose routing ignores the key (kafka_sink.py).
+    records = op.map("to-records", outcomes, lambda o: ("", to_record(o, topics, max_bytes)))
     op.output(sink[0], records, sink[1])
     return flow
 
@@ -127,7 +129,10 @@ def worker_flow() -> Dataflow:
     # holds MAX_EVENTS_IN_PROGRESS unfinished events.
     source = inbound_source(settings, services.drain, services.hold_input, services.positions)
     sink = KafkaOutcomeSink(
-        settings.producer_config(), services.runtime, settings.kafka_flush_timeout_s
+        settings.producer_config(),
+        services.runtime,
+        settings.kafka_flush_timeout_s,
+        process_index=bytewax_process_id(),
     )
     return build("wa-worker", services, source, ("kafka-out", sink))
 

@@ -84,7 +84,7 @@ class OutcomeTally:
             self.dead_lettered_events += record.done is not None
 
 
-class _FilePartition(StatelessSinkPartition[KafkaRecord]):
+class _FilePartition(StatelessSinkPartition[tuple[str, KafkaRecord]]):
     def __init__(self, out_dir: Path, marks: DoneMarks, tally: OutcomeTally, durable: bool) -> None:
         # Append: the replay truncates the files before the run, workers only add lines.
         self._processed: BinaryIO = (out_dir / PROCESSED_FILE).open("ab")
@@ -93,8 +93,9 @@ class _FilePartition(StatelessSinkPartition[KafkaRecord]):
         self._tally = tally
         self._durable = durable
 
-    def write_batch(self, items: list[KafkaRecord]) -> None:
+    def write_batch(self, keyed: list[tuple[str, KafkaRecord]]) -> None:
         started_ns = time.time_ns()
+        items = [record for _, record in keyed]  # the key is the Kafka sink's (dataflow.py)
         processed = [r for r in items if r.error_class is None]
         dead = [r for r in items if r.error_class is not None]
         for out, records in ((self._processed, processed), (self._dlq, dead)):
@@ -119,7 +120,7 @@ def _line(record: KafkaRecord) -> bytes:
     return FileRecord.of(record).model_dump_json(exclude_none=True).encode() + b"\n"
 
 
-class FileOutcomeSink(DynamicSink[KafkaRecord]):
+class FileOutcomeSink(DynamicSink[tuple[str, KafkaRecord]]):
     def __init__(self, out_dir: Path, marks: DoneMarks, tally: OutcomeTally, durable: bool) -> None:
         self._out_dir = out_dir
         self._marks = marks

@@ -1,14 +1,19 @@
 """Writes processed and dead-letter records to Kafka, then marks their events done in Redis.
 
-Bytewax's own KafkaSink ignores delivery failures; this one does not. Each batch is produced
-with an idempotent producer and flushed; a record Kafka did not acknowledge raises
-`DeliveryError`, which stops the dataflow so recovery replays the batch rather than losing it.
-A record Kafka refuses for itself (too large, say: refused again after every restart) is not
-that: a processed record is replaced by its event's `result_unwritable` dead letter, a dead
-letter by its headers alone, and the rest of the batch goes on.
-Only after Kafka acknowledged a batch are its events marked done (crash-safe dedupe); the
-markers go to Redis through the I/O runtime, batched with claims, so this thread never waits
-on Redis (and a Redis outage only delays them).
+Bytewax's own KafkaSink ignores delivery failures; this one does not. Records are produced with
+an idempotent producer and each one's delivery report is tracked; a record Kafka did not
+acknowledge raises `DeliveryError`, which stops the dataflow so recovery replays it rather than
+losing it. A record Kafka refuses for itself (too large, say: refused again after every restart)
+is not that: a processed record is replaced by its event's `result_unwritable` dead letter, a
+dead letter by its headers alone, and the rest goes on.
+
+A batch does not wait for its acknowledgements: the next one is produced meanwhile (on a
+3-broker cluster with acks=all a wait per batch halved the worker's rate). What must wait does:
+an event is marked done only once Kafka acknowledged its record (crash-safe dedupe), and the
+epoch's snapshot waits for every record written in the epoch, so Bytewax never commits an input
+offset past a record Kafka does not have. Hence a FixedPartitionedSink with one partition per
+process, written by its own workers (no records cross processes). The done markers go to Redis
+through the I/O runtime, batched with claims, so this thread never waits on Redis.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from wa_worker.core import metrics, tracing
@@ -49,64 +54,90 @@ class DoneMarks(Protocol):
     def mark_done(self, marks: list[DoneMark]) -> None: ...
 
 
-class _KafkaOutcomePartition(StatelessSinkPartition[KafkaRecord]):
+class _KafkaOutcomePartition(StatefulSinkPartition[KafkaRecord, None]):
     def __init__(self, producer: Producer, marks: DoneMarks, flush_timeout_s: float) -> None:
         self._producer = producer
         self._marks = marks
         self._flush_timeout_s = flush_timeout_s
+        # Delivery reports arrive in poll()/flush(), on this thread: plain lists will do.
+        self._unreported = 0  # produced, no report yet
+        self._since_settled = 0  # produced since everything was last acknowledged
+        self._acknowledged: list[KafkaRecord] = []  # not marked done yet
+        self._refused: list[tuple[KafkaRecord, str]] = []
+        self._failures: list[str] = []
+        self._started_ns = time.time_ns()  # the first write of the records not marked done yet
 
     def write_batch(self, items: list[KafkaRecord]) -> None:
-        started_ns = time.time_ns()
-        written: list[KafkaRecord] = []
-        pending = items
-        while pending:  # each round writes what the last one had refused, made smaller
-            refused = self._send(pending)
-            written.extend(r for i, r in enumerate(pending) if i not in refused)
-            pending = [_instead(pending[i], reason) for i, reason in refused.items()]
-        self._observe(written)
-        if tracing.ENABLED:
-            tracing.written(written, "produce", started_ns)
-        self._marks.mark_done([r.done for r in written if r.done is not None])
+        self._send(items)
+        self._producer.poll(0)  # the reports of earlier batches, without waiting
+        self._settle()
 
-    def _send(self, records: list[KafkaRecord]) -> dict[int, str]:
-        """Produce and flush; the records Kafka refused (by index, with why). Raise
-        DeliveryError when Kafka failed (unacknowledged in time, or any other error)."""
-        refused: dict[int, str] = {}
-        failures: list[str] = []
+    def snapshot(self) -> None:
+        """The epoch's end. Bytewax commits the epoch's input offsets once every snapshot is
+        in, so whatever was written in it must be acknowledged first."""
+        self._drain()
 
-        def on_delivery(index: int, err: KafkaError | None, msg: Message) -> None:
-            if err is None:
-                return
-            if err.code() in RECORD_REFUSALS:
-                refused[index] = err.str()
-            else:
-                failures.append(f"{msg.topic()}: {err}")
+    def close(self) -> None:
+        self._drain()
 
-        for index, record in enumerate(records):
+    def _send(self, records: list[KafkaRecord]) -> None:
+        if not self._unreported:
+            self._started_ns = time.time_ns()
+        for record in records:
             try:
-                self._produce(record, partial(on_delivery, index))
+                self._produce(record, partial(self._on_delivery, record))
             except KafkaException as exc:  # refused before queueing
                 error: KafkaError = exc.args[0]
                 if error.code() not in RECORD_REFUSALS:
                     raise DeliveryError(f"Kafka refused a {record.topic} record: {error}") from exc
-                refused[index] = error.str()
-        remaining = self._flush()
-        if remaining or failures:
+                self._refused.append((record, error.str()))
+            else:
+                self._unreported += 1
+                self._since_settled += 1
+
+    def _on_delivery(self, record: KafkaRecord, err: KafkaError | None, msg: Message) -> None:
+        self._unreported -= 1
+        if err is None:
+            self._acknowledged.append(record)
+        elif err.code() in RECORD_REFUSALS:
+            self._refused.append((record, err.str()))
+        else:
+            self._failures.append(f"{msg.topic()}: {err}")
+
+    def _settle(self, unacknowledged: int = 0) -> None:
+        """Act on the reports so far: raise DeliveryError on a failure (or records still
+        unacknowledged at the deadline), write what replaces a refused record, and mark the
+        acknowledged ones done."""
+        if unacknowledged or self._failures:
             raise DeliveryError(
-                f"Kafka did not acknowledge {remaining + len(failures)} of {len(records)} "
-                "records: " + "; ".join(failures[:3])
+                f"Kafka did not acknowledge {unacknowledged + len(self._failures)} of "
+                f"{self._since_settled} records: " + "; ".join(self._failures[:3])
             )
-        return refused
+        if self._refused:  # each round writes what the last one had refused, made smaller
+            refused, self._refused = self._refused, []
+            self._send([_instead(record, reason) for record, reason in refused])
+        if self._acknowledged:
+            written, self._acknowledged = self._acknowledged, []
+            self._observe(written)
+            if tracing.ENABLED:
+                tracing.written(written, "produce", self._started_ns)
+            self._marks.mark_done([r.done for r in written if r.done is not None])
+        if not self._unreported:
+            self._since_settled = 0
 
-    def close(self) -> None:
-        self._flush()
+    def _drain(self) -> None:
+        """Wait for every delivery report, replacements of refused records included."""
+        deadline = time.monotonic() + self._flush_timeout_s
+        while True:
+            self._settle(self._flush(deadline))
+            if not self._unreported and not self._refused:
+                return
 
-    def _flush(self) -> int:
-        """Wait for every delivery report. While the broker is away librdkafka keeps retrying
+    def _flush(self, deadline: float) -> int:
+        """Wait for the delivery reports. While the broker is away librdkafka keeps retrying
         (up to message.timeout.ms) and this waits: the worker stalls rather than lose or
         re-order records. Returns how many are still unacknowledged at the deadline."""
-        deadline = time.monotonic() + self._flush_timeout_s
-        remaining = self._producer.flush(min(1.0, self._flush_timeout_s))
+        remaining = self._producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
         while remaining and time.monotonic() < deadline:
             log.warning("waiting for Kafka to acknowledge %d records", remaining)
             remaining = self._producer.flush(min(5.0, max(0.0, deadline - time.monotonic())))
@@ -141,17 +172,32 @@ def _instead(record: KafkaRecord, why: str) -> KafkaRecord:
     raise DeliveryError(f"Kafka refused a {record.topic} record even without its value: {why}")
 
 
-class KafkaOutcomeSink(DynamicSink[KafkaRecord]):
+class KafkaOutcomeSink(FixedPartitionedSink[KafkaRecord, None]):
+    """One partition per process (`process_index`: Bytewax's process id, the composition
+    root's to find), the one every record of the process is routed to: its workers share it,
+    no record crosses processes."""
+
     def __init__(
         self,
         producer_config: dict[str, Any],
         marks: Callable[[], DoneMarks],
         flush_timeout_s: float,
+        process_index: int = 0,
     ) -> None:
         self._producer_config = producer_config
         self._marks = marks  # the I/O runtime, started lazily in the process that writes
         self._flush_timeout_s = flush_timeout_s
+        # A wrong index costs speed, never records: whatever partition a record is routed to,
+        # its process writes it.
+        self._index = process_index
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaOutcomePartition:
-        config = {**self._producer_config, "client.id": f"wa-worker-{worker_index}"}
+    def list_parts(self) -> list[str]:
+        return [f"{self._index:05d}"]  # zero-padded: sorted, the names are the process ids
+
+    def part_fn(self, item_key: str) -> int:
+        # The index into every process's partitions, sorted: this process's own.
+        return self._index
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _KafkaOutcomePartition:
+        config = {**self._producer_config, "client.id": f"wa-worker-{int(for_part)}"}
         return _KafkaOutcomePartition(Producer(config), self._marks(), self._flush_timeout_s)
