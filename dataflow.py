@@ -42,6 +42,7 @@ from wa_worker.operators.inbound import (
 )
 from wa_worker.operators.parse import is_event, parse_batch
 from wa_worker.process.startup import (
+    bytewax_process_count,
     bytewax_process_id,
     configure_tracing_or_exit,
     require_kafka_topics,
@@ -133,6 +134,7 @@ def worker_flow() -> Dataflow:
         services.runtime,
         settings.kafka_flush_timeout_s,
         process_index=bytewax_process_id(),
+        process_count=bytewax_process_count(),
     )
     return build("wa-worker", services, source, ("kafka-out", sink))
 

@@ -172,10 +172,17 @@ def _instead(record: KafkaRecord, why: str) -> KafkaRecord:
     raise DeliveryError(f"Kafka refused a {record.topic} record even without its value: {why}")
 
 
+# Partition names the sink lists: process ids, so a resumed run with fewer processes still
+# has a worker for each partition snapshotted before (Bytewax panics on a load nobody lists).
+# No cluster has this many processes.
+PARTITION_NAMES = 1024
+
+
 class KafkaOutcomeSink(FixedPartitionedSink[KafkaRecord, None]):
     """One partition per process (`process_index`: Bytewax's process id, the composition
     root's to find), the one every record of the process is routed to: its workers share it,
-    no record crosses processes."""
+    no record crosses processes. Process 0 also lists the names no process of this run has
+    (`process_count`), which only ever hold an earlier run's snapshots."""
 
     def __init__(
         self,
@@ -183,16 +190,22 @@ class KafkaOutcomeSink(FixedPartitionedSink[KafkaRecord, None]):
         marks: Callable[[], DoneMarks],
         flush_timeout_s: float,
         process_index: int = 0,
+        process_count: int = 1,
     ) -> None:
         self._producer_config = producer_config
         self._marks = marks  # the I/O runtime, started lazily in the process that writes
         self._flush_timeout_s = flush_timeout_s
-        # A wrong index costs speed, never records: whatever partition a record is routed to,
-        # its process writes it.
+        # Wrong figures cost speed, never records: a name two processes list gets one primary,
+        # and records routed to another process are written there.
         self._index = process_index
+        self._count = process_count
 
     def list_parts(self) -> list[str]:
-        return [f"{self._index:05d}"]  # zero-padded: sorted, the names are the process ids
+        # Zero-padded: sorted, every name's index is the process id it names.
+        if self._index != 0:
+            return [f"{self._index:05d}"]
+        unused = range(max(self._count, 1), max(PARTITION_NAMES, self._count))
+        return [f"{0:05d}", *(f"{i:05d}" for i in unused)]
 
     def part_fn(self, item_key: str) -> int:
         # The index into every process's partitions, sorted: this process's own.

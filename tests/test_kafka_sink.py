@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -22,7 +23,8 @@ from wa_worker.models.records import (
     SourcePosition,
     WebhookEvent,
 )
-from wa_worker.sinks.kafka_sink import _KafkaOutcomePartition
+from wa_worker.process.startup import bytewax_process_count
+from wa_worker.sinks.kafka_sink import KafkaOutcomeSink, _KafkaOutcomePartition
 from wa_worker.sinks.records import KafkaRecord, Topics, to_record
 
 TOPICS = Topics("processed", "dlq", "inbound")
@@ -237,3 +239,28 @@ def test_a_failure_reported_after_its_batch_stops_the_next_batch() -> None:
     with pytest.raises(DeliveryError, match="did not acknowledge 1 of 2 records"):
         sink.write_batch([processed("wamid.2")])
     assert marks.marked == []
+
+
+def test_each_process_routes_its_records_to_its_own_partition() -> None:
+    """Process 0 also lists the names no process of this run has: a run resumed on fewer
+    processes loads the snapshots of the others' partitions (Bytewax panics on a load no
+    worker lists)."""
+    sinks = [KafkaOutcomeSink({}, lambda: Marks(FakeProducer()), 1.0, i, 2) for i in range(2)]
+    first, second = (s.list_parts() for s in sinks)
+    assert second == ["00001"]
+    assert first[0] == "00000" and "00001" not in first and "00002" in first
+    every = sorted(first + second)
+    assert [every[s.part_fn("") % len(every)] for s in sinks] == ["00000", "00001"]
+
+
+def test_the_process_count_is_read_the_way_bytewax_run_reads_addresses(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("BYTEWAX_ADDRESSES", "BYTEWAX_HOSTFILE_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    assert bytewax_process_count(["dataflow", "-w", "2"]) == 1
+    assert bytewax_process_count(["dataflow", "-i", "1", "-a", "h:1;h:2;h:3"]) == 3
+    hosts = tmp_path / "hosts"
+    hosts.write_text("h:1\nh:2\n\n")
+    monkeypatch.setenv("BYTEWAX_HOSTFILE_PATH", str(hosts))
+    assert bytewax_process_count(["dataflow", "-i", "0"]) == 2

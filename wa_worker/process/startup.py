@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import redis
 from redis.exceptions import SlotNotCoveredError
@@ -114,6 +115,17 @@ def bytewax_process_id(argv: list[str] | None = None) -> int:
     if "BYTEWAX_POD_NAME" in env and "BYTEWAX_STATEFULSET_NAME" in env:
         return int(env["BYTEWAX_POD_NAME"].removeprefix(env["BYTEWAX_STATEFULSET_NAME"] + "-"))
     return 0
+
+
+def bytewax_process_count(argv: list[str] | None = None) -> int:
+    """How many processes this process's Bytewax cluster has (its addresses); 1 alone."""
+    addresses = _cluster_args(argv).addresses or os.environ.get("BYTEWAX_ADDRESSES")
+    if addresses is None and (hostfile := os.environ.get("BYTEWAX_HOSTFILE_PATH")):
+        try:
+            addresses = ";".join(Path(hostfile).read_text().split())
+        except OSError:
+            return 1  # bytewax.run reports the file itself
+    return max(1, len([a for a in (addresses or "").split(";") if a.strip()]))
 
 
 def in_bytewax_cluster(argv: list[str] | None = None) -> bool:
