@@ -129,7 +129,10 @@ class _KafkaOutcomePartition(StatefulSinkPartition[KafkaRecord, None]):
         """Wait for every delivery report, replacements of refused records included."""
         deadline = time.monotonic() + self._flush_timeout_s
         while True:
-            self._settle(self._flush(deadline))
+            remaining = self._flush(deadline)
+            # Once flush() reports none left, every report is in: a record still unreported
+            # would never be, so it counts as unacknowledged (never a silent loop).
+            self._settle(max(remaining, self._unreported))
             if not self._unreported and not self._refused:
                 return
 
