@@ -7,14 +7,17 @@ same reasons, for any input. The reference is `parse_record` with the fast path 
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from bench.workload import generate
 from devtools.webhooks import envelope, messages_value, payload, status, text_message
@@ -27,13 +30,21 @@ from tests.test_parse_properties import (
 )
 from wa_worker.models import webhook
 from wa_worker.models import webhook_structs as fast
-from wa_worker.models.records import DeadLetter, Envelope, ErrorClass, SourcePosition, WebhookEvent
+from wa_worker.models.records import (
+    DeadLetter,
+    Envelope,
+    ErrorClass,
+    EventKind,
+    SourcePosition,
+    WebhookEvent,
+)
 from wa_worker.operators import parse
 from wa_worker.operators.parse import parse_record
 
 SOURCE = SourcePosition(topic="whatsapp.inbound", partition=0, offset=7)
 SECRET = b"property-test-app-secret"
 WA = "16315551181"
+RECEIVED = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 EXAMPLES = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -211,3 +222,51 @@ def test_valid_webhooks_build_no_pydantic_webhook_models() -> None:
         for raw in records:
             out = parse_record(raw, SOURCE)
             assert out and all(isinstance(item, WebhookEvent) for item in out), out
+
+
+EVENT_FIELDS: dict[str, Any] = {
+    "event_key": "wamid.1",
+    "conversation_key": "106540352242922:16315551181",
+    "kind": EventKind.MESSAGE,
+    "webhook_id": "w1",
+    "field": "messages",
+    "object": "whatsapp_business_account",
+    "entry_id": "102290129340398",
+    "entry_time": 1700000000,
+    "phone_number_id": "106540352242922",
+    "wa_id": WA,
+    "payload": MESSAGE,
+    "value_context": {"metadata": {"phone_number_id": "106540352242922"}},
+    "envelope_headers": {"content-type": "application/json"},
+    "received_at": RECEIVED,
+    "source": SOURCE,
+    "envelope_raw": b"{}",
+}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        EVENT_FIELDS,
+        {k: v for k, v in EVENT_FIELDS.items() if k not in ("value_context", "envelope_headers")},
+        {**EVENT_FIELDS, "observe_only": True, "coerced": ("received_at",)},
+    ],
+    ids=["all", "defaults", "flags"],
+)
+def test_parsed_events_equal_validated_ones(fields: dict[str, Any]) -> None:
+    built, validated = WebhookEvent.parsed(**fields), WebhookEvent(**fields)
+    assert built == validated
+    assert list(built.__dict__) == list(validated.__dict__)  # same order: same repr, pickles
+    assert built.model_fields_set == validated.model_fields_set
+    assert built.model_dump() == validated.model_dump()
+    assert built.for_handler() == validated.for_handler()
+    assert pickle.loads(pickle.dumps(built)) == validated
+    assert built.model_copy(update={"stale": True}) == validated.model_copy(update={"stale": True})
+    with pytest.raises(ValidationError):
+        built.stale = True  # frozen like any event
+
+
+def test_parsed_events_get_defaults_of_their_own() -> None:
+    fields = {k: v for k, v in EVENT_FIELDS.items() if k != "value_context"}
+    one, two = WebhookEvent.parsed(**fields), WebhookEvent.parsed(**fields)
+    assert one.value_context == {} and one.value_context is not two.value_context
