@@ -54,9 +54,9 @@ def parse_record(
     for an unusable envelope timestamp (else the current time)."""
     webhook_id: str | None = None
     try:
-        envelope, received_at, coerced = _load_envelope(raw, received_ms)
+        envelope, received_at, coerced, quick = _load_envelope(raw, received_ms)
         webhook_id = envelope.id
-        entries = _load_entries(envelope.body, envelope.headers, app_secret)
+        entries, quick = _load_entries(envelope.body, envelope.headers, app_secret, quick)
         common: dict[str, Any] = {  # what every event of the record shares
             "webhook_id": envelope.id,
             "object": WHATSAPP_OBJECT,
@@ -65,7 +65,7 @@ def parse_record(
             "source": source,
             "envelope_raw": raw if raw is not None and len(raw) <= ENVELOPE_CARRY_LIMIT else None,
         }
-        out = list(_split(entries, common, coerced))
+        out = list(_split(entries, common, coerced, quick))
         if not out:
             raise InputError("webhook has no changes", ErrorClass.INVALID_PAYLOAD)
         return out
@@ -161,24 +161,32 @@ def _check_depth(text: bytes | str, data: Any) -> None:
             level.extend((v, depth + 1) for v in value)
 
 
-def _decode(text: bytes | str) -> Any:
-    """JSON as `json.loads` reads it, by msgspec (a sixth of the cost). What msgspec refuses
-    (NaN, a BOM, lone surrogates, UTF-16, integers past 4,300 digits or floats out of range,
-    bad JSON) `json.loads` reads instead: it accepts the same values, or raises its own error,
-    which dead letters quote."""
+def _decode(text: bytes | str) -> tuple[Any, bool]:
+    """JSON as `json.loads` reads it, by msgspec (a sixth of the cost), and whether msgspec
+    read it. What msgspec refuses (NaN, a BOM, lone surrogates, UTF-16, integers past 4,300
+    digits or floats out of range, bad JSON) `json.loads` reads instead: it accepts the same
+    values, or raises its own error, which dead letters quote. JSON only `json.loads` reads
+    skips the msgspec checks too (`quick` below): pydantic refuses a lone surrogate in a string
+    field, msgspec does not."""
     try:
-        return msgspec.json.decode(text)
+        return msgspec.json.decode(text), True
     except (ValueError, RecursionError):  # msgspec's errors are ValueErrors
-        return json.loads(text)
+        return json.loads(text), False
+
+
+def _quick_check(quick: bool, data: Any, kind: type[fast.T]) -> fast.T | None:
+    """`data` checked by msgspec when it may be (valid and msgspec-decoded), else None: the
+    pydantic models decide, and their errors say why."""
+    return fast.checked(data, kind) if quick else None
 
 
 # The envelope timestamp as records.Envelope reads it (pydantic's many datetime formats).
 _TIMESTAMP: TypeAdapter[datetime | None] = TypeAdapter(datetime | None)
 
 
-def _fast_envelope(data: Any) -> tuple[fast.Envelope, datetime | None] | None:
+def _fast_envelope(data: Any, quick: bool) -> tuple[fast.Envelope, datetime | None] | None:
     """The envelope when it is plainly valid, checked by msgspec; None sends it to pydantic."""
-    if (envelope := fast.checked(data, fast.Envelope)) is None:
+    if (envelope := _quick_check(quick, data, fast.Envelope)) is None:
         return None
     try:
         stamp = _TIMESTAMP.validate_python(data.get("timestamp"))
@@ -189,19 +197,20 @@ def _fast_envelope(data: Any) -> tuple[fast.Envelope, datetime | None] | None:
 
 def _load_envelope(
     raw: bytes | None, received_ms: int | None
-) -> tuple[Envelope | fast.Envelope, datetime | None, tuple[str, ...]]:
+) -> tuple[Envelope | fast.Envelope, datetime | None, tuple[str, ...], bool]:
+    """The envelope, its time, what was coerced, and whether msgspec may check the rest."""
     if not raw:
         raise InputError("empty record", ErrorClass.INVALID_ENVELOPE)
     try:
-        data = _decode(raw)
+        data, quick = _decode(raw)
     except (ValueError, RecursionError) as exc:
         raise InputError(f"envelope is not JSON: {exc}"[:300], ErrorClass.INVALID_JSON) from exc
     _check_depth(raw, data)
-    if (checked := _fast_envelope(data)) is not None:
-        return checked[0], checked[1], ()
+    if (checked := _fast_envelope(data, quick)) is not None:
+        return checked[0], checked[1], (), quick
     try:
         envelope = Envelope.model_validate(data)
-        return envelope, envelope.timestamp, ()
+        return envelope, envelope.timestamp, (), quick
     except ValidationError as exc:
         if not isinstance(data, dict) or any(e["loc"][:1] != ("timestamp",) for e in exc.errors()):
             raise InputError(
@@ -210,12 +219,12 @@ def _load_envelope(
     # The timestamp only dates the webhook: the receive time stands in for it, and the events
     # say so, rather than the webhook being lost to a dead letter no re-drive can mend.
     envelope = Envelope.model_validate({k: v for k, v in data.items() if k != "timestamp"})
-    return envelope, from_ms(received_ms) or datetime.now(UTC), ("received_at",)
+    return envelope, from_ms(received_ms) or datetime.now(UTC), ("received_at",), quick
 
 
 def _load_entries(
-    body: Any, headers: dict[str, Any], app_secret: AppSecret | None
-) -> Sequence[AnyEntry | BadPart]:
+    body: Any, headers: dict[str, Any], app_secret: AppSecret | None, quick: bool
+) -> tuple[Sequence[AnyEntry | BadPart], bool]:
     if isinstance(body, str):
         if app_secret is not None:
             # surrogatepass: a body Meta cannot have signed still gets a signature verdict.
@@ -223,12 +232,12 @@ def _load_entries(
             verify_signature(raw, header_of(headers, SIGNATURE_HEADER), app_secret)
         text = body
         try:
-            body = _decode(text)
+            body, quick = _decode(text)
         except (ValueError, RecursionError) as exc:
             raise InputError(f"body is not JSON: {exc}"[:300], ErrorClass.INVALID_JSON) from exc
         _check_depth(text, body)
     entries: Sequence[AnyEntry | BadPart]
-    if (checked := fast.checked(body, fast.WebhookPayload)) is not None:
+    if (checked := _quick_check(quick, body, fast.WebhookPayload)) is not None:
         kind, entries = checked.object, checked.entry
     else:  # invalid, or valid only as pydantic reads it (a time of "3"): pydantic decides
         try:
@@ -241,13 +250,17 @@ def _load_entries(
         raise InputError(
             f"not a WhatsApp payload: object is {kind[:80]!r}", ErrorClass.INVALID_PAYLOAD
         )
-    return entries
+    return entries, quick
 
 
 def _split(
-    entries: Sequence[AnyEntry | BadPart], common: dict[str, Any], coerced: tuple[str, ...]
+    entries: Sequence[AnyEntry | BadPart],
+    common: dict[str, Any],
+    coerced: tuple[str, ...],
+    quick: bool,
 ) -> Iterator[WebhookEvent | DeadLetter]:
-    """`coerced`: what the envelope had coerced, shared by every event."""
+    """`coerced`: what the envelope had coerced, shared by every event; `quick`: msgspec may
+    check the values."""
     for entry in entries:
         if isinstance(entry, BadPart):
             yield _part_letter(entry, entry.container, common)
@@ -255,10 +268,10 @@ def _split(
         for change in entry.changes:
             field = change.field
             if field == "messages":
-                yield from _split_messages_value(entry, change.value, common, coerced)
+                yield from _split_messages_value(entry, change.value, common, coerced, quick)
             elif field == "standby":
                 # Messages and statuses of a conversation another app owns: same shape.
-                yield from _split_messages_value(entry, change.value, common, coerced, field)
+                yield from _split_messages_value(entry, change.value, common, coerced, quick, field)
             elif (events := split_field(entry, field, change.value, common)) is not None:
                 yield from (_flag(event, coerced) for event in events)
             else:
@@ -270,13 +283,14 @@ def _split_messages_value(
     raw_value: dict[str, Any],
     common: dict[str, Any],
     coerced: tuple[str, ...],
+    quick: bool,
     field: str = "messages",
 ) -> Iterator[WebhookEvent | DeadLetter]:
     """A `messages` value (or a `standby` one: its events are observe-only, and their keys
     are prefixed `standby:` so that they never pass for the same events delivered live)."""
     flags: dict[str, list[tuple[str, ...]]] = {}  # each kept item's own coercions
     bad: list[BadPart] = []
-    value: Value | fast.Value | None = fast.checked(raw_value, fast.Value)
+    value: Value | fast.Value | None = _quick_check(quick, raw_value, fast.Value)
     if value is None:
         try:
             value = Value.model_validate(raw_value)
