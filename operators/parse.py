@@ -237,7 +237,9 @@ def _load_entries(
             raise InputError(f"body is not JSON: {exc}"[:300], ErrorClass.INVALID_JSON) from exc
         _check_depth(text, body)
     entries: Sequence[AnyEntry | BadPart]
-    if (checked := _quick_check(quick, body, fast.WebhookPayload)) is not None:
+    if isinstance(body, fast.WebhookPayload):  # checked with its envelope
+        kind, entries = body.object, body.entry
+    elif (checked := _quick_check(quick, body, fast.WebhookPayload)) is not None:
         kind, entries = checked.object, checked.entry
     else:  # invalid, or valid only as pydantic reads it (a time of "3"): pydantic decides
         try:
@@ -306,7 +308,9 @@ def _split_messages_value(
     phone_number_id = value.metadata.phone_number_id if value.metadata else None
     business = phone_number_id or "-"  # Meta always sends metadata; never key on "None"
     # Events carry the dicts as received (bar coercions): validation does not rewrite values.
-    context = {k: v for k, v in raw_value.items() if k not in ("messages", "statuses", "errors")}
+    context = raw_value.copy()  # (cheaper than a comprehension, in the same order)
+    for items in ("messages", "statuses", "errors"):
+        context.pop(items, None)
     base: dict[str, Any] = {
         **common,
         "field": field,
@@ -455,8 +459,6 @@ def parse_batch(
         batch: list[InboundMessage],
     ) -> list[WebhookEvent | DeadLetter]:
         out: list[WebhookEvent | DeadLetter] = []
-        # Counted per batch: each metric update takes a lock.
-        kinds: Counter[EventKind | None] = Counter()
         for msg in batch:
             parsed = parse_record(
                 msg.value,
@@ -467,8 +469,9 @@ def parse_batch(
                 # (type, ms): type 0 is "no timestamp"
                 msg.timestamp[1] if msg.timestamp and msg.timestamp[0] else None,
             )
-            kinds.update(item.kind if isinstance(item, WebhookEvent) else None for item in parsed)
             out.extend(parsed)
+        # Counted per batch: each metric update takes a lock.
+        kinds = Counter([item.kind if type(item) is WebhookEvent else None for item in out])
         for kind, count in kinds.items():
             if kind is None:
                 metrics.PARSE_ERRORS.inc(count)

@@ -225,8 +225,9 @@ class WebhookPayload(S):
 
 
 class Envelope(S):
-    """records.Envelope without its timestamp, which pydantic parses (its formats are many)."""
+    """records.Envelope without its timestamp, which pydantic parses (its formats are many),
+    and with its body (when not a string) checked as a payload in the same pass."""
 
     id: NonEmpty
-    body: dict[str, Any] | str
+    body: WebhookPayload | str
     headers: dict[str, Any] = msgspec.field(default_factory=dict)
