@@ -4,13 +4,17 @@ step costs per event, this checkout's against another revision's, in one process
 The baseline is operators/parse.py as it was at REV (default `main`), loaded from git beside
 the current one; both run `parse_batch` (batches of 100, as the Kafka source gives them) on
 the same envelopes of each bench shape (bench.workload), interleaved, R rounds, and the best
-round counts. Both must give the same events and dead letters, else it stops. `--candidates`
-also times the decoders that were measured to choose one (json, orjson, msgspec, pydantic).
+round counts. `base-signed` is the base shape as `wa-worker ingress` publishes it: the body a
+raw string, signed, checked with WA_APP_SECRET. Both must give the same events and dead
+letters, else it stops. `--candidates` also times the decoders that were measured to choose
+one (json, orjson, msgspec, pydantic).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import json
 import subprocess
 import sys
@@ -29,6 +33,7 @@ from wa_worker.operators.inbound import InboundMessage
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ("base", "few", "mixed")
+SECRET = b"parse-cost-app-secret"
 BATCH = 100
 Parse = Callable[[list[InboundMessage]], list[WebhookEvent | DeadLetter]]
 
@@ -49,17 +54,27 @@ def baseline_module(rev: str) -> types.ModuleType:
     return module
 
 
+def signed(value: bytes) -> bytes:
+    """The envelope with its body as the raw, signed string the ingress publishes."""
+    envelope = json.loads(value)
+    body = json.dumps(envelope["body"], separators=(",", ":"))
+    signature = hmac.new(SECRET, body.encode(), hashlib.sha256).hexdigest()
+    envelope["headers"]["x-hub-signature-256"] = f"sha256={signature}"
+    return json.dumps({**envelope, "body": body}, separators=(",", ":")).encode()
+
+
 def batches(shape: str, records: int) -> list[list[InboundMessage]]:
+    name, _, variant = shape.partition("-")
     messages: list[InboundMessage] = [
         KafkaSourceMessage(
             key=r.key,
-            value=r.value,
+            value=signed(r.value) if variant == "signed" else r.value,
             topic="wa.inbound",
             partition=0,
             offset=i,
             timestamp=(1, 1_767_225_600_000 + i),
         )
-        for i, r in enumerate(generate(records, shape).records)
+        for i, r in enumerate(generate(records, name).records)
     ]
     return [messages[i : i + BATCH] for i in range(0, len(messages), BATCH)]
 
@@ -86,10 +101,12 @@ def check_same(old: Parse, new: Parse, work: Sequence[list[InboundMessage]]) -> 
 
 
 def compare(rev: str, records: int, rounds: int) -> None:
-    old, new = baseline_module(rev).parse_batch(None), current.parse_batch(None)
+    baseline = baseline_module(rev)
     print(f"parse_batch per event (CPU µs, best of {rounds}); baseline {rev}, {records} records")
-    print(f"{'shape':8} {'events':>7} {'baseline':>9} {'now':>9} {'ratio':>7}")
-    for shape in SHAPES:
+    print(f"{'shape':12} {'events':>7} {'baseline':>9} {'now':>9} {'ratio':>7}")
+    for shape in (*SHAPES, "base-signed"):
+        secret = SECRET if shape.endswith("-signed") else None
+        old, new = baseline.parse_batch(secret), current.parse_batch(secret)
         work = batches(shape, records)
         check_same(old, new, work)
         best = {"old": float("inf"), "new": float("inf")}
@@ -100,7 +117,7 @@ def compare(rev: str, records: int, rounds: int) -> None:
                 best[name] = min(best[name], took)
         per_old, per_new = best["old"] / events * 1e6, best["new"] / events * 1e6
         ratio = per_old / per_new
-        print(f"{shape:8} {events:7d} {per_old:9.1f} {per_new:9.1f} {ratio:6.2f}x")
+        print(f"{shape:12} {events:7d} {per_old:9.1f} {per_new:9.1f} {ratio:6.2f}x")
 
 
 def candidates(records: int) -> None:

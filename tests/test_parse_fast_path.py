@@ -279,3 +279,15 @@ def test_parsed_events_get_defaults_of_their_own() -> None:
     fields = {k: v for k, v in EVENT_FIELDS.items() if k != "value_context"}
     one, two = WebhookEvent.parsed(**fields), WebhookEvent.parsed(**fields)
     assert one.value_context == {} and one.value_context is not two.value_context
+
+
+def test_the_parse_cost_script_agrees_with_a_baseline(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench.parse_cost checks that both revisions give the same outcomes before timing them."""
+    from bench import parse_cost
+
+    parse_cost.main(["--records", "40", "--rounds", "1", "--baseline", "HEAD"])
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()[2:]] == [
+        *parse_cost.SHAPES,
+        "base-signed",
+    ]
