@@ -147,7 +147,7 @@ def candidates(records: int) -> None:
             "msgspec.json.decode": best(msgspec.json.decode, raws),
             "pydantic Envelope.model_validate_json": best(Envelope.model_validate_json, raws),
             "pydantic Envelope + WebhookPayload + Values": best(_pydantic_all(webhook), data),
-            "msgspec convert Envelope + Payload + Values": best(
+            "msgspec convert Envelope (+ Payload) + Values": best(
                 _msgspec_all(webhook_structs), data
             ),
             "msgspec typed decode of bytes (no dicts kept)": best(
@@ -176,8 +176,7 @@ def _pydantic_all(webhook: Any) -> Callable[[dict[str, Any]], object]:
 
 def _msgspec_all(structs: Any) -> Callable[[dict[str, Any]], object]:
     def check(data: dict[str, Any]) -> object:
-        structs.checked(data, structs.Envelope)
-        structs.checked(data["body"], structs.WebhookPayload)
+        structs.checked(data, structs.Envelope)  # an object body is checked as a payload too
         return [structs.checked(v, structs.Value) for v in _values(data)]
 
     return check
