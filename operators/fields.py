@@ -16,11 +16,13 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from wa_worker.models import webhook_structs as fast
 from wa_worker.models.records import EventKind, WebhookEvent
 from wa_worker.models.webhook import Entry
 from wa_worker.operators.identity import contact_user_id, conversation_key, text
 
 ItemEvents = Iterator[WebhookEvent]
+AnyEntry = Entry | fast.Entry  # checked by msgspec (valid input), else by pydantic (parse.py)
 
 
 def content_hash(*parts: Any) -> str:
@@ -45,7 +47,7 @@ GROUP_FIELDS = frozenset(
 
 
 def split_field(
-    entry: Entry, field: str, value: dict[str, Any], common: dict[str, Any]
+    entry: AnyEntry, field: str, value: dict[str, Any], common: dict[str, Any]
 ) -> list[WebhookEvent] | None:
     """The events of one change of `field`, or None when it is not split per item."""
     splitter = _SPLITTERS.get(field) or (_groups if field in GROUP_FIELDS else None)
@@ -65,7 +67,7 @@ class _Split:
 
     def __init__(
         self,
-        entry: Entry,
+        entry: AnyEntry,
         field: str,
         value: dict[str, Any],
         common: dict[str, Any],
@@ -107,7 +109,7 @@ class _Split:
         wa_id: str | None = None,
         user_id: str | None = None,
     ) -> WebhookEvent:
-        return WebhookEvent(
+        return WebhookEvent.parsed(
             event_key=event_key,
             conversation_key=conversation,
             kind=kind,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import to_jsonable_python
@@ -34,14 +35,18 @@ class Envelope(BaseModel):
         return value
 
     def header(self, name: str) -> str | None:
-        """Case-insensitive header lookup; Node gives lists for repeated headers."""
-        wanted = name.lower()
-        for key, value in self.headers.items():
-            if key.lower() == wanted:
-                if isinstance(value, list):
-                    return str(value[0]) if value else None
-                return str(value)
-        return None
+        return header_of(self.headers, name)
+
+
+def header_of(headers: dict[str, Any], name: str) -> str | None:
+    """Case-insensitive header lookup; Node gives lists for repeated headers."""
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            if isinstance(value, list):
+                return str(value[0]) if value else None
+            return str(value)
+    return None
 
 
 class SourcePosition(BaseModel):
@@ -127,6 +132,26 @@ class WebhookEvent(BaseModel):
             fields.setdefault(name, default)
         super().__setstate__(state)
 
+    @classmethod
+    def parsed(cls, **fields: Any) -> Self:
+        """An event from values parse.py has validated already (ids and keys are strings, the
+        payload a dict as received): built without pydantic's checks and copies, for about
+        half the cost of `WebhookEvent(...)` (`model_construct` costs more than either, for
+        its loop over every field). Omitted fields take their defaults;
+        tests/test_parse_fast_path.py keeps it equal to the validated constructor. Elsewhere,
+        build events the usual way."""
+        values = _TEMPLATE.copy()  # every field, in order, so __dict__ matches __init__'s
+        values.update(fields)
+        for name, factory in _FACTORIES:
+            if name not in fields:
+                values[name] = factory()
+        event = object.__new__(cls)
+        object.__setattr__(event, "__dict__", values)
+        object.__setattr__(event, "__pydantic_fields_set__", set(fields))
+        object.__setattr__(event, "__pydantic_extra__", None)
+        object.__setattr__(event, "__pydantic_private__", None)
+        return event
+
     def for_handler(self) -> dict[str, Any]:
         """The JSON the handler receives: the event without transport baggage.
 
@@ -200,6 +225,18 @@ def _rebuilt_value(kind: EventKind, value: dict[str, Any], payload: dict[str, An
         return value
     return payload
 
+
+# WebhookEvent.parsed: each field's default (None for a required one, which must be given)
+# and the fields whose default is made per event.
+_TEMPLATE: dict[str, Any] = {
+    name: None if info.is_required() or info.default_factory else info.default
+    for name, info in WebhookEvent.model_fields.items()
+}
+_FACTORIES: tuple[tuple[str, Callable[[], Any]], ...] = tuple(
+    (name, info.default_factory)  # type: ignore[misc]
+    for name, info in WebhookEvent.model_fields.items()
+    if info.default_factory is not None
+)
 
 _ADDED_FIELDS: tuple[tuple[str, Any], ...] = (
     ("coerced", ()),
