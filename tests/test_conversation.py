@@ -30,6 +30,9 @@ class FakeSubmitter:
     def record_attempts(self, event_key: str, token: str, attempts: int, lease_ms: int) -> None:
         self.records.append((event_key, attempts))
 
+    def inline_handled(self, count: int) -> None:
+        pass
+
     def handle_inline(self, event: WebhookEvent, token: str) -> HandleResult | None:
         if not self.inline:
             return None
@@ -87,15 +90,16 @@ def test_events_of_a_conversation_are_handled_one_at_a_time_in_order() -> None:
     logic, submit, _ = make()
     a, b = events("wamid.a", "wamid.b")
     logic.on_batch([a, b])
-    assert [k for k, _ in submit.claims] == ["wamid.a"]  # b waits behind a
-    token_a = submit.claims[0][1]
-    logic.on_batch([claimed("wamid.a", token_a)])
-    assert submit.handles == [("wamid.a", token_a)]
+    # b is claimed ahead, with a (one Redis batch), but handled only after a.
+    assert [k for k, _ in submit.claims] == ["wamid.a", "wamid.b"]
+    (_, token_a), (_, token_b) = submit.claims
+    logic.on_batch([claimed("wamid.b", token_b), claimed("wamid.a", token_a)])
+    assert submit.handles == [("wamid.a", token_a)]  # b's claim came first: b still waits
     out, discard = logic.on_batch([HandleResult("wamid.a", token_a, HandleStatus.OK, {"r": 1})])
     assert [type(o) for o in out] == [Processed] and not discard
-    assert [k for k, _ in submit.claims] == ["wamid.a", "wamid.b"]
-    token_b = submit.claims[1][1]
-    logic.on_batch([claimed("wamid.b", token_b)])
+    # b starts at once on the claim it already has: no second claim, no round trip.
+    assert submit.handles == [("wamid.a", token_a), ("wamid.b", token_b)]
+    assert len(submit.claims) == 2
     out, discard = logic.on_batch([HandleResult("wamid.b", token_b, HandleStatus.OK)])
     assert discard  # nothing left: the state is dropped
 
@@ -339,3 +343,103 @@ def test_backlog_counts_resumed_events_and_drops_duplicates_and_done_ones() -> N
     assert backlog.count == 4  # a new process counts what it resumed
     resumed.on_batch([ClaimResult("wamid.1", submit.claims[0][1], ClaimStatus.DONE)])
     assert backlog.count == 3
+
+
+def test_a_claim_ahead_answered_done_drops_its_event_when_its_turn_comes() -> None:
+    logic, submit, _ = make()
+    a, b = events("wamid.a", "wamid.b")
+    logic.on_batch([a, b])
+    (_, token_a), (_, token_b) = submit.claims
+    logic.on_batch([claimed("wamid.a", token_a), ClaimResult("wamid.b", token_b, ClaimStatus.DONE)])
+    out, discard = logic.on_batch([HandleResult("wamid.a", token_a, HandleStatus.OK)])
+    assert [o.event.event_key for o in out] == ["wamid.a"] and discard
+    assert submit.handles == [("wamid.a", token_a)]  # b was done before: a duplicate
+
+
+def test_nothing_is_claimed_ahead_behind_a_head_waiting_to_retry() -> None:
+    # Its claims would age while it waits; they are taken once the head is done.
+    logic, submit, clock = make()
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    token = submit.claims[0][1]
+    logic.on_batch([claimed("wamid.a", token)])
+    logic.on_batch([HandleResult("wamid.a", token, HandleStatus.TRANSIENT, error="503")])
+    (b,) = events("wamid.b")
+    logic.on_batch([b])
+    clock.advance(1.0)
+    logic.on_notify()  # the retry's call starts
+    assert [k for k, _ in submit.claims] == ["wamid.a"]
+    logic.on_batch([HandleResult("wamid.a", token, HandleStatus.OK)])
+    assert [k for k, _ in submit.claims] == ["wamid.a", "wamid.b"]
+
+
+def test_claims_ahead_are_taken_again_with_their_tokens_after_a_restart() -> None:
+    logic, submit, clock = make()
+    a, b = events("wamid.a", "wamid.b")
+    logic.on_batch([a, b])
+    (_, token_a), (_, token_b) = submit.claims
+    logic.on_batch([claimed("wamid.b", token_b)])  # b's early result is not in the snapshot
+    resumed, submit2, _ = make(resume=pickle.loads(pickle.dumps(logic.snapshot())), clock=clock)
+    resumed.on_notify()
+    assert submit2.claims == [("wamid.a", token_a), ("wamid.b", token_b)]
+    resumed.on_batch([claimed("wamid.a", token_a), claimed("wamid.b", token_b)])
+    resumed.on_batch([HandleResult("wamid.a", token_a, HandleStatus.OK)])
+    assert submit2.handles == [("wamid.a", token_a), ("wamid.b", token_b)]
+
+
+class CountingBacklog(Backlog):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def add(self, count: int = 1) -> None:
+        self.calls += 1
+        super().add(count)
+
+
+def test_the_backlog_is_told_once_per_batch() -> None:
+    # It takes a lock shared by the process's workers: once per event was a cost of its own.
+    backlog = CountingBacklog()
+    logic, submit, _ = make(inline=True, backlog=backlog)
+    logic.on_batch([*events(*(f"wamid.{i}" for i in range(10)))])
+    assert (backlog.count, backlog.calls) == (10, 1)
+    logic.on_batch([claimed(k, t) for k, t in submit.claims])
+    assert (backlog.count, backlog.calls) == (0, 2)
+
+
+def test_inline_calls_are_counted_in_the_latency_histogram_once_per_batch() -> None:
+    class Counting(FakeSubmitter):
+        def __init__(self) -> None:
+            super().__init__(inline=True)
+            self.counted: list[int] = []
+
+        def inline_handled(self, count: int) -> None:
+            self.counted.append(count)
+
+    submit = Counting()
+    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 3), 30_000, 10.0)
+    logic = ConversationLogic(lambda e: e.conversation_key, submit, policy, None, Clock())
+    logic.on_batch([*events("wamid.1", "wamid.2", "wamid.3")])
+    logic.on_batch([claimed(k, t) for k, t in submit.claims])
+    assert submit.counted == [3]
+
+
+def test_observing_zeros_at_once_equals_observing_each() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    each = Histogram("each_seconds", "", buckets=(0.005, 1), registry=registry)
+    once = Histogram("once_seconds", "", buckets=(0.005, 1), registry=registry)
+    for _ in range(5):
+        each.observe(0.0)
+    metrics.observe_zeros(once, 5)
+
+    def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
+        (family,) = [m for m in registry.collect() if m.name == name]
+        return [
+            (s.name.replace(name, ""), s.labels, s.value)
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples("each_seconds") == samples("once_seconds")

@@ -143,8 +143,10 @@ class IoRuntime:
         """The pass-through handler answers at once: no task, no hop through the loop."""
         if self._handler is not passthrough:
             return None
-        metrics.HANDLER_LATENCY.observe(0.0)
         return HandleResult(event.event_key, token, HandleStatus.OK, result=None, latency_s=0.0)
+
+    def inline_handled(self, count: int) -> None:
+        metrics.observe_zeros(metrics.HANDLER_LATENCY, count)
 
     def _post(self, fn: Callable[..., None], *args: Any, outstanding: int = 0) -> None:
         self._inbox.append((fn, args))
