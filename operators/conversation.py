@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -59,7 +59,7 @@ from wa_worker.models.records import (
     Processed,
     WebhookEvent,
 )
-from wa_worker.operators import reorder
+from wa_worker.operators import reorder, snapshot_codec
 from wa_worker.operators.backoff import BackoffPolicy, poll_delay_s
 from wa_worker.operators.deadlines import Deadline, DeadlinePolicy, policy_from
 from wa_worker.settings import Settings, StaleEvents, StatusSuperseded
@@ -157,6 +157,25 @@ class Pending:
     last_status_code: int | None = None
     retry_waiting: bool = False  # a retry is scheduled and not yet started
     trial: bool = False  # the call is the open circuit breaker's probe
+
+    # Pickled (recovery snapshots) as plain values: operators/snapshot_codec.py.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["event"] = snapshot_codec.pack(self.event)
+        state["phase"] = self.phase.value
+        for name in _TIMES:
+            state[name] = snapshot_codec.pack_time(state[name])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["event"] = snapshot_codec.unpack(state["event"])
+        state["phase"] = Phase(state["phase"])  # older snapshots: the enum itself
+        for name in _TIMES:
+            state[name] = snapshot_codec.unpack_time(state.get(name))
+        self.__dict__.update(state)
+
+
+_TIMES = ("due_at", "first_failure_at")
 
 
 @dataclass

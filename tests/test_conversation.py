@@ -443,3 +443,26 @@ def test_observing_zeros_at_once_equals_observing_each() -> None:
         ]
 
     assert samples("each_seconds") == samples("once_seconds")
+
+
+def test_a_snapshot_pickles_its_events_as_plain_values_and_resumes_them_exactly() -> None:
+    # Bytewax pickles each conversation's snapshot on its own at every epoch close: a model,
+    # an enum or an aware datetime in it each cost class lookups (most of the epoch's pause).
+    from wa_worker.operators import reorder
+
+    logic, _submit, clock = make()
+    a, b = events("wamid.a", "wamid.b")
+    a = a.model_copy(update={"received_at": clock.now})
+    logic.on_batch([a, b])
+    state = logic.snapshot()
+    state.held = [reorder.Held((1.0, 2.0, 0), b, clock.now)]
+    blob = pickle.dumps(state)
+    for name in (b"WebhookEvent", b"EventKind", b"SourcePosition", b"Phase", b"datetime"):
+        assert name not in blob
+    resumed = pickle.loads(blob)
+    assert [p.event for p in resumed.queue] == [a, b]
+    assert [p.__dict__ for p in resumed.queue] == [p.__dict__ for p in logic.snapshot().queue]
+    assert resumed.queue[0].event.received_at.tzinfo is UTC
+    assert resumed.queue[1].due_at == clock.now and resumed.queue[1].due_at.tzinfo is UTC
+    ((held),) = resumed.held
+    assert (held.key, held.event, held.arrived_at) == ((1.0, 2.0, 0), b, clock.now)
