@@ -54,10 +54,12 @@ def old_module(base: str) -> ModuleType:
 
 
 class Submitter:
-    """Claims are answered CLAIMED in the next round; the handler answers inline (pass-through)."""
+    """Claims are answered CLAIMED in the next round; the handler answers inline (pass-through),
+    as each version's runtime did: a result per event (old), or one shared result (new)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = False) -> None:
         self.claims: list[tuple[str, ClaimResult]] = []
+        self.shared = HandleResult("", "", HandleStatus.OK, result=None) if shared else None
 
     def claim(self, route_key: str, event_key: str, token: str, lease_ms: int) -> None:
         self.claims.append((route_key, ClaimResult(event_key, token, ClaimStatus.CLAIMED)))
@@ -69,6 +71,8 @@ class Submitter:
         pass
 
     def handle_inline(self, event: WebhookEvent, token: str) -> HandleResult | None:
+        if self.shared is not None:
+            return self.shared
         return HandleResult(event.event_key, token, HandleStatus.OK, result=None, latency_s=0.0)
 
     def record_attempts(self, event_key: str, token: str, attempts: int, lease_ms: int) -> None:
@@ -84,7 +88,7 @@ class Figures:
 
 
 def run(module: ModuleType, events: list[WebhookEvent], batch: int, epoch: int) -> Figures:
-    submit = Submitter()
+    submit = Submitter(shared=module is new_module)
     policy = module.ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 3), 30_000, 10.0)
     backlog, breaker = Backlog(), CircuitBreaker(enabled=False)
     logics: dict[str, Any] = {}

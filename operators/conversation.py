@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, Protocol, TypeVar
 
 from bytewax.operators import StatefulBatchLogic
@@ -66,6 +67,7 @@ from wa_worker.settings import Settings, StaleEvents, StatusSuperseded
 
 Clock = Callable[[], datetime]
 _T = TypeVar("_T")
+_NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # before the first batch: no time read yet
 
 # Claim tokens: a random prefix per process start and a counter (uuid4 per event costs a
 # system call); unique across processes and restarts.
@@ -93,7 +95,8 @@ class WorkSubmitter(Protocol):
     def claim(self, route_key: str, event_key: str, token: str, lease_ms: int) -> None: ...
     def handle(self, route_key: str, event: WebhookEvent, token: str) -> None: ...
     def handle_inline(self, event: WebhookEvent, token: str) -> HandleResult | None:
-        """The result right away when the handler needs no I/O (the default pass-through)."""
+        """The result right away when the handler needs no I/O (the default pass-through).
+        It is the head's own: its event key and token are not checked (may be left empty)."""
         ...
 
     def record_attempts(self, event_key: str, token: str, attempts: int, lease_ms: int) -> None: ...
@@ -137,6 +140,16 @@ class ConversationPolicy:
     # Retry deadlines and staleness (operators/deadlines.py); the default bounds nothing.
     deadlines: DeadlinePolicy = field(default_factory=DeadlinePolicy)
     skip_superseded: bool = False  # STATUS_SUPERSEDED=skip: no handler call for those
+
+    # Once per policy, not per conversation logic (one is built for each conversation).
+    @cached_property
+    def window(self) -> timedelta:
+        return timedelta(milliseconds=self.reorder_window_ms)
+
+    @cached_property
+    def fresh(self) -> timedelta:
+        """How old a claim taken ahead may be when used (module docstring)."""
+        return timedelta(milliseconds=self.lease_ms / 2)
 
 
 class Phase(StrEnum):
@@ -202,11 +215,12 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         self._submit = submit
         self._policy = policy
         self._clock = clock
-        self._t = clock()  # the time of the batch being handled: one clock read per batch
+        # The time of the batch being handled (one clock read per batch), set by each.
+        self._t = clock() if resume is not None else _NEVER
         self._paused = paused  # draining: start nothing new
         self._gate = handler_gate or OpenGate()  # the handler's circuit breaker
         self._backlog = backlog or _Uncounted()  # events taken in and not finished, per process
-        self._window = timedelta(milliseconds=policy.reorder_window_ms)
+        self._window = policy.window
         self._state = ConversationState()
         self._queued: set[str] = set()  # event keys held or queued, for duplicate checks
         # Claim ahead (module docstring): event key -> (token, when its claim was sent) for
@@ -214,7 +228,7 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         # Not snapshotted: a resumed state claims every event again anyway.
         self._ahead: dict[str, tuple[str, datetime]] = {}
         self._early: dict[str, ClaimResult] = {}
-        self._fresh = timedelta(milliseconds=policy.lease_ms / 2)
+        self._fresh = policy.fresh
         # Backlog changes of the batch, told once at its end (the backlog takes a lock).
         self._taken = 0
         self._inline = 0  # events the handler answered inline in this batch
@@ -362,7 +376,10 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
                 self._submit.handle(key, head.event, head.token)
                 return
             self._inline += 1
-            self._on_handled(result, out)
+            if result.status is HandleStatus.OK:
+                self._finish_ok(head, result, out)
+            else:
+                self._on_handled(result, out)
 
     def _take_ahead(self, head: Pending, out: list[Outcome]) -> bool:
         """The new head was claimed ahead: its claim is in flight (it comes back as the head's
@@ -470,15 +487,7 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         if head is None:
             return
         if result.status is HandleStatus.OK:
-            self._pop_head()
-            out.append(
-                Processed(
-                    event=head.event,
-                    result=result.result,
-                    attempts=head.attempts,
-                    handler_latency_s=result.latency_s,
-                )
-            )
+            self._finish_ok(head, result, out)
             return
         now = self._now()
         if result.status is HandleStatus.TRANSIENT and head.trial:
@@ -508,6 +517,17 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             self._submit.record_attempts(
                 head.event.event_key, head.token, head.attempts, self._lease_ms(delay_s)
             )
+
+    def _finish_ok(self, head: Pending, result: HandleResult, out: list[Outcome]) -> None:
+        self._pop_head()
+        out.append(
+            Processed(
+                event=head.event,
+                result=result.result,
+                attempts=head.attempts,
+                handler_latency_s=result.latency_s,
+            )
+        )
 
     def _dead_letter(
         self,

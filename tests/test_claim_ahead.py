@@ -92,6 +92,7 @@ def test_a_conversations_queue_is_claimed_in_one_round_trip(
         e.event_key for e in events
     ]  # still one at a time, in order
     assert rounds <= 3  # the head's claim, then the rest of the queue (CLAIM_AHEAD 128)
+    assert runtime.idle()  # every claim counted back (once per Redis batch)
 
 
 def _next_batch(runtime: IoRuntime) -> list[WebhookEvent | Completion]:
