@@ -336,8 +336,12 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
 
     def _pop_head(self) -> Pending:
         head = self._state.queue.pop(0)
-        self._queued.discard(head.event.event_key)
+        key = head.event.event_key
+        self._queued.discard(key)
         self._taken -= 1
+        if self._ahead:  # its claim taken ahead may have come back as the head's own
+            self._ahead.pop(key, None)
+            self._early.pop(key, None)
         return head
 
     def _pump(self, out: list[Outcome]) -> None:
@@ -387,7 +391,7 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         lease may end during the call; the caller claims it (again)."""
         key = head.event.event_key
         ahead = self._ahead.pop(key, None)
-        if ahead is None:
+        if ahead is None or ahead[0] != head.token:
             return False
         early = self._early.pop(key, None)
         if early is None:
@@ -453,6 +457,8 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             if ahead is not None and ahead[0] == result.token:
                 self._early[result.event_key] = result  # applied when its turn comes
             return
+        if self._ahead:  # a claim taken ahead that came back once its event was the head
+            self._ahead.pop(result.event_key, None)
         now = self._now()
         if result.status is ClaimStatus.CLAIMED:
             head.phase, head.polls, head.due_at = Phase.HANDLE, 0, now

@@ -466,3 +466,43 @@ def test_a_snapshot_pickles_its_events_as_plain_values_and_resumes_them_exactly(
     assert resumed.queue[1].due_at == clock.now and resumed.queue[1].due_at.tzinfo is UTC
     ((held),) = resumed.held
     assert (held.key, held.event, held.arrived_at) == ((1.0, 2.0, 0), b, clock.now)
+
+
+def test_a_redelivery_of_an_event_claimed_ahead_and_done_is_claimed_itself() -> None:
+    # b's claim taken ahead came back as the head's own (a was dropped as done in the same
+    # batch): b's redelivery must not wait for b's claim (the worker stalled on it).
+    logic, submit, _ = make(inline=True)
+    a, b = events("wamid.a", "wamid.b")
+    logic.on_batch([a, b])
+    (_, token_a), (_, token_b) = submit.claims
+    out, discard = logic.on_batch(
+        [ClaimResult("wamid.a", token_a, ClaimStatus.DONE), claimed("wamid.b", token_b)]
+    )
+    assert [o.event.event_key for o in out] == ["wamid.b"] and discard
+    (c,) = events("wamid.c")
+    logic.on_batch([b, c])  # b again (Meta redelivered it), then a new event
+    assert [k for k, _ in submit.claims] == ["wamid.a", "wamid.b", "wamid.b", "wamid.c"]
+    token_b2 = submit.claims[2][1]
+    assert token_b2 != token_b
+    out, _ = logic.on_batch([ClaimResult("wamid.b", token_b2, ClaimStatus.DONE)])
+    out, discard = logic.on_batch([claimed("wamid.c", submit.claims[3][1])])
+    assert [o.event.event_key for o in out] == ["wamid.c"] and discard
+
+
+def test_a_claim_taken_ahead_that_comes_back_busy_for_the_head_is_polled_again() -> None:
+    logic, submit, clock = make()
+    a, b = events("wamid.a", "wamid.b")
+    logic.on_batch([a, b])
+    (_, token_a), (_, token_b) = submit.claims
+    logic.on_batch(
+        [
+            ClaimResult("wamid.a", token_a, ClaimStatus.DONE),
+            ClaimResult("wamid.b", token_b, ClaimStatus.BUSY, 0, 20_000),
+        ]
+    )
+    due = logic.notify_at()
+    assert due is not None
+    clock.now = due
+    logic.on_notify()
+    assert submit.claims[-1] == ("wamid.b", token_b)  # polled: claimed again
+    assert len(submit.claims) == 3
