@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pickle
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from devtools.webhooks import conversation_webhook
 from wa_worker.core import metrics
@@ -506,3 +510,70 @@ def test_a_claim_taken_ahead_that_comes_back_busy_for_the_head_is_polled_again()
     logic.on_notify()
     assert submit.claims[-1] == ("wamid.b", token_b)  # polled: claimed again
     assert len(submit.claims) == 3
+
+
+class RandomRedis(FakeSubmitter):
+    """Claims answered later, in any order and batching, with any status."""
+
+    def __init__(self) -> None:
+        super().__init__(inline=True)
+        self.pending: list[tuple[str, str]] = []
+
+    def claim(self, route_key: str, event_key: str, token: str, lease_ms: int) -> None:
+        super().claim(route_key, event_key, token, lease_ms)
+        self.pending.append((event_key, token))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_claims_ahead_in_any_order_and_outcome_never_stall_or_reorder(data: st.DataObject) -> None:
+    submit, clock = RandomRedis(), Clock()
+    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 3), 30_000, 10.0)
+    logic = ConversationLogic(lambda e: e.conversation_key, submit, policy, None, clock)
+    pool = events(*(f"wamid.{i}" for i in range(8)))
+    statuses = st.sampled_from(
+        [ClaimStatus.CLAIMED] * 4 + [ClaimStatus.DONE, ClaimStatus.BUSY, ClaimStatus.ERROR]
+    )
+    entered: list[str] = []  # event keys in the order they were queued (redeliveries again)
+    processed: list[str] = []
+
+    def results(count: int, status: st.SearchStrategy[ClaimStatus]) -> list[Any]:
+        picked = data.draw(st.permutations(range(len(submit.pending))))[:count]
+        batch = [submit.pending[i] for i in picked]
+        submit.pending = [p for i, p in enumerate(submit.pending) if i not in picked]
+        return [ClaimResult(k, t, data.draw(status), 0, 100) for k, t in batch]
+
+    def run(values: list[Any]) -> None:
+        out, _ = logic.on_batch(values) if values else logic.on_notify()
+        processed.extend(o.event.event_key for o in out if isinstance(o, Processed))
+
+    for _ in range(data.draw(st.integers(1, 25))):
+        action = data.draw(st.sampled_from(["events", "results", "time"]))
+        if action == "events":
+            new = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=4))
+            queued = {p.event.event_key for p in logic.snapshot().queue}
+            for e in new:
+                if e.event_key not in queued:
+                    entered.append(e.event_key)
+                    queued.add(e.event_key)
+            run(list(new))
+        elif action == "results" and submit.pending:
+            run(results(data.draw(st.integers(1, len(submit.pending))), statuses))
+        elif (due := logic.notify_at()) is not None:
+            clock.now = max(clock.now, due)
+            run([])
+    for _ in range(100):  # from here Redis answers every claim: all must finish
+        if not logic.snapshot().queue:
+            break
+        if submit.pending:
+            run(results(len(submit.pending), st.just(ClaimStatus.CLAIMED)))
+        else:
+            due = logic.notify_at()
+            assert due is not None, "stalled: work left, no claim in flight, no wake-up"
+            clock.now = max(clock.now, due)
+            run([])
+    assert not logic.snapshot().queue
+    # Handled in the order they were queued (those dropped as done are skipped).
+    positions = iter(range(len(entered)))
+    for key in processed:
+        assert any(entered[i] == key for i in positions)
