@@ -22,10 +22,11 @@ Claim ahead: while the head is in flight (and has not failed), up to CLAIM_AHEAD
 it are claimed too, in the same Redis batch, so the next event does not wait a round trip for
 its own claim once the head is done. A result that comes early is kept aside (not snapshotted:
 a resumed state claims everything again) and applied when its event reaches the head, as if it
-came then. A claim is a lease of HANDLER_TIMEOUT_MS + CLAIM_LEASE_MS from when it was sent: an
-event that reaches the head more than CLAIM_LEASE_MS / 2 after its claim was sent is claimed
-again (same token: still ours unless the lease ran out and another run took it), so a handler
-call always starts with at least HANDLER_TIMEOUT_MS + CLAIM_LEASE_MS / 2 of its lease left.
+came then; a busy or failed one is asked again then instead (it may no longer hold). A claim
+is a lease of HANDLER_TIMEOUT_MS + CLAIM_LEASE_MS from when it was sent: an event that reaches
+the head more than CLAIM_LEASE_MS / 2 after its claim was sent is claimed again (same token:
+still ours unless the lease ran out and another run took it), so a handler call always starts
+with at least HANDLER_TIMEOUT_MS + CLAIM_LEASE_MS / 2 of its lease left.
 A status claimed ahead counts as seen by earlier statuses of its message claimed after it (only
 when an earlier claim had to be retried, BUSY or a Redis error): those read as superseded.
 """
@@ -189,6 +190,8 @@ class Pending:
 
 
 _TIMES = ("due_at", "first_failure_at")
+# Answers to a claim taken ahead that still hold when its event's turn comes.
+_KEPT = (ClaimStatus.CLAIMED, ClaimStatus.DONE)
 
 
 @dataclass
@@ -387,8 +390,10 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
 
     def _take_ahead(self, head: Pending, out: list[Outcome]) -> bool:
         """The new head was claimed ahead: its claim is in flight (it comes back as the head's
-        own) or answered (applied now). False: not claimed ahead, or so long ago that the
-        lease may end during the call; the caller claims it (again)."""
+        own) or answered (applied now). False: not claimed ahead, answered busy or failed (a
+        redelivery claimed while its first copy was still being finished: asked again now, not
+        after a poll's wait), or so long ago that the lease may end during the call; the
+        caller claims it (again)."""
         key = head.event.event_key
         ahead = self._ahead.pop(key, None)
         if ahead is None or ahead[0] != head.token:
@@ -397,7 +402,7 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         if early is None:
             head.due_at = None
             return True
-        if self._now() - ahead[1] > self._fresh:
+        if early.status not in _KEPT or self._now() - ahead[1] > self._fresh:
             return False
         head.due_at = None
         self._on_claim(early, out)

@@ -577,3 +577,21 @@ def test_claims_ahead_in_any_order_and_outcome_never_stall_or_reorder(data: st.D
     positions = iter(range(len(entered)))
     for key in processed:
         assert any(entered[i] == key for i in positions)
+
+
+def test_a_claim_taken_ahead_that_was_busy_is_asked_again_at_once_when_its_turn_comes() -> None:
+    # A redelivery claimed ahead while its first copy was still being finished is busy; by its
+    # turn that copy is usually done. Waiting a poll's delay held the conversation 250 ms.
+    logic, submit, _ = make(inline=True)
+    a, b = events("wamid.a", "wamid.b")
+    logic.on_batch([a, b])
+    (_, token_a), (_, token_b) = submit.claims
+    logic.on_batch(
+        [
+            ClaimResult("wamid.b", token_b, ClaimStatus.BUSY, 0, 20_000),
+            ClaimResult("wamid.a", token_a, ClaimStatus.CLAIMED),
+        ]
+    )
+    assert submit.claims[2:] == [("wamid.b", token_b)]  # at once, in the same pass
+    out, discard = logic.on_batch([ClaimResult("wamid.b", token_b, ClaimStatus.DONE)])
+    assert out == [] and discard
