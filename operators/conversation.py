@@ -85,6 +85,10 @@ PAUSED_RECHECK = timedelta(milliseconds=500)
 # answer to find the next claims done, few enough that a queue after an outage (thousands)
 # does not claim far ahead of what the lease covers.
 CLAIM_AHEAD = 128
+# Event keys a conversation logic remembers as processed: a redelivery of one of them (Meta
+# retried a delivery we had answered) is dropped at once. Asking Redis answered busy until the
+# first copy's done marker was written, and the polls' growing waits held the conversation.
+RECENTLY_PROCESSED = 256
 # The longest wait before claiming again after Redis failed: one batch per second is cheap, and
 # a longer wait would add itself to every outage's stall.
 REDIS_ERROR_POLL_MAX_S = 1.0
@@ -226,6 +230,8 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         self._window = policy.window
         self._state = ConversationState()
         self._queued: set[str] = set()  # event keys held or queued, for duplicate checks
+        # Processed here, newest last (not snapshotted: Redis's done markers are the record).
+        self._processed: dict[str, None] = {}
         # Claim ahead (module docstring): event key -> (token, when its claim was sent) for
         # queued events behind the head claimed before their turn, and the results that came.
         # Not snapshotted: a resumed state claims every event again anyway.
@@ -319,7 +325,7 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         return self._state.queue[0] if self._state.queue else None
 
     def _enqueue(self, event: WebhookEvent) -> None:
-        if event.event_key in self._queued:
+        if event.event_key in self._queued or event.event_key in self._processed:
             metrics.DUPLICATES.inc()
             return
         self._queued.add(event.event_key)
@@ -532,6 +538,10 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
 
     def _finish_ok(self, head: Pending, result: HandleResult, out: list[Outcome]) -> None:
         self._pop_head()
+        processed = self._processed
+        processed[head.event.event_key] = None
+        if len(processed) > RECENTLY_PROCESSED:
+            del processed[next(iter(processed))]
         out.append(
             Processed(
                 event=head.event,
