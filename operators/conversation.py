@@ -12,11 +12,23 @@ MAX_RETRIES would orphan their state), and still needs timers. The state (queue,
 times) is snapshotted by Bytewax recovery, so pending retries survive a restart; the attempt
 count is also kept with the Redis claim, so losing the recovery directory does not reset it.
 
-Order: only the head of a conversation's queue is worked on, so events of one conversation are
+Order: only the head of a conversation's queue is handled, so events of one conversation are
 handled in the order they enter the queue. With a reorder window (REORDER_WINDOW_MS), arriving
 events wait in the conversation's state for that long and enter the queue in Meta's timestamp
 order (operators/reorder.py); with none, they enter as they arrive. With ordering off, the
 dataflow keys by event instead of conversation, every event is its own queue and nothing waits.
+
+Claim ahead: while the head is in flight (and has not failed), up to CLAIM_AHEAD events behind
+it are claimed too, in the same Redis batch, so the next event does not wait a round trip for
+its own claim once the head is done. A result that comes early is kept aside (not snapshotted:
+a resumed state claims everything again) and applied when its event reaches the head, as if it
+came then; a busy or failed one is asked again then instead (it may no longer hold). A claim
+is a lease of HANDLER_TIMEOUT_MS + CLAIM_LEASE_MS from when it was sent: an event that reaches
+the head more than CLAIM_LEASE_MS / 2 after its claim was sent is claimed again (same token:
+still ours unless the lease ran out and another run took it), so a handler call always starts
+with at least HANDLER_TIMEOUT_MS + CLAIM_LEASE_MS / 2 of its lease left.
+A status claimed ahead counts as seen by earlier statuses of its message claimed after it (only
+when an earlier claim had to be retried, BUSY or a Redis error): those read as superseded.
 """
 
 from __future__ import annotations
@@ -24,10 +36,11 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from functools import cached_property
+from typing import Any, Protocol, TypeVar
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -48,12 +61,14 @@ from wa_worker.models.records import (
     Processed,
     WebhookEvent,
 )
-from wa_worker.operators import reorder
+from wa_worker.operators import reorder, snapshot_codec
 from wa_worker.operators.backoff import BackoffPolicy, poll_delay_s
 from wa_worker.operators.deadlines import Deadline, DeadlinePolicy, policy_from
 from wa_worker.settings import Settings, StaleEvents, StatusSuperseded
 
 Clock = Callable[[], datetime]
+_T = TypeVar("_T")
+_NEVER = datetime(1970, 1, 1, tzinfo=UTC)  # before the first batch: no time read yet
 
 # Claim tokens: a random prefix per process start and a counter (uuid4 per event costs a
 # system call); unique across processes and restarts.
@@ -66,6 +81,14 @@ def new_token() -> str:
 
 
 PAUSED_RECHECK = timedelta(milliseconds=500)
+# Events behind the head claimed before their turn, per conversation: enough for a handler's
+# answer to find the next claims done, few enough that a queue after an outage (thousands)
+# does not claim far ahead of what the lease covers.
+CLAIM_AHEAD = 128
+# Event keys a conversation logic remembers as processed: a redelivery of one of them (Meta
+# retried a delivery we had answered) is dropped at once. Asking Redis answered busy until the
+# first copy's done marker was written, and the polls' growing waits held the conversation.
+RECENTLY_PROCESSED = 256
 # The longest wait before claiming again after Redis failed: one batch per second is cheap, and
 # a longer wait would add itself to every outage's stall.
 REDIS_ERROR_POLL_MAX_S = 1.0
@@ -77,10 +100,14 @@ class WorkSubmitter(Protocol):
     def claim(self, route_key: str, event_key: str, token: str, lease_ms: int) -> None: ...
     def handle(self, route_key: str, event: WebhookEvent, token: str) -> None: ...
     def handle_inline(self, event: WebhookEvent, token: str) -> HandleResult | None:
-        """The result right away when the handler needs no I/O (the default pass-through)."""
+        """The result right away when the handler needs no I/O (the default pass-through).
+        It is the head's own: its event key and token are not checked (may be left empty)."""
         ...
 
     def record_attempts(self, event_key: str, token: str, attempts: int, lease_ms: int) -> None: ...
+    def inline_handled(self, count: int) -> None:
+        """`count` events answered by `handle_inline` (counted once per batch)."""
+        ...
 
 
 class HandlerGate(Protocol):
@@ -119,6 +146,16 @@ class ConversationPolicy:
     deadlines: DeadlinePolicy = field(default_factory=DeadlinePolicy)
     skip_superseded: bool = False  # STATUS_SUPERSEDED=skip: no handler call for those
 
+    # Once per policy, not per conversation logic (one is built for each conversation).
+    @cached_property
+    def window(self) -> timedelta:
+        return timedelta(milliseconds=self.reorder_window_ms)
+
+    @cached_property
+    def fresh(self) -> timedelta:
+        """How old a claim taken ahead may be when used (module docstring)."""
+        return timedelta(milliseconds=self.lease_ms / 2)
+
 
 class Phase(StrEnum):
     CLAIM = "claim"
@@ -138,6 +175,27 @@ class Pending:
     last_status_code: int | None = None
     retry_waiting: bool = False  # a retry is scheduled and not yet started
     trial: bool = False  # the call is the open circuit breaker's probe
+
+    # Pickled (recovery snapshots) as plain values: operators/snapshot_codec.py.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["event"] = snapshot_codec.pack(self.event)
+        state["phase"] = self.phase.value
+        for name in _TIMES:
+            state[name] = snapshot_codec.pack_time(state[name])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["event"] = snapshot_codec.unpack(state["event"])
+        state["phase"] = Phase(state["phase"])  # older snapshots: the enum itself
+        for name in _TIMES:
+            state[name] = snapshot_codec.unpack_time(state.get(name))
+        self.__dict__.update(state)
+
+
+_TIMES = ("due_at", "first_failure_at")
+# Answers to a claim taken ahead that still hold when its event's turn comes.
+_KEPT = (ClaimStatus.CLAIMED, ClaimStatus.DONE)
 
 
 @dataclass
@@ -163,27 +221,40 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         self._route_key = route_key
         self._submit = submit
         self._policy = policy
-        self._now = clock
+        self._clock = clock
+        # The time of the batch being handled (one clock read per batch), set by each.
+        self._t = clock() if resume is not None else _NEVER
         self._paused = paused  # draining: start nothing new
         self._gate = handler_gate or OpenGate()  # the handler's circuit breaker
         self._backlog = backlog or _Uncounted()  # events taken in and not finished, per process
-        self._window = timedelta(milliseconds=policy.reorder_window_ms)
+        self._window = policy.window
         self._state = ConversationState()
         self._queued: set[str] = set()  # event keys held or queued, for duplicate checks
+        # Processed here, newest last (not snapshotted: Redis's done markers are the record).
+        self._processed: dict[str, None] = {}
+        # Claim ahead (module docstring): event key -> (token, when its claim was sent) for
+        # queued events behind the head claimed before their turn, and the results that came.
+        # Not snapshotted: a resumed state claims every event again anyway.
+        self._ahead: dict[str, tuple[str, datetime]] = {}
+        self._early: dict[str, ClaimResult] = {}
+        self._fresh = policy.fresh
+        # Backlog changes of the batch, told once at its end (the backlog takes a lock).
+        self._taken = 0
+        self._inline = 0  # events the handler answered inline in this batch
         if resume is not None:
             # Work in flight at the snapshot was lost with the old process, or finished after
             # it. Claim again first, with the same token: an event since marked done is then
             # dropped instead of handled twice, and one still ours carries on.
-            now = clock()
-            self._state.queue = [
-                replace(p, phase=Phase.CLAIM, due_at=p.due_at or now) for p in resume.queue
-            ]
+            now = self._t
+            self._state.queue = [_copy(p) for p in resume.queue]
+            for p in self._state.queue:
+                p.phase, p.due_at = Phase.CLAIM, p.due_at or now
             metrics.RETRIES_PENDING.inc(sum(p.retry_waiting for p in self._state.queue))
             if tracing.ENABLED:  # the old process's spans died with it: a new one each
                 for p in self._state.queue:
                     p.event = tracing.start_event(p.event, resumed=True)
             # getattr: states snapshotted before the reorder window have neither field.
-            self._state.held = [replace(h) for h in getattr(resume, "held", [])]
+            self._state.held = [_copy(h) for h in getattr(resume, "held", [])]
             self._state.arrivals = getattr(resume, "arrivals", 0)
             self._queued = {p.event.event_key for p in self._state.queue}
             self._queued.update(h.event.event_key for h in self._state.held)
@@ -191,6 +262,7 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
 
     def on_batch(self, values: list[WebhookEvent | Completion]) -> tuple[Iterable[Outcome], bool]:
         out: list[Outcome] = []
+        self._t = self._clock()
         for value in values:
             if isinstance(value, WebhookEvent):
                 self._enqueue(value)
@@ -199,12 +271,27 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             else:
                 self._on_handled(value, out)
         self._pump(out)
+        self._settle()
         return out, self._idle()
 
     def on_notify(self) -> tuple[Iterable[Outcome], bool]:
         out: list[Outcome] = []
+        self._t = self._clock()
         self._pump(out)
+        self._settle()
         return out, self._idle()
+
+    def _settle(self) -> None:
+        """The batch's counts, told once: backlog and inline handler calls."""
+        if self._taken:
+            self._backlog.add(self._taken)
+            self._taken = 0
+        if self._inline:
+            self._submit.inline_handled(self._inline)
+            self._inline = 0
+
+    def _now(self) -> datetime:
+        return self._t
 
     def notify_at(self) -> datetime | None:
         due = (self._head_due(), reorder.next_release(self._state.held, self._window))
@@ -217,13 +304,16 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         held = head.phase is Phase.HANDLE and self._gate.is_open()
         if self._paused() or held:
             # Look again later; returning a past time would wake us in a busy loop.
-            return max(head.due_at, self._now() + PAUSED_RECHECK)
+            return max(head.due_at, self._clock() + PAUSED_RECHECK)
         return head.due_at
 
     def snapshot(self) -> ConversationState:
+        # Copies, as Bytewax asks (0.21.1 pickles the snapshot at once, which it does not
+        # promise), shallow: the events are frozen. A conversation with nothing left is
+        # discarded (`_idle`), so Bytewax asks no snapshot of it.
         return ConversationState(
-            queue=[replace(p) for p in self._state.queue],
-            held=[replace(h) for h in self._state.held],
+            queue=[_copy(p) for p in self._state.queue],
+            held=[_copy(h) for h in self._state.held],
             arrivals=self._state.arrivals,
         )
 
@@ -235,11 +325,11 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         return self._state.queue[0] if self._state.queue else None
 
     def _enqueue(self, event: WebhookEvent) -> None:
-        if event.event_key in self._queued:
+        if event.event_key in self._queued or event.event_key in self._processed:
             metrics.DUPLICATES.inc()
             return
         self._queued.add(event.event_key)
-        self._backlog.add()
+        self._taken += 1
         if self._policy.deadlines.is_stale(event, self._now()):
             event = event.model_copy(update={"stale": True})  # told to the handler
         if self._window:
@@ -255,8 +345,12 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
 
     def _pop_head(self) -> Pending:
         head = self._state.queue.pop(0)
-        self._queued.discard(head.event.event_key)
-        self._backlog.done()
+        key = head.event.event_key
+        self._queued.discard(key)
+        self._taken -= 1
+        if self._ahead:  # its claim taken ahead may have come back as the head's own
+            self._ahead.pop(key, None)
+            self._early.pop(key, None)
         return head
 
     def _pump(self, out: list[Outcome]) -> None:
@@ -266,9 +360,15 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         # that starts nothing, and the snapshot keeps them either way.
         for event in reorder.release(self._state.held, self._now(), self._window):
             self._queue_event(event)
+        self._pump_head(out)
+        self._claim_ahead()
+
+    def _pump_head(self, out: list[Outcome]) -> None:
         while (head := self._head()) is not None:
             if head.due_at is None or head.due_at > self._now() or self._paused():
                 return
+            if head.phase is Phase.CLAIM and self._ahead and self._take_ahead(head, out):
+                continue
             if head.phase is Phase.HANDLE and self._finish_without_call(head, out):
                 continue
             trial = head.phase is Phase.HANDLE and self._gate.is_open()
@@ -288,7 +388,52 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             if result is None:
                 self._submit.handle(key, head.event, head.token)
                 return
-            self._on_handled(result, out)
+            self._inline += 1
+            if result.status is HandleStatus.OK:
+                self._finish_ok(head, result, out)
+            else:
+                self._on_handled(result, out)
+
+    def _take_ahead(self, head: Pending, out: list[Outcome]) -> bool:
+        """The new head was claimed ahead: its claim is in flight (it comes back as the head's
+        own) or answered (applied now). False: not claimed ahead, answered busy or failed (a
+        redelivery claimed while its first copy was still being finished: asked again now, not
+        after a poll's wait), or so long ago that the lease may end during the call; the
+        caller claims it (again)."""
+        key = head.event.event_key
+        ahead = self._ahead.pop(key, None)
+        if ahead is None or ahead[0] != head.token:
+            return False
+        early = self._early.pop(key, None)
+        if early is None:
+            head.due_at = None
+            return True
+        if early.status not in _KEPT or self._now() - ahead[1] > self._fresh:
+            return False
+        head.due_at = None
+        self._on_claim(early, out)
+        return True
+
+    def _claim_ahead(self) -> None:
+        """Claim the events behind an in-flight head (module docstring). Those claimed
+        ahead are queue[1 : 1 + len(self._ahead)] (the queue changes only at its ends), or
+        queue[0 : len(self._ahead)] until the pump takes the new head's: then none is added.
+        Not behind a head that failed or polls (a retry, Redis down, a busy claim): it is
+        likely to wait again, and claims taken now would age out meanwhile."""
+        queue = self._state.queue
+        start = 1 + len(self._ahead)
+        if start >= len(queue) or start > CLAIM_AHEAD:
+            return
+        head = queue[0]
+        if head.due_at is not None or head.first_failure_at is not None or head.polls:
+            return
+        if head.event.event_key in self._ahead or self._paused():
+            return
+        now, lease_ms = self._now(), self._lease_ms(0.0)
+        for p in queue[start : CLAIM_AHEAD + 1]:
+            key = p.event.event_key
+            self._ahead[key] = (p.token, now)
+            self._submit.claim(self._route_key(p.event), key, p.token, lease_ms)
 
     def _finish_without_call(self, head: Pending, out: list[Outcome]) -> bool:
         """A claimed event that gets no handler call: a stale one to skip, or a retry (after a
@@ -320,7 +465,12 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
     def _on_claim(self, result: ClaimResult, out: list[Outcome]) -> None:
         head = self._current(result.event_key, result.token)
         if head is None:
+            ahead = self._ahead.get(result.event_key)
+            if ahead is not None and ahead[0] == result.token:
+                self._early[result.event_key] = result  # applied when its turn comes
             return
+        if self._ahead:  # a claim taken ahead that came back once its event was the head
+            self._ahead.pop(result.event_key, None)
         now = self._now()
         if result.status is ClaimStatus.CLAIMED:
             head.phase, head.polls, head.due_at = Phase.HANDLE, 0, now
@@ -355,15 +505,7 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         if head is None:
             return
         if result.status is HandleStatus.OK:
-            self._pop_head()
-            out.append(
-                Processed(
-                    event=head.event,
-                    result=result.result,
-                    attempts=head.attempts,
-                    handler_latency_s=result.latency_s,
-                )
-            )
+            self._finish_ok(head, result, out)
             return
         now = self._now()
         if result.status is HandleStatus.TRANSIENT and head.trial:
@@ -393,6 +535,21 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             self._submit.record_attempts(
                 head.event.event_key, head.token, head.attempts, self._lease_ms(delay_s)
             )
+
+    def _finish_ok(self, head: Pending, result: HandleResult, out: list[Outcome]) -> None:
+        self._pop_head()
+        processed = self._processed
+        processed[head.event.event_key] = None
+        if len(processed) > RECENTLY_PROCESSED:
+            del processed[next(iter(processed))]
+        out.append(
+            Processed(
+                event=head.event,
+                result=result.result,
+                attempts=head.attempts,
+                handler_latency_s=result.latency_s,
+            )
+        )
 
     def _dead_letter(
         self,
@@ -433,6 +590,14 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         """A claim must outlive the wait before the next call plus that call itself."""
         needed = (wait_s + self._policy.handler_timeout_s) * 1000 + self._policy.lease_ms
         return int(needed)
+
+
+def _copy(value: _T) -> _T:
+    """A shallow copy of a dataclass instance, without `dataclasses.replace`'s call of
+    `__init__` with every field (a third of `snapshot()` before)."""
+    copied: _T = object.__new__(type(value))
+    copied.__dict__.update(value.__dict__)
+    return copied
 
 
 def _ordered(event: WebhookEvent, prior_rank: int) -> WebhookEvent:

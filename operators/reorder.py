@@ -22,9 +22,11 @@ import heapq
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from wa_worker.models.event_time import event_time
 from wa_worker.models.records import WebhookEvent
+from wa_worker.operators import snapshot_codec
 
 SortKey = tuple[float, float, int]
 
@@ -36,6 +38,18 @@ class Held:
     key: SortKey
     event: WebhookEvent = field(compare=False)
     arrived_at: datetime = field(compare=False)
+
+    # Pickled (recovery snapshots) as plain values: operators/snapshot_codec.py.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["event"] = snapshot_codec.pack(self.event)
+        state["arrived_at"] = snapshot_codec.pack_time(self.arrived_at)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["event"] = snapshot_codec.unpack(state["event"])
+        state["arrived_at"] = snapshot_codec.unpack_time(state["arrived_at"])
+        self.__dict__.update(state)
 
 
 def meta_time(event: WebhookEvent, arrived_at: datetime) -> float:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pickle
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from devtools.webhooks import conversation_webhook
 from wa_worker.core import metrics
@@ -29,6 +33,9 @@ class FakeSubmitter:
 
     def record_attempts(self, event_key: str, token: str, attempts: int, lease_ms: int) -> None:
         self.records.append((event_key, attempts))
+
+    def inline_handled(self, count: int) -> None:
+        pass
 
     def handle_inline(self, event: WebhookEvent, token: str) -> HandleResult | None:
         if not self.inline:
@@ -87,15 +94,16 @@ def test_events_of_a_conversation_are_handled_one_at_a_time_in_order() -> None:
     logic, submit, _ = make()
     a, b = events("wamid.a", "wamid.b")
     logic.on_batch([a, b])
-    assert [k for k, _ in submit.claims] == ["wamid.a"]  # b waits behind a
-    token_a = submit.claims[0][1]
-    logic.on_batch([claimed("wamid.a", token_a)])
-    assert submit.handles == [("wamid.a", token_a)]
+    # b is claimed ahead, with a (one Redis batch), but handled only after a.
+    assert [k for k, _ in submit.claims] == ["wamid.a", "wamid.b"]
+    (_, token_a), (_, token_b) = submit.claims
+    logic.on_batch([claimed("wamid.b", token_b), claimed("wamid.a", token_a)])
+    assert submit.handles == [("wamid.a", token_a)]  # b's claim came first: b still waits
     out, discard = logic.on_batch([HandleResult("wamid.a", token_a, HandleStatus.OK, {"r": 1})])
     assert [type(o) for o in out] == [Processed] and not discard
-    assert [k for k, _ in submit.claims] == ["wamid.a", "wamid.b"]
-    token_b = submit.claims[1][1]
-    logic.on_batch([claimed("wamid.b", token_b)])
+    # b starts at once on the claim it already has: no second claim, no round trip.
+    assert submit.handles == [("wamid.a", token_a), ("wamid.b", token_b)]
+    assert len(submit.claims) == 2
     out, discard = logic.on_batch([HandleResult("wamid.b", token_b, HandleStatus.OK)])
     assert discard  # nothing left: the state is dropped
 
@@ -339,3 +347,281 @@ def test_backlog_counts_resumed_events_and_drops_duplicates_and_done_ones() -> N
     assert backlog.count == 4  # a new process counts what it resumed
     resumed.on_batch([ClaimResult("wamid.1", submit.claims[0][1], ClaimStatus.DONE)])
     assert backlog.count == 3
+
+
+def test_a_claim_ahead_answered_done_drops_its_event_when_its_turn_comes() -> None:
+    logic, submit, _ = make()
+    a, b = events("wamid.a", "wamid.b")
+    logic.on_batch([a, b])
+    (_, token_a), (_, token_b) = submit.claims
+    logic.on_batch([claimed("wamid.a", token_a), ClaimResult("wamid.b", token_b, ClaimStatus.DONE)])
+    out, discard = logic.on_batch([HandleResult("wamid.a", token_a, HandleStatus.OK)])
+    assert [o.event.event_key for o in out] == ["wamid.a"] and discard
+    assert submit.handles == [("wamid.a", token_a)]  # b was done before: a duplicate
+
+
+def test_nothing_is_claimed_ahead_behind_a_head_waiting_to_retry() -> None:
+    # Its claims would age while it waits; they are taken once the head is done.
+    logic, submit, clock = make()
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    token = submit.claims[0][1]
+    logic.on_batch([claimed("wamid.a", token)])
+    logic.on_batch([HandleResult("wamid.a", token, HandleStatus.TRANSIENT, error="503")])
+    (b,) = events("wamid.b")
+    logic.on_batch([b])
+    clock.advance(1.0)
+    logic.on_notify()  # the retry's call starts
+    assert [k for k, _ in submit.claims] == ["wamid.a"]
+    logic.on_batch([HandleResult("wamid.a", token, HandleStatus.OK)])
+    assert [k for k, _ in submit.claims] == ["wamid.a", "wamid.b"]
+
+
+def test_claims_ahead_are_taken_again_with_their_tokens_after_a_restart() -> None:
+    logic, submit, clock = make()
+    a, b = events("wamid.a", "wamid.b")
+    logic.on_batch([a, b])
+    (_, token_a), (_, token_b) = submit.claims
+    logic.on_batch([claimed("wamid.b", token_b)])  # b's early result is not in the snapshot
+    resumed, submit2, _ = make(resume=pickle.loads(pickle.dumps(logic.snapshot())), clock=clock)
+    resumed.on_notify()
+    assert submit2.claims == [("wamid.a", token_a), ("wamid.b", token_b)]
+    resumed.on_batch([claimed("wamid.a", token_a), claimed("wamid.b", token_b)])
+    resumed.on_batch([HandleResult("wamid.a", token_a, HandleStatus.OK)])
+    assert submit2.handles == [("wamid.a", token_a), ("wamid.b", token_b)]
+
+
+class CountingBacklog(Backlog):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def add(self, count: int = 1) -> None:
+        self.calls += 1
+        super().add(count)
+
+
+def test_the_backlog_is_told_once_per_batch() -> None:
+    # It takes a lock shared by the process's workers: once per event was a cost of its own.
+    backlog = CountingBacklog()
+    logic, submit, _ = make(inline=True, backlog=backlog)
+    logic.on_batch([*events(*(f"wamid.{i}" for i in range(10)))])
+    assert (backlog.count, backlog.calls) == (10, 1)
+    logic.on_batch([claimed(k, t) for k, t in submit.claims])
+    assert (backlog.count, backlog.calls) == (0, 2)
+
+
+def test_inline_calls_are_counted_in_the_latency_histogram_once_per_batch() -> None:
+    class Counting(FakeSubmitter):
+        def __init__(self) -> None:
+            super().__init__(inline=True)
+            self.counted: list[int] = []
+
+        def inline_handled(self, count: int) -> None:
+            self.counted.append(count)
+
+    submit = Counting()
+    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 3), 30_000, 10.0)
+    logic = ConversationLogic(lambda e: e.conversation_key, submit, policy, None, Clock())
+    logic.on_batch([*events("wamid.1", "wamid.2", "wamid.3")])
+    logic.on_batch([claimed(k, t) for k, t in submit.claims])
+    assert submit.counted == [3]
+
+
+def test_observing_zeros_at_once_equals_observing_each() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    each = Histogram("each_seconds", "", buckets=(0.005, 1), registry=registry)
+    once = Histogram("once_seconds", "", buckets=(0.005, 1), registry=registry)
+    for _ in range(5):
+        each.observe(0.0)
+    metrics.observe_zeros(once, 5)
+
+    def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
+        (family,) = [m for m in registry.collect() if m.name == name]
+        return [
+            (s.name.replace(name, ""), s.labels, s.value)
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples("each_seconds") == samples("once_seconds")
+
+
+def test_a_snapshot_pickles_its_events_as_plain_values_and_resumes_them_exactly() -> None:
+    # Bytewax pickles each conversation's snapshot on its own at every epoch close: a model,
+    # an enum or an aware datetime in it each cost class lookups (most of the epoch's pause).
+    from wa_worker.operators import reorder
+
+    logic, _submit, clock = make()
+    a, b = events("wamid.a", "wamid.b")
+    a = a.model_copy(update={"received_at": clock.now})
+    logic.on_batch([a, b])
+    state = logic.snapshot()
+    state.held = [reorder.Held((1.0, 2.0, 0), b, clock.now)]
+    blob = pickle.dumps(state)
+    for name in (b"WebhookEvent", b"EventKind", b"SourcePosition", b"Phase", b"datetime"):
+        assert name not in blob
+    resumed = pickle.loads(blob)
+    assert [p.event for p in resumed.queue] == [a, b]
+    assert [p.__dict__ for p in resumed.queue] == [p.__dict__ for p in logic.snapshot().queue]
+    assert resumed.queue[0].event.received_at.tzinfo is UTC
+    assert resumed.queue[1].due_at == clock.now and resumed.queue[1].due_at.tzinfo is UTC
+    ((held),) = resumed.held
+    assert (held.key, held.event, held.arrived_at) == ((1.0, 2.0, 0), b, clock.now)
+
+
+def test_a_redelivery_of_an_event_claimed_ahead_and_done_is_claimed_itself() -> None:
+    # b's claim taken ahead came back as the head's own (a was dropped as done in the same
+    # batch): b's redelivery must not wait for b's claim (the worker stalled on it).
+    logic, submit, _ = make(inline=True)
+    a, b = events("wamid.a", "wamid.b")
+    logic.on_batch([a, b])
+    (_, token_a), (_, token_b) = submit.claims
+    out, discard = logic.on_batch(
+        [
+            ClaimResult("wamid.a", token_a, ClaimStatus.DONE),
+            ClaimResult("wamid.b", token_b, ClaimStatus.DONE),
+        ]
+    )
+    assert out == [] and discard
+    (c,) = events("wamid.c")
+    logic.on_batch([b, c])  # b again (Meta redelivered it), then a new event
+    assert [k for k, _ in submit.claims] == ["wamid.a", "wamid.b", "wamid.b", "wamid.c"]
+    token_b2 = submit.claims[2][1]
+    assert token_b2 != token_b
+    out, _ = logic.on_batch([ClaimResult("wamid.b", token_b2, ClaimStatus.DONE)])
+    out, discard = logic.on_batch([claimed("wamid.c", submit.claims[3][1])])
+    assert [o.event.event_key for o in out] == ["wamid.c"] and discard
+
+
+def test_a_claim_taken_ahead_that_comes_back_busy_for_the_head_is_polled_again() -> None:
+    logic, submit, clock = make()
+    a, b = events("wamid.a", "wamid.b")
+    logic.on_batch([a, b])
+    (_, token_a), (_, token_b) = submit.claims
+    logic.on_batch(
+        [
+            ClaimResult("wamid.a", token_a, ClaimStatus.DONE),
+            ClaimResult("wamid.b", token_b, ClaimStatus.BUSY, 0, 20_000),
+        ]
+    )
+    due = logic.notify_at()
+    assert due is not None
+    clock.now = due
+    logic.on_notify()
+    assert submit.claims[-1] == ("wamid.b", token_b)  # polled: claimed again
+    assert len(submit.claims) == 3
+
+
+class RandomRedis(FakeSubmitter):
+    """Claims answered later, in any order and batching, with any status."""
+
+    def __init__(self) -> None:
+        super().__init__(inline=True)
+        self.pending: list[tuple[str, str]] = []
+
+    def claim(self, route_key: str, event_key: str, token: str, lease_ms: int) -> None:
+        super().claim(route_key, event_key, token, lease_ms)
+        self.pending.append((event_key, token))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_claims_ahead_in_any_order_and_outcome_never_stall_or_reorder(data: st.DataObject) -> None:
+    submit, clock = RandomRedis(), Clock()
+    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 3), 30_000, 10.0)
+    logic = ConversationLogic(lambda e: e.conversation_key, submit, policy, None, clock)
+    pool = events(*(f"wamid.{i}" for i in range(8)))
+    statuses = st.sampled_from(
+        [ClaimStatus.CLAIMED] * 4 + [ClaimStatus.DONE, ClaimStatus.BUSY, ClaimStatus.ERROR]
+    )
+    entered: list[str] = []  # event keys in the order they were queued (redeliveries again)
+    processed: list[str] = []
+
+    def results(count: int, status: st.SearchStrategy[ClaimStatus]) -> list[Any]:
+        picked = data.draw(st.permutations(range(len(submit.pending))))[:count]
+        batch = [submit.pending[i] for i in picked]
+        submit.pending = [p for i, p in enumerate(submit.pending) if i not in picked]
+        return [ClaimResult(k, t, data.draw(status), 0, 100) for k, t in batch]
+
+    def run(values: list[Any]) -> None:
+        out, _ = logic.on_batch(values) if values else logic.on_notify()
+        processed.extend(o.event.event_key for o in out if isinstance(o, Processed))
+
+    for _ in range(data.draw(st.integers(1, 25))):
+        action = data.draw(st.sampled_from(["events", "results", "time"]))
+        if action == "events":
+            new = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=4))
+            queued = {p.event.event_key for p in logic.snapshot().queue}
+            for e in new:
+                if e.event_key not in queued:
+                    entered.append(e.event_key)
+                    queued.add(e.event_key)
+            run(list(new))
+        elif action == "results" and submit.pending:
+            run(results(data.draw(st.integers(1, len(submit.pending))), statuses))
+        elif (due := logic.notify_at()) is not None:
+            clock.now = max(clock.now, due)
+            run([])
+    for _ in range(100):  # from here Redis answers every claim: all must finish
+        if not logic.snapshot().queue:
+            break
+        if submit.pending:
+            run(results(len(submit.pending), st.just(ClaimStatus.CLAIMED)))
+        else:
+            due = logic.notify_at()
+            assert due is not None, "stalled: work left, no claim in flight, no wake-up"
+            clock.now = max(clock.now, due)
+            run([])
+    assert not logic.snapshot().queue
+    # Handled in the order they were queued (those dropped as done are skipped).
+    positions = iter(range(len(entered)))
+    for key in processed:
+        assert any(entered[i] == key for i in positions)
+
+
+def test_a_claim_taken_ahead_that_was_busy_is_asked_again_at_once_when_its_turn_comes() -> None:
+    # A redelivery claimed ahead while its first copy was still being finished is busy; by its
+    # turn that copy is usually done. Waiting a poll's delay held the conversation 250 ms.
+    logic, submit, _ = make(inline=True)
+    a, b = events("wamid.a", "wamid.b")
+    logic.on_batch([a, b])
+    (_, token_a), (_, token_b) = submit.claims
+    logic.on_batch(
+        [
+            ClaimResult("wamid.b", token_b, ClaimStatus.BUSY, 0, 20_000),
+            ClaimResult("wamid.a", token_a, ClaimStatus.CLAIMED),
+        ]
+    )
+    assert submit.claims[2:] == [("wamid.b", token_b)]  # at once, in the same pass
+    out, discard = logic.on_batch([ClaimResult("wamid.b", token_b, ClaimStatus.DONE)])
+    assert out == [] and discard
+
+
+def test_a_redelivery_of_an_event_just_processed_here_is_dropped_without_a_claim() -> None:
+    # Its claim would be busy until the first copy's done marker is written, and the polls'
+    # growing waits held every later event of the conversation (seconds of p99).
+    logic, submit, _ = make(inline=True)
+    a, b = events("wamid.a", "wamid.b")
+    logic.on_batch([a, b])
+    logic.on_batch([claimed(k, t) for k, t in submit.claims])  # a and b processed
+    (c,) = events("wamid.c")
+    logic.on_batch([c])
+    before = metrics.DUPLICATES._value.get()
+    logic.on_batch([a])  # Meta redelivers a
+    assert metrics.DUPLICATES._value.get() == before + 1
+    assert [k for k, _ in submit.claims] == ["wamid.a", "wamid.b", "wamid.c"]
+
+
+def test_a_dead_lettered_event_is_not_remembered_so_a_redrive_is_handled() -> None:
+    logic, submit, _ = make()
+    a, b = events("wamid.a", "wamid.b")
+    logic.on_batch([a, b])
+    (_, token_a), _ = submit.claims
+    logic.on_batch([claimed("wamid.a", token_a)])
+    logic.on_batch([HandleResult("wamid.a", token_a, HandleStatus.PERMANENT, error="422")])
+    logic.on_batch([a])  # `dlq redrive` sends it again
+    assert [p.event.event_key for p in logic.snapshot().queue] == ["wamid.b", "wamid.a"]
+    assert [k for k, _ in submit.claims].count("wamid.a") == 2  # claimed again (ahead)

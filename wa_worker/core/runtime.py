@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 _MAX_REDIS_BATCH = 2000
 _DONE_RETRY_S = 1.0
 StoreFactory = Callable[[Settings], DedupeStore]
+# The pass-through's answer, the same for every event (an inline result is the head's own).
+_PASSED = HandleResult("", "", HandleStatus.OK, result=None, latency_s=0.0)
 
 
 class IoRuntime:
@@ -143,8 +145,10 @@ class IoRuntime:
         """The pass-through handler answers at once: no task, no hop through the loop."""
         if self._handler is not passthrough:
             return None
-        metrics.HANDLER_LATENCY.observe(0.0)
-        return HandleResult(event.event_key, token, HandleStatus.OK, result=None, latency_s=0.0)
+        return _PASSED
+
+    def inline_handled(self, count: int) -> None:
+        metrics.observe_zeros(metrics.HANDLER_LATENCY, count)
 
     def _post(self, fn: Callable[..., None], *args: Any, outstanding: int = 0) -> None:
         self._inbox.append((fn, args))
@@ -181,6 +185,15 @@ class IoRuntime:
         with self._lock:
             self._outstanding -= 1
 
+    def _complete_all(self, completions: list[tuple[str, Completion]]) -> None:
+        """A Redis batch's results: each on the queue, then one update of the count (the
+        lock is shared with the Bytewax workers' submissions)."""
+        put = self.completions.put
+        for item in completions:
+            put(item)
+        with self._lock:
+            self._outstanding -= len(completions)
+
     async def _redis_batches(self) -> None:
         while True:
             # Done markers that failed are retried every second even when nothing else comes.
@@ -214,24 +227,34 @@ class IoRuntime:
                 tracing.redis_batch(keys, started_ns, len(records), len(dones), str(exc))
             self._dones[:0] = dones
             metrics.DONE_MARKS_PENDING.set(len(self._dones))
-            for route_key, c in claims:
-                error = ClaimResult(c.event_key, c.token, ClaimStatus.ERROR, error=str(exc)[:200])
-                self._complete(route_key, error)
+            error = str(exc)[:200]
+            self._complete_all(
+                [
+                    (route_key, ClaimResult(c.event_key, c.token, ClaimStatus.ERROR, error=error))
+                    for route_key, c in claims
+                ]
+            )
             return
         metrics.DONE_MARKS_PENDING.set(len(self._dones))
         if tracing.ENABLED:
             keys = [c.event_key for _, c in claims]
             tracing.redis_batch(keys, started_ns, len(records), len(dones), None)
-        for (route_key, c), reply in zip(claims, replies, strict=True):
-            result = ClaimResult(
-                c.event_key,
-                c.token,
-                reply.status,
-                reply.attempts,
-                reply.wait_ms,
-                prior_rank=reply.prior_rank,
-            )
-            self._complete(route_key, result)
+        self._complete_all(
+            [
+                (
+                    route_key,
+                    ClaimResult(
+                        c.event_key,
+                        c.token,
+                        reply.status,
+                        reply.attempts,
+                        reply.wait_ms,
+                        prior_rank=reply.prior_rank,
+                    ),
+                )
+                for (route_key, c), reply in zip(claims, replies, strict=True)
+            ]
+        )
 
     def _start_handler(self, route_key: str, event: WebhookEvent, token: str) -> None:
         task = self._loop.create_task(self._run_handler(route_key, event, token))
