@@ -58,10 +58,24 @@ def _module_of(path: Path, root: Path) -> list[str]:
     return parts if path.name == "__init__.py" else parts[:-1]
 
 
+def _parse(path: Path, attempts: int = 3) -> ast.Module:
+    """CPython 3.11 checks ast's recursion depth against state other threads share: a
+    traceback printed by another thread at that moment (it parses source for its carets) made
+    ast.parse raise "AST constructor recursion depth mismatch" in CI. That race is no fault
+    of the file read here: parse again."""
+    for attempt in range(attempts):
+        try:
+            return ast.parse(path.read_text(), str(path))
+        except SystemError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
     """Every module `path` imports, relative imports made absolute."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(_parse(path)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
