@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import pickle
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from bench.baseline import module_at
 from devtools.webhooks import text_event
 from wa_worker.core.backlog import Backlog
 from wa_worker.core.breaker import CircuitBreaker
@@ -35,22 +32,9 @@ from wa_worker.models.records import WebhookEvent
 from wa_worker.operators import conversation as new_module
 from wa_worker.operators.backoff import BackoffPolicy
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def old_module(base: str) -> ModuleType:
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{base}:operators/conversation.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    spec = importlib.util.spec_from_loader("_handle_cost_old_conversation", loader=None)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    exec(compile(source, f"{base}:operators/conversation.py", "exec"), module.__dict__)
-    return module
+    return module_at(base, "operators/conversation.py", "_handle_cost_old_conversation")
 
 
 class Submitter:

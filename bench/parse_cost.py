@@ -16,22 +16,19 @@ import argparse
 import hashlib
 import hmac
 import json
-import subprocess
-import sys
 import time
 import types
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from bytewax.connectors.kafka import KafkaSourceMessage
 
+from bench.baseline import module_at
 from bench.workload import generate
 from wa_worker.models.records import DeadLetter, WebhookEvent
 from wa_worker.operators import parse as current
 from wa_worker.operators.inbound import InboundMessage
 
-ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ("base", "few", "mixed")
 SECRET = b"parse-cost-app-secret"
 BATCH = 100
@@ -39,19 +36,7 @@ Parse = Callable[[list[InboundMessage]], list[WebhookEvent | DeadLetter]]
 
 
 def baseline_module(rev: str) -> types.ModuleType:
-    """operators/parse.py at `rev`, as a module of its own (it imports today's models)."""
-    source = subprocess.run(
-        ["git", "show", f"{rev}:operators/parse.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    module = types.ModuleType("parse_baseline")
-    module.__file__ = f"{rev}:operators/parse.py"
-    sys.modules[module.__name__] = module  # dataclasses and pydantic look their module up
-    exec(compile(source, module.__file__, "exec"), module.__dict__)
-    return module
+    return module_at(rev, "operators/parse.py", "parse_baseline")
 
 
 def signed(value: bytes) -> bytes:

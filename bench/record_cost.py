@@ -12,18 +12,15 @@ each, per shape, and new/old; the median of R interleaved rounds.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
+from bench.baseline import module_at
 from bench.workload import SHAPES, generate
-from devtools.worker import ROOT
 from wa_worker.models.records import (
     DeadLetter,
     ErrorClass,
@@ -39,19 +36,7 @@ MAX_BYTES = 1_048_576
 
 
 def old_module(rev: str) -> ModuleType:
-    source = subprocess.run(
-        ["git", "show", f"{rev}:sinks/records.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    spec = importlib.util.spec_from_loader("bench_old_records", loader=None)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    exec(compile(source, f"{rev}:sinks/records.py", "exec"), module.__dict__)
-    return module
+    return module_at(rev, "sinks/records.py", "bench_old_records")
 
 
 def outcomes(shape: str, envelopes: int) -> list[Outcome]:

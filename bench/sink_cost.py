@@ -12,10 +12,7 @@ cluster's rate over the single broker's for each; the median of R interleaved ro
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import subprocess
-import sys
 import time
 from types import ModuleType
 from typing import Any
@@ -23,9 +20,9 @@ from typing import Any
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from bench.baseline import module_at
 from bench.stack import Stack, start_cluster_stack, start_stack, stop_stack
 from devtools.webhooks import text_event
-from devtools.worker import ROOT
 from wa_worker.core.dedupe import DoneMark
 from wa_worker.core.kafka_options import KafkaConfig
 from wa_worker.models.records import Processed
@@ -41,19 +38,7 @@ class _Marks:
 
 
 def old_module(rev: str) -> ModuleType:
-    source = subprocess.run(
-        ["git", "show", f"{rev}:sinks/kafka_sink.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    spec = importlib.util.spec_from_loader("bench_old_kafka_sink", loader=None)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    exec(compile(source, f"{rev}:sinks/kafka_sink.py", "exec"), module.__dict__)
-    return module
+    return module_at(rev, "sinks/kafka_sink.py", "bench_old_kafka_sink")
 
 
 def _records(topic: str, count: int) -> list[KafkaRecord]:
