@@ -167,7 +167,8 @@ def test_leader_killed_a_new_one_is_elected_and_health_names_leaderless_partitio
         monkeypatch.setenv(name, value)
     settings = load_settings(redis_url=stack.redis_url)
     probes = Probes(settings, timeout_s=3)
-    assert probes.run()["kafka"].status == "ok"
+    # New topics reach every broker's metadata a moment after they are created.
+    _wait(lambda: probes.run()["kafka"].status == "ok", why=lambda: str(probes.run()["kafka"]))
 
     inbound = topics["KAFKA_INBOUND_TOPIC"]
     leader = kafka_cluster.leader_of(inbound, 0)
