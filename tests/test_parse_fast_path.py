@@ -22,6 +22,8 @@ from pydantic import ValidationError
 from bench.workload import generate
 from devtools.webhooks import envelope, messages_value, payload, status, text_message
 from tests.test_parse_properties import (
+    SECRET,
+    SOURCE,
     bodies_st,
     envelopes,
     json_values,
@@ -35,14 +37,11 @@ from wa_worker.models.records import (
     Envelope,
     ErrorClass,
     EventKind,
-    SourcePosition,
     WebhookEvent,
 )
 from wa_worker.operators import parse
 from wa_worker.operators.parse import parse_record
 
-SOURCE = SourcePosition(topic="whatsapp.inbound", partition=0, offset=7)
-SECRET = b"property-test-app-secret"
 WA = "16315551181"
 RECEIVED = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 EXAMPLES = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
