@@ -30,10 +30,13 @@ class Observer:
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 5,  # latency runs: do not let the broker hold records back
                 "fetch.min.bytes": 1,
+                # Should the position ever be reset, "latest" would skip what was written
+                # before; the topic is this run's own, so its start is right.
+                "auto.offset.reset": "earliest",
                 "log_level": 0,
             }
         )
-        partitions = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        partitions = _partitions(self._consumer, topic)
         self._consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         self._sampler = sampler
         self._track_ids = track_ids
@@ -90,6 +93,21 @@ class Observer:
             return None
         span = (self.last_ts_ms - self.first_ts_ms) / 1000
         return inbound / span if span > 0 else None
+
+
+def _partitions(consumer: Consumer, topic: str, timeout_s: float = 30) -> list[int]:
+    """The topic's partitions, once the broker asked knows them all with a leader. On a
+    3-broker cluster a topic just created can be unknown to one broker for a moment; assigning
+    the empty list it then gives left a run watching nothing (about 1 cluster run in 2)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = consumer.list_topics(topic, timeout=10).topics[topic]
+        partitions = found.partitions.values()
+        if found.error is None and partitions and all(p.leader >= 0 for p in partitions):
+            return sorted(found.partitions)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{topic}: no leader for every partition after {timeout_s:.0f}s")
+        time.sleep(0.1)
 
 
 def _webhook_id(headers: object, key: bytes | None) -> bytes:
