@@ -28,11 +28,25 @@ class Plan:
     cluster_row: bool = True
     # Smoke: one latency run per kind of contestant proves each one's latency path (CI time).
     latency_once_per_kind: bool = False
+    # Uncounted runs before the first row on each Kafka stack. A broker's JVM keeps compiling
+    # (and recompiling) its hot paths over its first minutes of traffic: on a fresh 3-broker
+    # SASL_SSL cluster the JIT took 6-7 s of CPU per 20k-event run, and its runs went 2,104 ->
+    # 2,578 -> 3,086 -> 3,429 -> 3,767 events/s in a row. A production broker is long warm;
+    # without this, whichever row comes first on a stack pays for it on a 2-core machine.
+    warm_up_runs: int = 3
 
 
 FULL = Plan(30_000, 3, 10.0, 10_000, {5: 1_500, 50: 300}, ("few", "batched", "campaign", "mixed"))
 SMOKE = Plan(
-    400, 1, 2.0, 400, {5: 100, 50: 30}, ("mixed",), cluster_row=False, latency_once_per_kind=True
+    400,
+    1,
+    2.0,
+    400,
+    {5: 100, 50: 30},
+    ("mixed",),
+    cluster_row=False,
+    latency_once_per_kind=True,
+    warm_up_runs=0,
 )
 
 
@@ -90,12 +104,21 @@ def contestants(plan: Plan, events: int) -> list[Contestant]:
 def run_rows(ctx: Context, plan: Plan, rows: list[Contestant]) -> list[Row]:
     results = []
     timed: set[Kind] = set()  # kinds with a latency run so far
+    warmed: set[bool] = set()  # the stacks (by `Contestant.cluster`) warmed up so far
     for number, contestant in enumerate(rows):
         row = Row(contestant=contestant)
         results.append(row)
         c = contestant
         slug = f"{number:02d}-{c.kind.value}-{c.shape}-{c.handler_ms or 0}ms"
         try:
+            if c.cluster not in warmed:
+                warmed.add(c.cluster)
+                for run in range(plan.warm_up_runs):
+                    progress(
+                        f"{contestant.label}: warming the brokers up, {run + 1} of "
+                        f"{plan.warm_up_runs} (not counted)"
+                    )
+                    throughput(ctx, contestant, ctx.logs / f"{slug}-warm-up{run + 1}")
             for run in range(plan.runs):
                 progress(f"{contestant.label}: run {run + 1} of {plan.runs}")
                 figures = throughput(ctx, contestant, ctx.logs / f"{slug}-run{run + 1}")
