@@ -43,6 +43,12 @@ def arguments() -> argparse.Namespace:
         "--only", default="", help="letters to run, e.g. A,B,D; `soak` for the memory soak alone"
     )
     parser.add_argument(
+        "--rows",
+        default="",
+        help="row labels to run, exactly as the table prints them, separated by |, "
+        "e.g. 'D worker|D worker, 3 brokers SASL_SSL'",
+    )
+    parser.add_argument(
         "--soak",
         type=int,
         nargs="?",
@@ -81,6 +87,12 @@ def main() -> int:
         plan = replace(plan, shapes=tuple(s for s in args.shapes.split(",") if s and s != "base"))
     only = {letter.strip().upper() for letter in args.only.split(",") if letter.strip()}
     rows = [c for c in contestants(plan, plan.events) if not only or c.letter in only]
+    if args.rows:
+        labels = {label.strip() for label in args.rows.split("|") if label.strip()}
+        if unknown_labels := sorted(labels - {c.label for c in rows}):
+            print(f"bench: no row is labelled {', '.join(unknown_labels)}", file=sys.stderr)
+            return 2
+        rows = [c for c in rows if c.label in labels]
     soak_events = args.soak or (SMOKE_SOAK if args.smoke else None)
     machine = f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start"
     logs = BENCH_DIR / "logs" / datetime.now().strftime("%Y%m%d-%H%M%S")

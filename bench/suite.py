@@ -31,9 +31,9 @@ class Plan:
     # Uncounted runs before the first row on each Kafka stack. A broker's JVM keeps compiling
     # (and recompiling) its hot paths over its first minutes of traffic: on a fresh 3-broker
     # SASL_SSL cluster the JIT took 6-7 s of CPU per 20k-event run, and its runs went 2,104 ->
-    # 2,578 -> 3,086 -> 3,429 -> 3,767 events/s in a row. A production broker is long warm;
+    # 2,578 -> 3,086 -> 3,429 -> 3,767 -> 4,574 events/s in a row. A production broker is long warm;
     # without this, whichever row comes first on a stack pays for it on a 2-core machine.
-    warm_up_runs: int = 3
+    warm_up_runs: int = 5
 
 
 FULL = Plan(30_000, 3, 10.0, 10_000, {5: 1_500, 50: 300}, ("few", "batched", "campaign", "mixed"))
