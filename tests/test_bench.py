@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -215,3 +216,58 @@ def test_cluster_and_tls_rows_are_compared_with_standalone_in_the_same_run():
     assert (
         "[met ] D None base tls >= 0.8 x standalone (same run): 0.90 x (3,600 vs 4,000)" in targets
     )
+
+
+def test_the_observer_waits_for_a_topic_that_is_not_known_yet(stack):
+    """On a 3-broker cluster a topic just created can be unknown to the broker the observer
+    asks; it used to assign that empty answer and watch nothing. Here the topic appears 1 s
+    after the observer starts looking, and the observer then sees its records."""
+    import threading
+    import time
+    import uuid
+
+    from confluent_kafka import Producer
+
+    from bench.observer import Observer
+    from devtools.devstack import create_topics
+
+    topic = f"t{uuid.uuid4().hex[:10]}.processed"
+    creator = threading.Timer(1.0, create_topics, (stack.brokers, [topic]), {"partitions": 3})
+    creator.start()
+    began = time.monotonic()
+    observer = Observer(stack.brokers, topic).start()
+    try:
+        assert time.monotonic() - began >= 1.0
+        producer = Producer({"bootstrap.servers": stack.brokers})
+        for i in range(30):
+            producer.produce(topic, f"record {i}".encode(), partition=i % 3)
+        assert producer.flush(30) == 0
+        deadline = time.monotonic() + 30
+        while observer.count < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert observer.count == 30
+    finally:
+        creator.join()
+        observer.stop()
+
+
+def test_each_kafka_stack_is_warmed_up_before_its_first_row_and_not_counted(monkeypatch, tmp_path):
+    from bench import suite
+    from bench.measure import Context
+
+    plan = replace(SMOKE, runs=2, warm_up_runs=2, cluster_row=True)
+    rows = [c for c in contestants(plan, 100) if c.letter == "D" and not c.handler_ms][:3]
+    assert [c.cluster for c in rows] == [False, True, False]  # D, D on the cluster, D again
+    calls: list[tuple[str, str]] = []
+
+    def throughput(ctx: object, contestant: Contestant, run_dir: object) -> RunFigures:
+        calls.append((contestant.label, str(run_dir).rsplit("-", 1)[-1]))
+        return RunFigures(rate=100.0, cpu_s_per_10k=1.0, peak_rss_mb=1.0, seconds=1.0)
+
+    monkeypatch.setattr(suite, "throughput", throughput)
+    monkeypatch.setattr(suite, "latency", lambda *a: Latency(rate=1, sent=1, p50_ms=1, p99_ms=1))
+    ctx = Context(None, {"base": generate(10, "base")}, tmp_path, 30.0, {})  # type: ignore[arg-type]
+    results = suite.run_rows(ctx, plan, rows)
+    warm = [label for label, run in calls if run.startswith("up")]
+    assert warm == [rows[0].label] * 2 + [rows[1].label] * 2  # once per stack, not per row
+    assert [len(r.runs) for r in results] == [2, 2, 2]  # warm-up runs are not in the figures
