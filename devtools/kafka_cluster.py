@@ -166,15 +166,19 @@ class Cluster:
     def start_node(self, node_id: int, timeout_s: float = 120, wait: bool = True) -> None:
         """Start the node unless it runs; with `wait`, until the cluster lists it again."""
         node = self.nodes[node_id]
-        if node.service.pid() is None:
-            _spawn(node)
+        proc = _spawn(node) if node.service.pid() is None else None
         if not wait:
             return
         deadline = time.monotonic() + timeout_s
         # Listed alone is not enough: a node killed a moment ago is listed until it is fenced.
         while not _port_open(node.port) or node_id not in self.live_brokers(timeout_s=2):
-            if node.service.pid() is None:
-                raise RuntimeError(f"Kafka node {node_id} exited:\n{node.service.log_tail()}")
+            # The child's own exit status when this call started it: a CI run once read the
+            # pid file as "not running" just after a restart whose broker then ran on.
+            code = proc.poll() if proc is not None else (0 if node.service.pid() is None else None)
+            if code is not None:
+                raise RuntimeError(
+                    f"Kafka node {node_id} exited ({code}):\n{node.service.log_tail()}"
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Kafka node {node_id} not back:\n{node.service.log_tail()}")
             time.sleep(0.25)
