@@ -17,8 +17,8 @@ from devtools.webhooks import envelope, messages_value, payload, text_message
 from devtools.worker import WorkerProcess
 from tests.conftest import Stack, Topics
 from tests.support.cli import run_cli
+from tests.test_handlers import classify_response
 from wa_worker.core.excerpt import error_excerpt
-from wa_worker.core.handlers import classify_response
 from wa_worker.errors import ConfigError, PermanentError, TransientError
 from wa_worker.settings import load_settings
 

@@ -12,9 +12,23 @@ import pytest
 
 from devtools.handler_server import HandlerServer, Reply
 from devtools.webhooks import conversation_webhook
-from wa_worker.core.handlers import HttpHandler, classify_response, header_safe, parse_retry_after
+from wa_worker.core.handlers import HttpHandler, classify_reply, header_safe, parse_retry_after
 from wa_worker.errors import PermanentError, TransientError
 from wa_worker.operators.parse import parse_record
+
+
+def classify_response(
+    response: httpx.Response, excerpt_chars: int = 200, sent: object = None
+) -> object:
+    """`classify_reply` on a reply built with httpx's helpers (json=, text=, headers=)."""
+    return classify_reply(
+        response.status_code,
+        response.content,
+        response.headers.get("retry-after"),
+        excerpt_chars,
+        sent,
+        response.encoding or "utf-8",
+    )
 
 
 def _response(status: int, **kwargs: object) -> httpx.Response:
@@ -38,6 +52,12 @@ def test_success_returns_json_or_text_or_none() -> None:
     assert classify_response(_response(200, json={"a": 1})) == {"a": 1}
     assert classify_response(_response(201, text="done")) == "done"
     assert classify_response(_response(204)) is None
+
+
+def test_json_in_another_unicode_encoding_is_still_json() -> None:
+    utf16 = '{"a": 1}'.encode("utf-16")
+    assert classify_reply(200, utf16, encoding="utf-16") == {"a": 1}
+    assert classify_reply(200, "plain text".encode("utf-16"), encoding="utf-16") == "plain text"
 
 
 def test_retry_after_as_http_date() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import json
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,6 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
-import httpx
 import orjson
 
 from wa_worker.core import jsonbytes, tracing
@@ -30,18 +30,6 @@ Handler = Callable[[WebhookEvent], Awaitable[Any]]
 
 # Statuses worth retrying: the request may succeed later unchanged.
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
-
-
-def classify_response(response: httpx.Response, excerpt_chars: int = 200, sent: Any = None) -> Any:
-    """`classify_reply` for an httpx response (tools and tests that hold one)."""
-    return classify_reply(
-        response.status_code,
-        response.content,
-        response.headers.get("retry-after"),
-        excerpt_chars,
-        sent,
-        response.encoding or "utf-8",
-    )
 
 
 def classify_reply(
@@ -61,6 +49,10 @@ def classify_reply(
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
+            pass
+        try:  # JSON in UTF-16 or UTF-32, which orjson does not read
+            return json.loads(body)
+        except ValueError:
             return body.decode(encoding, errors="replace")
     text = body.decode(encoding, errors="replace")
     excerpt = error_excerpt(text, excerpt_chars, request_texts(sent))
