@@ -174,10 +174,11 @@ class Cluster:
         while not _port_open(node.port) or node_id not in self.live_brokers(timeout_s=2):
             # The child's own exit status when this call started it: a CI run once read the
             # pid file as "not running" just after a restart whose broker then ran on.
-            code = proc.poll() if proc is not None else (0 if node.service.pid() is None else None)
-            if code is not None:
+            exited = proc.poll() is not None if proc is not None else node.service.pid() is None
+            if exited:
+                status = f" with status {proc.returncode}" if proc is not None else ""
                 raise RuntimeError(
-                    f"Kafka node {node_id} exited ({code}):\n{node.service.log_tail()}"
+                    f"Kafka node {node_id} exited{status}:\n{node.service.log_tail()}"
                 )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Kafka node {node_id} not back:\n{node.service.log_tail()}")
