@@ -104,6 +104,20 @@ def test_http_handler_sends_the_event_and_classifies_replies() -> None:
     assert calls["wamid.ok"].idempotency_key == "wamid.ok"
 
 
+def test_an_unreachable_handler_is_a_transient_error_naming_why() -> None:
+    event = parse_record(conversation_webhook("w1", "3161", ["wamid.x"]), None)[0]
+
+    async def call() -> None:
+        handler = HttpHandler("http://127.0.0.1:1/", timeout_s=1.0, concurrency=1)
+        try:
+            await handler(event)  # type: ignore[arg-type]
+        finally:
+            await handler.aclose()
+
+    with pytest.raises(TransientError, match="handler unreachable: ClientConnectorError"):
+        asyncio.run(call())
+
+
 def test_json_bytes_fall_back_for_what_orjson_refuses() -> None:
     from wa_worker.core import jsonbytes
 
