@@ -4,8 +4,9 @@ of the row's own median rate."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from bench.measure import ContestantFailed, Context, latency, progress, throughput
@@ -74,17 +75,18 @@ def contestants(plan: Plan, events: int) -> list[Contestant]:
         row("A", "A ceiling", Kind.CEILING),
         row("B", "B tuned loop", Kind.TUNED),
         row("C", "C naive port", Kind.NAIVE, min(events, plan.naive_events)),
-        row("D", "D worker", Kind.WORKER),
+        row("D", "D worker", Kind.WORKER, group="base"),
         row("D", "D worker, 2 processes", Kind.WORKER, processes=2),
-        row("E", "E Quix Streams", Kind.QUIX),
+        row("E", "E Quix Streams", Kind.QUIX, group="base"),
         row("D", "D worker, Redis Cluster", Kind.WORKER, redis=RedisKind.CLUSTER),
         row("D", "D worker, Redis over TLS", Kind.WORKER, redis=RedisKind.TLS),
     ]
     for shape in plan.shapes:
-        rows.append(row("D", f"D worker, {shape}", Kind.WORKER, shape=shape))
-        rows.append(row("E", f"E Quix Streams, {shape}", Kind.QUIX, shape=shape))
+        rows.append(row("D", f"D worker, {shape}", Kind.WORKER, shape=shape, group=shape))
+        rows.append(row("E", f"E Quix Streams, {shape}", Kind.QUIX, shape=shape, group=shape))
     if plan.cluster_row:  # beside the single-broker D row
-        rows.insert(4, row("D", "D worker, 3 brokers SASL_SSL", Kind.WORKER, cluster=True))
+        cluster = row("D", "D worker, 3 brokers SASL_SSL", Kind.WORKER, cluster=True, group="base")
+        rows.insert(4, cluster)
     for ms in HTTP_DELAYS_MS:
         naive = min(events, plan.naive_http_events[ms])
         rows.append(row("C", f"C naive, HTTP {ms} ms", Kind.NAIVE, naive, handler_ms=ms))
@@ -102,44 +104,83 @@ def contestants(plan: Plan, events: int) -> list[Contestant]:
 
 
 def run_rows(ctx: Context, plan: Plan, rows: list[Contestant]) -> list[Row]:
-    results = []
+    """Each row's throughput runs, then its latency run; the rows of a group (`Contestant.group`)
+    take their throughput runs in turn, where the group's first row stands. The results keep the
+    rows' order."""
+    results = {contestant: Row(contestant=contestant) for contestant in rows}
+    slugs = {
+        c: f"{number:02d}-{c.kind.value}-{c.shape}-{c.handler_ms or 0}ms"
+        for number, c in enumerate(rows)
+    }
     timed: set[Kind] = set()  # kinds with a latency run so far
     warmed: set[bool] = set()  # the stacks (by `Contestant.cluster`) warmed up so far
-    for number, contestant in enumerate(rows):
-        row = Row(contestant=contestant)
-        results.append(row)
-        c = contestant
-        slug = f"{number:02d}-{c.kind.value}-{c.shape}-{c.handler_ms or 0}ms"
+
+    def attempt(contestant: Contestant, step: Callable[[], None]) -> None:
+        row = results[contestant]
+        if row.failure is not None:
+            return
         try:
-            if c.cluster not in warmed:
-                warmed.add(c.cluster)
-                for run in range(plan.warm_up_runs):
-                    progress(
-                        f"{contestant.label}: warming the brokers up, {run + 1} of "
-                        f"{plan.warm_up_runs} (not counted)"
-                    )
-                    throughput(ctx, contestant, ctx.logs / f"{slug}-warm-up{run + 1}")
-            for run in range(plan.runs):
-                progress(f"{contestant.label}: run {run + 1} of {plan.runs}")
-                figures = throughput(ctx, contestant, ctx.logs / f"{slug}-run{run + 1}")
-                row.runs.append(figures)
-                progress(f"  {figures.rate:,.0f} events/s")
-            rate = row.rate
-            assert rate is not None
-            if plan.latency_once_per_kind and contestant.kind in timed:
-                continue
-            timed.add(contestant.kind)
-            # Half of the peak in outputs, paced in inbound records.
-            workload = ctx.workload(contestant)
-            per_record = workload.outputs(contestant.events, contestant.dedupes) / contestant.events
-            paced = rate / 2 / per_record
-            progress(f"{contestant.label}: latency at {paced:,.0f} records/s")
-            row.latency = latency(ctx, contestant, paced, plan.latency_s, ctx.logs / slug)
-            progress(f"  p50 {row.latency.p50_ms:.1f} ms, p99 {row.latency.p99_ms:.1f} ms")
+            step()
         except ContestantFailed as exc:
             row.failure = str(exc)
             progress(f"{contestant.label} FAILED: {exc}")
-    return results
+
+    def warm_up(contestant: Contestant) -> None:
+        if contestant.cluster in warmed:
+            return
+        warmed.add(contestant.cluster)
+        for run in range(plan.warm_up_runs):
+            progress(
+                f"{contestant.label}: warming the brokers up, {run + 1} of "
+                f"{plan.warm_up_runs} (not counted)"
+            )
+            throughput(ctx, contestant, ctx.logs / f"{slugs[contestant]}-warm-up{run + 1}")
+
+    def measure_run(contestant: Contestant, run: int) -> None:
+        progress(f"{contestant.label}: run {run + 1} of {plan.runs}")
+        figures = throughput(ctx, contestant, ctx.logs / f"{slugs[contestant]}-run{run + 1}")
+        results[contestant].runs.append(figures)
+        progress(f"  {figures.rate:,.0f} events/s")
+
+    def measure_latency(contestant: Contestant) -> None:
+        row = results[contestant]
+        if plan.latency_once_per_kind and contestant.kind in timed:
+            return
+        timed.add(contestant.kind)
+        rate = row.rate
+        assert rate is not None
+        # Half of the peak in outputs, paced in inbound records.
+        workload = ctx.workload(contestant)
+        per_record = workload.outputs(contestant.events, contestant.dedupes) / contestant.events
+        paced = rate / 2 / per_record
+        progress(f"{contestant.label}: latency at {paced:,.0f} records/s")
+        row.latency = latency(ctx, contestant, paced, plan.latency_s, ctx.logs / slugs[contestant])
+        progress(f"  p50 {row.latency.p50_ms:.1f} ms, p99 {row.latency.p99_ms:.1f} ms")
+
+    for group in _groups(rows):
+        for contestant in group:
+            attempt(contestant, partial(warm_up, contestant))
+        for run in range(plan.runs):
+            for contestant in group:
+                attempt(contestant, partial(measure_run, contestant, run))
+        for contestant in group:
+            attempt(contestant, partial(measure_latency, contestant))
+    return list(results.values())
+
+
+def _groups(rows: list[Contestant]) -> list[list[Contestant]]:
+    """The rows in running order: a row alone, or its whole group where its first row is."""
+    groups: dict[str, list[Contestant]] = {}
+    order: list[list[Contestant]] = []
+    for contestant in rows:
+        if contestant.group is None:
+            order.append([contestant])
+        elif contestant.group in groups:
+            groups[contestant.group].append(contestant)
+        else:
+            groups[contestant.group] = [contestant]
+            order.append(groups[contestant.group])
+    return order
 
 
 @contextlib.contextmanager

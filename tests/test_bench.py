@@ -271,3 +271,37 @@ def test_each_kafka_stack_is_warmed_up_before_its_first_row_and_not_counted(monk
     warm = [label for label, run in calls if run.startswith("up")]
     assert warm == [rows[0].label] * 2 + [rows[1].label] * 2  # once per stack, not per row
     assert [len(r.runs) for r in results] == [2, 2, 2]  # warm-up runs are not in the figures
+
+
+def test_the_rows_of_a_group_take_their_runs_in_turn_and_a_failure_stops_only_its_row(
+    monkeypatch, tmp_path
+):
+    from bench import suite
+    from bench.measure import ContestantFailed, Context
+
+    plan = replace(SMOKE, runs=3, warm_up_runs=0, cluster_row=True)
+    rows = [c for c in contestants(plan, 100) if not c.handler_ms and c.shape == "base"][:6]
+    labels = [c.label for c in rows]
+    assert labels[3:6] == ["D worker", "D worker, 3 brokers SASL_SSL", "D worker, 2 processes"]
+    rows.append(next(c for c in contestants(plan, 100) if c.label == "E Quix Streams"))
+    calls: list[tuple[str, str]] = []
+
+    def throughput(ctx: object, contestant: Contestant, run_dir: object) -> RunFigures:
+        calls.append((contestant.label, str(run_dir).rsplit("-", 1)[-1]))
+        if contestant.label == "D worker, 3 brokers SASL_SSL" and len(calls) > 9 + 3:
+            raise ContestantFailed("broke in its second run")
+        return RunFigures(rate=100.0, cpu_s_per_10k=1.0, peak_rss_mb=1.0, seconds=1.0)
+
+    monkeypatch.setattr(suite, "throughput", throughput)
+    monkeypatch.setattr(suite, "latency", lambda *a: Latency(rate=1, sent=1, p50_ms=1, p99_ms=1))
+    ctx = Context(None, {"base": generate(10, "base")}, tmp_path, 30.0, {})  # type: ignore[arg-type]
+    results = suite.run_rows(ctx, plan, rows)
+    d, cluster, e = "D worker", "D worker, 3 brokers SASL_SSL", "E Quix Streams"
+    order = [label for label, _ in calls]
+    assert order[:9] == [labels[0]] * 3 + [labels[1]] * 3 + [labels[2]] * 3  # A, B, C alone
+    assert order[9:17] == [d, cluster, e, d, cluster, e, d, e]
+    assert order[17:] == ["D worker, 2 processes"] * 3
+    assert [r.contestant.label for r in results] == [c.label for c in rows]  # the table's order
+    by_label = {r.contestant.label: r for r in results}
+    assert len(by_label[d].runs) == len(by_label[e].runs) == 3
+    assert by_label[cluster].failure == "broke in its second run"
