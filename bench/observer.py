@@ -21,6 +21,7 @@ class Observer:
         sampler: Sampler | None = None,
         track_ids: bool = False,
         config: Mapping[str, str] | None = None,  # a SASL_SSL cluster's options
+        fetch_wait_ms: int = 100,  # bench.observer_cost compares it with the old 5 ms
     ) -> None:
         self._consumer = Consumer(
             {
@@ -28,11 +29,11 @@ class Observer:
                 "bootstrap.servers": brokers,
                 "group.id": f"bench-observer-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
-                # Latency runs: the broker must not hold records back. Throughput runs take
-                # their rate from broker timestamps, so waiting costs them nothing, while a
-                # 5 ms long poll is 200 fetches a second per broker taken from the contestant's
-                # cores (on the 3-broker SASL_SSL stack, 3 TLS connections' worth).
-                "fetch.wait.max.ms": 5 if track_ids else 100,
+                # A broker answers a fetch as soon as it has a byte for it (fetch.min.bytes),
+                # so a long poll delays no record; it only spares fetches while there is none.
+                # At 5 ms, an idle reader cost the 3-broker SASL_SSL cluster 1.1-1.2 cores of
+                # this 2-core machine (bench/observer_cost.py), taken from the contestant.
+                "fetch.wait.max.ms": fetch_wait_ms,
                 "fetch.min.bytes": 1,
                 # Should the position ever be reset, "latest" would skip what was written
                 # before; the topic is this run's own, so its start is right.
@@ -44,6 +45,8 @@ class Observer:
         self._consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         self._sampler = sampler
         self._track_ids = track_ids
+        # Latency runs stamp a record when consume() returns it, which waits up to this long
+        # for a full batch; throughput runs read broker timestamps and can wait.
         self._poll_s = 0.002 if track_ids else 0.05
         self.count = 0
         self.first_ts_ms: int | None = None
