@@ -31,8 +31,9 @@ class Observer:
                 "enable.auto.commit": False,
                 # A broker answers a fetch as soon as it has a byte for it (fetch.min.bytes),
                 # so a long poll delays no record; it only spares fetches while there is none.
-                # At 5 ms, an idle reader cost the 3-broker SASL_SSL cluster 1.1-1.2 cores of
-                # this 2-core machine (bench/observer_cost.py), taken from the contestant.
+                # At 5 ms, an idle reader cost the 3-broker SASL_SSL cluster 1.1-1.6 cores of
+                # this 2-core machine more than no reader (bench/observer_cost.py), taken from
+                # the contestant.
                 "fetch.wait.max.ms": fetch_wait_ms,
                 "fetch.min.bytes": 1,
                 # Should the position ever be reset, "latest" would skip what was written

@@ -20,12 +20,12 @@ from bench.stack import (
     create_topics,
     delete_topics,
     start_cluster_stack,
+    stop_stack,
 )
+from devtools.kafka_cluster import open_cluster
 
 
 def broker_pids() -> list[int]:
-    from devtools.kafka_cluster import open_cluster
-
     cluster = open_cluster(CLUSTER_DIR)
     if cluster is None:
         raise RuntimeError("the cluster did not start")
@@ -60,8 +60,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
-    from devtools.kafka_cluster import open_cluster
-
     stack = start_cluster_stack("redis://127.0.0.1:1/0")  # no Redis is used here
     topics = create_topics(stack)
     variants: dict[str, int | None] = {"5 ms poll": 5, "100 ms poll": 100, "no reader": None}
@@ -74,8 +72,7 @@ def main() -> None:
                 print(f"round {round_ + 1}: {name}: {figures[name][-1]:.1f} % of a core")
     finally:
         delete_topics(stack, topics)
-        if cluster := open_cluster(CLUSTER_DIR):
-            cluster.stop()
+        stop_stack()
     print("medians (the 3 brokers' CPU, % of one core):")
     for name, values in figures.items():
         print(f"  {name:12} {statistics.median(values):6.1f}")
