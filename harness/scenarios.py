@@ -157,6 +157,7 @@ class Run:
             if time.monotonic() > deadline:
                 # Shown with the failed test: why the worker, alive, stopped putting out.
                 print(f"{self.name}: not settled; worker log:\n{self.worker.log()[-6000:]}")
+                print(self.whereabouts(traffic.unique_events - seen))
                 return processed, dlq
             if not self.worker.running():
                 raise RuntimeError(f"worker died:\n{self.worker.log()[-3000:]}")
@@ -177,18 +178,43 @@ class Run:
             note,
         )
 
-    def markers_absent(self, event_keys: set[str]) -> set[str]:
-        """Events (with their outcome on Kafka) that Redis holds no done marker for: markers
-        lost and not written again by a repeat. Asked through the worker's own dedupe code,
-        with the worker's Redis settings."""
+    def whereabouts(self, missing: set[str], shown: int = 20) -> str:
+        """Where events without an outcome got to, told by what the worker left outside it:
+        Redis's marker (absent: never claimed; in flight: claimed) and the handler's calls."""
+        keys = sorted(missing)[:shown]
+        try:
+            states = self.marker_states(set(keys))
+        except redis.RedisError as exc:
+            states = {}
+            print(f"marker states unknown: {exc}")
+        now = time.monotonic()
+        lines = [f"{len(missing)} events without an outcome (first {len(keys)}):"]
+        for key in keys:
+            calls = [
+                f"#{c.attempt} {c.status} {now - c.at:.1f}s ago"
+                for c in self.handler.calls_for(key)
+            ]
+            state = states.get(key)
+            lines.append(
+                f"  {key}: marker {state.value if state else '?'}; calls {calls or 'none'}"
+            )
+        return "\n".join(lines)
+
+    def marker_states(self, event_keys: set[str]) -> dict[str, MarkerState]:
         names = {k.lower(): v for k, v in self.env.items() if k.startswith("REDIS_")}
         settings = load_settings(**names)
         client = redis_client(settings)
         try:
             admin = DedupeAdmin(client, dedupe_keys(settings))
-            states = admin.reset_dead_lettered(sorted(event_keys), dry_run=True)
+            return admin.reset_dead_lettered(sorted(event_keys), dry_run=True)
         finally:
             client.close()
+
+    def markers_absent(self, event_keys: set[str]) -> set[str]:
+        """Events (with their outcome on Kafka) that Redis holds no done marker for: markers
+        lost and not written again by a repeat. Asked through the worker's own dedupe code,
+        with the worker's Redis settings."""
+        states = self.marker_states(event_keys)
         return {key for key, state in states.items() if state is MarkerState.ABSENT}
 
     def wait_for_calls(self, count: int, timeout_s: float = 120) -> None:
