@@ -56,3 +56,21 @@ def test_disabled_never_opens() -> None:
     for _ in range(20):
         breaker.record(answered=False)
     assert not breaker.is_open()
+
+
+def test_a_trial_that_reports_after_another_call_closed_the_circuit_blocks_no_later_trial() -> None:
+    # The circuit closes on an earlier call's answer while the trial is still out; the trial
+    # then reports to a closed circuit. When it opens again, its trials must still come.
+    breaker, clock = make()
+    for _ in range(5):
+        breaker.record(answered=False)
+    clock.now = 2.0
+    assert breaker.admit_call()  # the trial goes out
+    breaker.record(answered=True)  # a call started before the circuit opened answers
+    assert not breaker.is_open()
+    breaker.record(answered=True)  # the trial's own report, to the closed circuit
+    for _ in range(10):
+        breaker.record(answered=False)
+    assert breaker.is_open()
+    clock.now = 10.0
+    assert breaker.admit_call()  # the next probe, not a circuit held open for good
