@@ -6,8 +6,11 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from confluent_kafka import KafkaError, Message
 
 from bench.launch import Running, launch
 from bench.models import Contestant, Latency, RunFigures
@@ -124,13 +127,23 @@ def latency(
             warm_out = workload.outputs(len(warmup), contestant.dedupes)
             await_outputs(observer, warm_out, running, ctx.stall_s)
             sent: dict[bytes, float] = {}
+            acked: list[float] = []  # each send's own wait (a redelivery shares its key)
+
+            def acked_since(at: float) -> Callable[[KafkaError | None, Message], None]:
+                def on_acked(err: KafkaError | None, _msg: Message) -> None:
+                    if err is None:
+                        acked.append((time.perf_counter() - at) * 1000)
+
+                return on_acked
+
             began = time.perf_counter()
             done = 0
             while done < len(paced):
                 due = min(len(paced), int((time.perf_counter() - began) * rate) + 1)
                 for record in paced[done:due]:
-                    sent.setdefault(record.key, time.perf_counter())
-                    send(producer, topics.inbound, record)
+                    now = time.perf_counter()
+                    sent.setdefault(record.key, now)
+                    send(producer, topics.inbound, record, acked_since(now))
                 done = due
                 producer.poll(0)
                 time.sleep(0.001)
@@ -147,7 +160,9 @@ def latency(
             rate=rate,
             sent=len(paced),
             p50_ms=statistics.median(waits),
-            p99_ms=waits[min(len(waits) - 1, int(len(waits) * 0.99))],
+            p99_ms=_p99(waits),
+            acked_p50_ms=statistics.median(acked) if acked else None,
+            acked_p99_ms=_p99(sorted(acked)) if acked else None,
         )
     finally:
         delete_topics(stack, topics)
@@ -182,3 +197,7 @@ def finish(running: Running, observer: Observer, expected: int) -> None:
 
 def progress(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def _p99(ascending: list[float]) -> float:
+    return ascending[min(len(ascending) - 1, int(len(ascending) * 0.99))]

@@ -59,6 +59,10 @@ class Latency(BaseModel):
     sent: int
     p50_ms: float
     p99_ms: float
+    # From the produce call to Kafka's acknowledgement of the webhook: the part of the latency
+    # that is the input's own way into the brokers, before any contestant can read it.
+    acked_p50_ms: float | None = None
+    acked_p99_ms: float | None = None
 
 
 class Row(BaseModel):

@@ -95,6 +95,10 @@ def targets(results: Results) -> str:
         label = f"{row.contestant.label} >= 0.8 x standalone (same run)"
         lines.append(_ratio_target(label, row, worker, 0.8))
     p99 = worker.latency.p99_ms if worker and worker.latency else None
+    acked = worker.latency.acked_p99_ms if worker and worker.latency else None
+    # The input's own wait for Kafka is in the end-to-end figure: shown beside it, as a
+    # broker's stall on this machine is no fault of the contestant's.
+    broker = f"; the input's acknowledgement by Kafka p99 {acked:.1f} ms" if acked else ""
     # Every event waits out the reorder window by design (README "Order within a
     # conversation"): the target is on the time beyond it.
     window = Settings.model_fields["reorder_window_ms"].default
@@ -102,7 +106,7 @@ def targets(results: Results) -> str:
         _line(
             f"worker p99 < {window} ms reorder window + 50 ms at half its peak (default handler)",
             p99 is not None and p99 < window + 50,
-            f"p99 {p99:.1f} ms" if p99 is not None else "no figure",
+            f"p99 {p99:.1f} ms{broker}" if p99 is not None else "no figure",
         )
     )
     soak = results.soak

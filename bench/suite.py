@@ -156,6 +156,12 @@ def run_rows(ctx: Context, plan: Plan, rows: list[Contestant]) -> list[Row]:
         progress(f"{contestant.label}: latency at {paced:,.0f} records/s")
         row.latency = latency(ctx, contestant, paced, plan.latency_s, ctx.logs / slugs[contestant])
         progress(f"  p50 {row.latency.p50_ms:.1f} ms, p99 {row.latency.p99_ms:.1f} ms")
+        acked = row.latency.acked_p50_ms, row.latency.acked_p99_ms
+        if acked[0] is not None and acked[1] is not None:
+            progress(
+                f"  the input's acknowledgement by Kafka (readable from then on): "
+                f"p50 {acked[0]:.1f} ms, p99 {acked[1]:.1f} ms"
+            )
 
     for group in _groups(rows):
         for contestant in group:

@@ -83,7 +83,13 @@ def _row(
         redis=redis,
     )
     figures = RunFigures(rate=rate, cpu_s_per_10k=cpu, peak_rss_mb=50.0, seconds=1.0)
-    latency = Latency(rate=rate / 2, sent=10, p50_ms=kw.get("p50", 5), p99_ms=kw.get("p99", 20))
+    latency = Latency(
+        rate=rate / 2,
+        sent=10,
+        p50_ms=kw.get("p50", 5),
+        p99_ms=kw.get("p99", 20),
+        acked_p99_ms=kw.get("acked_p99"),
+    )
     return Row(contestant=contestant, runs=[figures], latency=latency)
 
 
@@ -97,7 +103,7 @@ def test_targets_say_met_or_miss_with_their_figures():
             _row("A", Kind.CEILING, 40_000),
             _row("B", Kind.TUNED, 10_000),
             _row("C", Kind.NAIVE, 500),
-            _row("D", Kind.WORKER, 4_000, p99=380, cpu=2.0),
+            _row("D", Kind.WORKER, 4_000, p99=380, cpu=2.0, acked_p99=250),
             _row("E", Kind.QUIX, 8_000, cpu=1.5),
             _row("C", Kind.NAIVE, 19, handler_ms=50),
             _row("D", Kind.WORKER, 1_200, handler_ms=50),
@@ -124,6 +130,7 @@ def test_targets_say_met_or_miss_with_their_figures():
     assert line("D 50 base >= 1,000 events/s per process").startswith("  [met ]")
     p99 = line("worker p99 < 300 ms reorder window + 50 ms")
     assert p99.startswith("  [MISS]") and "380.0 ms" in p99
+    assert "acknowledgement by Kafka p99 250.0 ms" in p99  # the broker's share, beside it
     assert line("memory flat").startswith("  [MISS]") and "+25.0 %" in line("memory flat")
     assert not any("3 brokers" in x for x in lines)  # no cluster row: no line about it
     cluster = _row("D", Kind.WORKER, 3_000).model_copy(
