@@ -98,7 +98,9 @@ def targets(results: Results) -> str:
     acked = worker.latency.acked_p99_ms if worker and worker.latency else None
     # The input's own wait for Kafka is in the end-to-end figure: shown beside it, as a
     # broker's stall on this machine is no fault of the contestant's.
-    broker = f"; the input's acknowledgement by Kafka p99 {acked:.1f} ms" if acked else ""
+    broker = (
+        f"; the input's acknowledgement by Kafka p99 {acked:.1f} ms" if acked is not None else ""
+    )
     # Every event waits out the reorder window by design (README "Order within a
     # conversation"): the target is on the time beyond it.
     window = Settings.model_fields["reorder_window_ms"].default
