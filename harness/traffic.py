@@ -90,6 +90,7 @@ class SteadyProducer:
         self._records = records
         self._interval = 1 / rate_per_s
         self.failures: list[str] = []
+        self.ended_at: float | None = None  # wall-clock time of the last produce call
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> SteadyProducer:
@@ -113,6 +114,7 @@ class SteadyProducer:
                 except BufferError:
                     self._producer.poll(0.1)
             self._producer.poll(0)
+        self.ended_at = time.time()
         while self._producer.flush(5):
             pass
 

@@ -267,6 +267,21 @@ def test_the_stall_is_the_longest_gap_in_output_after_each_fault() -> None:
     assert [round(r or 0, 2) for r in resumed_after(output, [5.0, 11.0])] == [0.2, 1.0]
 
 
+def test_a_fault_after_the_input_ended_and_was_all_written_has_no_stall() -> None:
+    def at(seconds: float) -> Record:
+        return Record(None, b"", {}, 0, 0, int(seconds * 1000))
+
+    output = [at(t) for t in (1.0, 1.1, 4.0)]
+    faults = [("first", 1.05), ("second", 20.0)]
+    stalls = stall_per_fault(output, faults, input_ended=3.9)
+    assert [(what, None if s is None else round(s, 2)) for what, s in stalls] == [
+        ("first", 2.9),
+        ("second", None),
+    ]
+    # Input still flowing at the fault and no output after it: the worker did stall.
+    assert stall_per_fault(output, faults, input_ended=25.0)[1] == ("second", 90.0)
+
+
 def _lag(topic: str, partition: int) -> float | None:
     return REGISTRY.get_sample_value(
         "wa_consumer_lag_messages", {"topic": topic, "partition": str(partition)}
