@@ -263,7 +263,7 @@ def test_the_stall_is_the_longest_gap_in_output_after_each_fault() -> None:
 
     output = [at(t) for t in (1.0, 1.1, 1.2, 5.2, 5.3, 6.0, 12.0, 12.1)]
     stalls = stall_per_fault(output, [("first", 1.15), ("second", 5.5)])
-    assert [(what, round(s, 2)) for what, s in stalls] == [("first", 4.0), ("second", 6.0)]
+    assert [(what, round(s or 0, 2)) for what, s in stalls] == [("first", 4.0), ("second", 6.0)]
     assert [round(r or 0, 2) for r in resumed_after(output, [5.0, 11.0])] == [0.2, 1.0]
 
 
