@@ -170,7 +170,7 @@ class ClusterRun:
 
 def _told(what: str, stall_s: float | None, resumed_s: float | None) -> str:
     if stall_s is None:
-        return f"{what}: no stall to measure (the input had ended and all of it was written)"
+        return f"{what}: no stall to measure (the input had ended and was all written before it)"
     after = f" (output {resumed_s:.1f}s after the node was back)" if resumed_s else ""
     return f"{what}: stall {stall_s:.1f}s{after}"
 
@@ -183,14 +183,15 @@ def stall_per_fault(
 ) -> list[tuple[str, float | None]]:
     """For each fault, the longest gap between processed records (by the sink's create time)
     from the fault until the next fault or `window_s` later. None for a fault after the input
-    ended (`input_ended`, wall clock) with no output after it: nothing was left to stall (a
-    gap to the end of the window would read as a 90 s stall). Pure."""
+    ended (`input_ended`, wall clock) with no output at all after it: everything had been
+    written before it, so nothing could stall (a gap to the end of the window would read as a
+    90 s stall; output after the window still counts as a stall). Pure."""
     stamps = sorted(r.timestamp_ms / 1000 for r in processed)
     out: list[tuple[str, float | None]] = []
     for i, (what, at) in enumerate(faults):
         end = faults[i + 1][1] if i + 1 < len(faults) else at + window_s
         inside = [t for t in stamps if at <= t <= end]
-        if not inside and input_ended is not None and at >= input_ended:
+        if input_ended is not None and at >= input_ended and not (stamps and stamps[-1] >= at):
             out.append((what, None))
             continue
         before = [t for t in stamps if t < at]

@@ -280,6 +280,9 @@ def test_a_fault_after_the_input_ended_and_was_all_written_has_no_stall() -> Non
     ]
     # Input still flowing at the fault and no output after it: the worker did stall.
     assert stall_per_fault(output, faults, input_ended=25.0)[1] == ("second", 90.0)
+    # Output only after the window: a stall longer than the window, not "nothing to stall".
+    late = [*output, at(200.0)]
+    assert stall_per_fault(late, faults, input_ended=3.9)[1] == ("second", 90.0)
 
 
 def _lag(topic: str, partition: int) -> float | None:
