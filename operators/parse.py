@@ -30,6 +30,7 @@ from wa_worker.models.records import (
     SourcePosition,
     WebhookEvent,
     header_of,
+    in_utc_zone,
 )
 from wa_worker.models.webhook import Contact, Message, Status, Value, WebhookPayload
 from wa_worker.operators.fields import AnyEntry, flag, split_field
@@ -192,7 +193,7 @@ def _fast_envelope(data: Any, quick: bool) -> tuple[fast.Envelope, datetime | No
         stamp = _TIMESTAMP.validate_python(data.get("timestamp"))
     except ValidationError:
         return None
-    return envelope, (stamp.replace(tzinfo=UTC) if stamp and stamp.tzinfo is None else stamp)
+    return envelope, in_utc_zone(stamp)
 
 
 def _load_envelope(

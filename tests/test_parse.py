@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -1425,3 +1425,24 @@ def test_json_nested_deeper_than_the_limit_is_dead_lettered(where: str) -> None:
     assert isinstance(out, DeadLetter)
     assert out.error_class is ErrorClass.INVALID_PAYLOAD
     assert f"deeper than {MAX_JSON_DEPTH}" in out.reason
+
+
+@pytest.mark.parametrize(
+    ("stamp", "offset_h"),
+    [
+        ("2024-05-01T12:30:15Z", 0),
+        ("2024-05-01T12:30:15+00:00", 0),
+        ("2024-05-01T12:30:15", 0),
+        ("2024-05-01T14:30:15+02:00", 2),
+    ],
+)
+def test_an_envelope_time_in_utc_carries_the_standard_utc_zone(stamp: str, offset_h: int) -> None:
+    # datetime.UTC's offset is read in C on every timestamp(); pydantic's equal zone is called.
+    raw = _env(id=WEBHOOK_ID, body=messages_body(MESSAGE_TYPES["text"]), timestamp=stamp)
+    received_at = one_event_at(raw, 0).received_at
+    assert received_at is not None
+    assert received_at == datetime(2024, 5, 1, 12, 30, 15, tzinfo=UTC)
+    if offset_h:
+        assert received_at.utcoffset() == timedelta(hours=offset_h)
+    else:
+        assert received_at.tzinfo is UTC

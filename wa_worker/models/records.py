@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Self
 
@@ -30,12 +30,23 @@ class Envelope(BaseModel):
     @field_validator("timestamp")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+        return in_utc_zone(value)
 
     def header(self, name: str) -> str | None:
         return header_of(self.headers, name)
+
+
+def in_utc_zone(value: datetime | None) -> datetime | None:
+    """A naive time as UTC, and a UTC one with `datetime.UTC` as its zone rather than pydantic's
+    equal one: each timestamp() or subtraction of an event's time (reorder window, records,
+    latency) then reads the offset in C (calling pydantic's zone took ~2 % of the dataflow
+    thread). Other offsets are kept."""
+    if value is not None and (value.tzinfo is None or value.utcoffset() == _ZERO):
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+_ZERO = timedelta(0)
 
 
 def header_of(headers: dict[str, Any], name: str) -> str | None:
