@@ -36,6 +36,9 @@ class Envelope(BaseModel):
         return header_of(self.headers, name)
 
 
+_ZERO = timedelta(0)
+
+
 def in_utc_zone(value: datetime | None) -> datetime | None:
     """A naive time as UTC, and a UTC one with `datetime.UTC` as its zone rather than pydantic's
     equal one: each timestamp() or subtraction of an event's time (reorder window, records,
@@ -44,9 +47,6 @@ def in_utc_zone(value: datetime | None) -> datetime | None:
     if value is not None and (value.tzinfo is None or value.utcoffset() == _ZERO):
         return value.replace(tzinfo=UTC)
     return value
-
-
-_ZERO = timedelta(0)
 
 
 def header_of(headers: dict[str, Any], name: str) -> str | None:
