@@ -13,6 +13,7 @@ one (json, orjson, msgspec, pydantic).
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import hmac
 import json
@@ -29,7 +30,7 @@ from wa_worker.models.records import DeadLetter, WebhookEvent
 from wa_worker.operators import parse as current
 from wa_worker.operators.inbound import InboundMessage
 
-SHAPES = ("base", "few", "mixed")
+SHAPES = ("base", "few", "campaign", "mixed")
 SECRET = b"parse-cost-app-secret"
 BATCH = 100
 Parse = Callable[[list[InboundMessage]], list[WebhookEvent | DeadLetter]]
@@ -96,10 +97,17 @@ def compare(rev: str, records: int, rounds: int) -> None:
         check_same(old, new, work)
         best = {"old": float("inf"), "new": float("inf")}
         events = 0
-        for _ in range(rounds):
-            for name, parse in (("old", old), ("new", new)):
-                took, events = run(parse, work)
-                best[name] = min(best[name], took)
+        # The collector off while timing, and run between rounds: with it on, where its
+        # passes fell (the allocations of both revisions before) swung a ratio by ±30 %.
+        gc.disable()
+        try:
+            for _ in range(rounds):
+                for name, parse in (("old", old), ("new", new)):
+                    took, events = run(parse, work)
+                    best[name] = min(best[name], took)
+                    gc.collect()
+        finally:
+            gc.enable()
         per_old, per_new = best["old"] / events * 1e6, best["new"] / events * 1e6
         ratio = per_old / per_new
         print(f"{shape:12} {events:7d} {per_old:9.1f} {per_new:9.1f} {ratio:6.2f}x")

@@ -605,13 +605,9 @@ def _ordered(event: WebhookEvent, prior_rank: int) -> WebhookEvent:
     own = status_of(event.event_key)
     if own is None:  # a status not ranked: outside the order
         current = event.payload.get("status")
-        return event.model_copy(
-            update={"current_status": current if isinstance(current, str) else None}
-        )
+        return event.changed(current_status=current if isinstance(current, str) else None)
     place = order(own, prior_rank)
-    return event.model_copy(
-        update={"current_status": place.current_status, "superseded": place.superseded}
-    )
+    return event.changed(current_status=place.current_status, superseded=place.superseded)
 
 
 def route_key(ordered: bool) -> Callable[[WebhookEvent], str]:

@@ -1446,3 +1446,46 @@ def test_an_envelope_time_in_utc_carries_the_standard_utc_zone(stamp: str, offse
         assert received_at.utcoffset() == timedelta(hours=offset_h)
     else:
         assert received_at.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:00:00.5Z",
+        "2026-01-01T10:11:12.123456+00:00",
+        "2026-01-01T00:00:00-00:00",
+        "2026-01-01T00:00:00",
+        "2024-02-29T23:59:59.999999Z",
+        "2026-02-29T00:00:00Z",  # no such day
+        "2026-01-01T24:00:00Z",
+        "2026-01-01T00:00:60Z",
+        "2026-01-01T00:00:00.1234567Z",  # more digits than microseconds: pydantic decides
+        "2026-01-01T00:00:00+05:30",
+        "2026-01-01 00:00:00Z",
+        "1767225600",
+        "\u0662026-01-01T00:00:00Z",  # a non-ASCII digit
+        1767225600,
+        None,
+    ],
+)
+def test_the_fast_envelope_time_reads_as_the_envelope_model_does(stamp: Any) -> None:
+    from pydantic import ValidationError
+
+    from wa_worker.models.records import Envelope
+    from wa_worker.operators.parse import _envelope_time
+
+    try:
+        want: datetime | str | None = Envelope.model_validate(
+            {"id": "w", "headers": {}, "body": {}, "timestamp": stamp}
+        ).timestamp
+    except ValidationError:
+        want = "refused"
+    try:
+        got: datetime | str | None = _envelope_time(stamp)
+    except ValidationError:
+        got = "refused"
+    assert got == want
+    if isinstance(got, datetime) and isinstance(want, datetime):
+        assert (got.tzinfo is UTC) == (want.tzinfo is UTC)
+        assert got.isoformat() == want.isoformat()

@@ -37,6 +37,7 @@ from wa_worker.models.records import (
     Envelope,
     ErrorClass,
     EventKind,
+    EventMaker,
     WebhookEvent,
 )
 from wa_worker.operators import parse
@@ -272,6 +273,65 @@ def test_parsed_events_equal_validated_ones(fields: dict[str, Any]) -> None:
     assert built.model_copy(update={"stale": True}) == validated.model_copy(update={"stale": True})
     with pytest.raises(ValidationError):
         built.stale = True  # frozen like any event
+
+
+_OWN = ("event_key", "conversation_key", "kind", "wa_id", "user_id", "payload")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {**EVENT_FIELDS, "user_id": None},
+        {**EVENT_FIELDS, "user_id": "US.1", "observe_only": True},
+        {k: v for k, v in EVENT_FIELDS.items() if k not in ("value_context", "envelope_headers")}
+        | {"user_id": None},
+    ],
+    ids=["messages", "standby", "defaults"],
+)
+def test_events_made_from_a_prototype_equal_validated_ones(fields: dict[str, Any]) -> None:
+    shared = {k: v for k, v in fields.items() if k not in _OWN}
+    made = EventMaker(shared)
+    for built, want in (
+        (made.person(*(fields[k] for k in _OWN)), WebhookEvent(**fields)),
+        (
+            made.other("error:1", "106540352242922:-", EventKind.ERROR, {"code": 1}),
+            WebhookEvent(
+                **shared,
+                event_key="error:1",
+                conversation_key="106540352242922:-",
+                kind=EventKind.ERROR,
+                payload={"code": 1},
+            ),
+        ),
+    ):
+        assert built == want
+        assert list(built.__dict__) == list(want.__dict__)
+        assert built.model_fields_set == want.model_fields_set
+        assert built.model_dump() == want.model_dump()
+        assert pickle.loads(pickle.dumps(built)) == want
+        assert built.model_copy(update={"stale": True}) == want.model_copy(update={"stale": True})
+        with pytest.raises(ValidationError):
+            built.stale = True
+    one, two = made.person(*(fields[k] for k in _OWN)), made.person(*(fields[k] for k in _OWN))
+    assert one.model_fields_set is not two.model_fields_set
+    if "value_context" not in shared:  # a default made per event, never shared
+        assert one.value_context == {} and one.value_context is not two.value_context
+
+
+@pytest.mark.parametrize(
+    "update",
+    [{"current_status": "read"}, {"current_status": "read", "superseded": True}, {}],
+)
+def test_a_changed_event_equals_its_model_copy(update: dict[str, Any]) -> None:
+    event = WebhookEvent(**EVENT_FIELDS)
+    built, want = event.changed(**update), event.model_copy(update=update)
+    assert built == want and built is not event
+    assert list(built.__dict__) == list(want.__dict__)
+    assert built.model_fields_set == want.model_fields_set
+    assert event.model_fields_set == set(EVENT_FIELDS)  # the original is left as it was
+    assert pickle.loads(pickle.dumps(built)) == want
+    with pytest.raises(ValidationError):
+        built.stale = True
 
 
 def test_parsed_events_get_defaults_of_their_own() -> None:

@@ -37,6 +37,8 @@ class Envelope(BaseModel):
 
 
 _ZERO = timedelta(0)
+# Sets an event's slots directly, as pydantic does when it builds one.
+_SET_DICT = object.__setattr__
 
 
 def in_utc_zone(value: datetime | None) -> datetime | None:
@@ -163,6 +165,20 @@ class WebhookEvent(BaseModel):
         object.__setattr__(event, "__pydantic_private__", None)
         return event
 
+    def changed(self, **update: Any) -> Self:
+        """`model_copy(update=...)` without its generic copy protocol (40 % less, on every
+        status): the values are the worker's own, not validated, as with model_copy."""
+        values = self.__dict__.copy()
+        values.update(update)
+        names = self.__pydantic_fields_set__.copy()
+        names.update(update)
+        event = object.__new__(type(self))
+        _SET_DICT(event, "__dict__", values)
+        _SET_DICT(event, "__pydantic_fields_set__", names)
+        _SET_DICT(event, "__pydantic_extra__", None)
+        _SET_DICT(event, "__pydantic_private__", None)
+        return event
+
     def for_handler(self) -> dict[str, Any]:
         """The JSON the handler receives: the event without transport baggage.
 
@@ -248,6 +264,78 @@ _FACTORIES: tuple[tuple[str, Callable[[], Any]], ...] = tuple(
     for name, info in WebhookEvent.model_fields.items()
     if info.default_factory is not None
 )
+
+
+class EventMaker:
+    """The events of one part of a webhook (a messages value's), which share most of their
+    fields: those are merged into a prototype once, and each event copies it and sets its
+    own few. Building every event with `WebhookEvent.parsed(**shared, **own)` merged the ~20
+    shared fields per event (a tenth of the parse step). Same contract as `parsed`: values
+    parse.py has validated; tests/test_parse_fast_path.py keeps the two equal."""
+
+    __slots__ = ("_factories", "_other_names", "_person_names", "_values")
+
+    def __init__(self, shared: dict[str, Any]) -> None:
+        values = _TEMPLATE.copy()
+        values.update(shared)
+        self._values = values
+        names = tuple(shared)  # parse.py shares the same few sets of fields: derived once each
+        if (layout := _LAYOUTS.get(names)) is None:
+            layout = _LAYOUTS[names] = (
+                frozenset(names) | _PERSON_FIELDS,
+                frozenset(names) | _OTHER_FIELDS,
+                # Defaults made per event (a dict of its own), for the fields not shared.
+                tuple((n, f) for n, f in _FACTORIES if n not in shared),
+            )
+        self._person_names, self._other_names, self._factories = layout
+
+    def person(
+        self,
+        event_key: str,
+        conversation_key: str,
+        kind: EventKind,
+        wa_id: str | None,
+        user_id: str | None,
+        payload: dict[str, Any],
+    ) -> WebhookEvent:
+        """A message or status: an event with a customer."""
+        values = self._values.copy()
+        values["event_key"] = event_key
+        values["conversation_key"] = conversation_key
+        values["kind"] = kind
+        values["wa_id"] = wa_id
+        values["user_id"] = user_id
+        values["payload"] = payload
+        return self._made(values, self._person_names)
+
+    def other(
+        self, event_key: str, conversation_key: str, kind: EventKind, payload: dict[str, Any]
+    ) -> WebhookEvent:
+        """An event without a customer of its own (a value's error)."""
+        values = self._values.copy()
+        values["event_key"] = event_key
+        values["conversation_key"] = conversation_key
+        values["kind"] = kind
+        values["payload"] = payload
+        return self._made(values, self._other_names)
+
+    def _made(self, values: dict[str, Any], names: frozenset[str]) -> WebhookEvent:
+        for name, factory in self._factories:
+            values[name] = factory()
+        event = object.__new__(WebhookEvent)
+        _SET_DICT(event, "__dict__", values)
+        _SET_DICT(event, "__pydantic_fields_set__", set(names))
+        _SET_DICT(event, "__pydantic_extra__", None)
+        _SET_DICT(event, "__pydantic_private__", None)
+        return event
+
+
+_OTHER_FIELDS = frozenset({"event_key", "conversation_key", "kind", "payload"})
+_LAYOUTS: dict[
+    tuple[str, ...],
+    tuple[frozenset[str], frozenset[str], tuple[tuple[str, Callable[[], Any]], ...]],
+] = {}
+_PERSON_FIELDS = _OTHER_FIELDS | {"wa_id", "user_id"}
 
 _ADDED_FIELDS: tuple[tuple[str, Any], ...] = (
     ("coerced", ()),
