@@ -543,11 +543,8 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         if len(processed) > RECENTLY_PROCESSED:
             del processed[next(iter(processed))]
         out.append(
-            Processed(
-                event=head.event,
-                result=result.result,
-                attempts=head.attempts,
-                handler_latency_s=result.latency_s,
+            Processed.handled(
+                head.event, result.result, head.attempts, datetime.now(UTC), result.latency_s
             )
         )
 

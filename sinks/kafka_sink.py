@@ -156,6 +156,7 @@ class _KafkaOutcomePartition(StatefulSinkPartition[KafkaRecord, None]):
     def _observe(items: list[KafkaRecord]) -> None:
         now = datetime.now(UTC)
         processed: Counter[str] = Counter()  # one inc per kind and batch: labels() is dear
+        latencies: list[float] = []
         for record in items:
             if record.error_class is not None:
                 metrics.DEAD_LETTERED.labels(record.error_class).inc()
@@ -163,11 +164,10 @@ class _KafkaOutcomePartition(StatefulSinkPartition[KafkaRecord, None]):
             elif record.kind is not None:
                 processed[record.kind] += 1
             if record.received_at is not None:
-                metrics.END_TO_END_LATENCY.observe(
-                    max(0.0, (now - record.received_at).total_seconds())
-                )
+                latencies.append((now - record.received_at).total_seconds())
         for kind, count in processed.items():
             metrics.PROCESSED.labels(kind).inc(count)
+        metrics.observe_all(metrics.END_TO_END_LATENCY, latencies)
 
 
 def _instead(record: KafkaRecord, why: str) -> KafkaRecord:

@@ -625,3 +625,26 @@ def test_a_dead_lettered_event_is_not_remembered_so_a_redrive_is_handled() -> No
     logic.on_batch([a])  # `dlq redrive` sends it again
     assert [p.event.event_key for p in logic.snapshot().queue] == ["wamid.b", "wamid.a"]
     assert [k for k, _ in submit.claims].count("wamid.a") == 2  # claimed again (ahead)
+
+
+def test_observing_a_batch_at_once_equals_observing_each() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    each = Histogram("each_seconds", "", buckets=(0.005, 0.1, 1), registry=registry)
+    once = Histogram("once_seconds", "", buckets=(0.005, 0.1, 1), registry=registry)
+    amounts = [-0.5, 0.0, 0.005, 0.0051, 0.1, 0.75, 1.0, 2.0, 400.0, 0.003]
+    for amount in amounts:
+        each.observe(max(0.0, amount))  # the sink's records: a clock skew counts as 0
+    metrics.observe_all(once, amounts)
+    metrics.observe_all(once, [])
+
+    def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
+        (family,) = [m for m in registry.collect() if m.name == name]
+        return [
+            (s.name.replace(name, ""), s.labels, round(s.value, 9))
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples("each_seconds") == samples("once_seconds")

@@ -316,3 +316,22 @@ def test_dead_letter_headers_round_trip(context: DeadLetterHeaders) -> None:
 @given(st.builds(ProcessedHeaders, TEXT, TEXT, TEXT, COUNT, st.none() | COUNT))
 def test_processed_headers_round_trip(context: ProcessedHeaders) -> None:
     assert ProcessedHeaders.from_headers(context.to_headers()) == context
+
+
+def test_a_handled_outcome_equals_the_validated_one() -> None:
+    import pickle
+
+    from pydantic import ValidationError
+
+    event = _event()
+    built = Processed.handled(event, {"ok": True}, 2, HANDLED, 0.25)
+    want = Processed(
+        event=event, result={"ok": True}, attempts=2, handled_at=HANDLED, handler_latency_s=0.25
+    )
+    assert built == want
+    assert list(built.__dict__) == list(want.__dict__)
+    assert built.model_fields_set == want.model_fields_set
+    assert pickle.loads(pickle.dumps(built)) == want
+    assert built.retries == 1
+    with pytest.raises(ValidationError):
+        built.attempts = 3
