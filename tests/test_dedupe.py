@@ -306,3 +306,32 @@ def test_a_server_without_the_scripts_is_given_them_by_the_batch(tmp_path: Path)
     finally:
         admin.close()
         service.stop()
+
+
+@pytest.mark.parametrize(
+    "event_key",
+    [
+        "wamid.A",
+        "wamid.A:sent",
+        "wamid.A:read",
+        "wamid.A:failed",
+        "standby:wamid.B:delivered",
+        "wamid.C:deleted",
+        "change:x:1",
+        ":sent",
+    ],
+)
+def test_derived_message_keys_are_the_layouts_own(event_key: str) -> None:
+    """A status's digest and bucket come from the per-message cache: the same as derived
+    from its own key and its message id, as the layout defines them."""
+    from wa_worker.core.status_order import status_of
+
+    keys = dedupe.DedupeKeys("wa:", 86_400_000)
+    digest = keys.digest(event_key)
+    status = status_of(event_key)
+    bucket = keys.bucket(keys.digest(status.message_id) if status else digest)
+    assert keys.place(event_key) == (digest, bucket)
+    assert keys.place(event_key) == (digest, bucket)  # from the cache, the second time
+    if status is not None:
+        message = keys.message(status.message_id)
+        assert message.claim_keys[status.rank] == keys.claim_key(digest, bucket)

@@ -3,6 +3,9 @@ unless the caller gives its own timeout."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import redis
 
 from tests.conftest import Stack
@@ -32,3 +35,37 @@ def test_the_health_probe_checks_redis_with_its_own_timeout(stack: Stack) -> Non
     assert isinstance(probes._redis, redis.Redis)
     kwargs = probes._redis.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 1.5
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "0123abcd", 3, "wa:{a.1}d:20000", "wa:{a.1}c:ff", b"\x00\xff:blob", 86400000),
+        ("CLIENT SETINFO", "LIB-NAME", "redis-py"),
+        (b"CONFIG GET", b"maxmemory"),
+        ("SET", "k", "é ünïcode", b""),
+        ("PEXPIRE", "k", -1),
+        ("EVAL", "return 1", 0, "x" * 70_000),  # past the Python packer's buffer cutoff
+    ],
+)
+def test_the_asyncio_packing_gives_redis_pys_own_bytes(args: tuple[Any, ...]) -> None:
+    import redis.asyncio.connection as aioconnection
+
+    from wa_worker.core.redis_client import hiredis_pack_command, python_pack_command
+
+    connection = aioconnection.Connection()
+    assert b"".join(hiredis_pack_command(connection, *args)) == b"".join(
+        python_pack_command(connection, *args)
+    )
+
+
+def test_the_asyncio_packing_refuses_what_redis_py_refuses() -> None:
+    import redis.asyncio.connection as aioconnection
+    from redis.exceptions import DataError
+
+    from wa_worker.core.redis_client import hiredis_pack_command, python_pack_command
+
+    connection = aioconnection.Connection()
+    for pack in (hiredis_pack_command, python_pack_command):
+        with pytest.raises(DataError):
+            pack(connection, "SET", "k", None)  # type: ignore[arg-type]

@@ -49,6 +49,7 @@ does not see v2 markers: stop v1 workers before starting v2 ones.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -63,7 +64,7 @@ from redis.exceptions import NoScriptError
 from wa_worker.core import metrics
 from wa_worker.core.redis_client import AsyncRedis, SyncRedis, async_redis_client
 from wa_worker.core.sentinel_follow import PrimaryFollower
-from wa_worker.core.status_order import above, status_of
+from wa_worker.core.status_order import NAMES, ranks_above, status_of
 from wa_worker.models.completions import ClaimStatus
 from wa_worker.settings import Settings
 
@@ -302,6 +303,20 @@ class ClaimReply:
     prior_rank: int = 0  # a claimed status: the highest rank above its own seen, else 0
 
 
+# Messages whose status keys are kept derived (~1 KB each): the statuses of a campaign's
+# messages arrive within minutes of each other.
+MESSAGES_CACHED = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class MessageKeys:
+    """A message's bucket, and each ranked status's digest and claim key (by rank)."""
+
+    bucket: int
+    digests: dict[int, bytes]
+    claim_keys: dict[int, str]
+
+
 class DedupeKeys:
     """Key names of the layout (module docstring); `period_ms` is one day but in tests."""
 
@@ -311,14 +326,28 @@ class DedupeKeys:
         self.period_ms = period_ms
         self._salt = hashlib.blake2b(_utf8(prefix), digest_size=2).hexdigest()
 
+        # A message's statuses come in several batches (sent, delivered, read: each claimed,
+        # then marked done) and each claim names the higher ones too: their keys are derived
+        # once per message, for the messages seen lately.
+        self.message = functools.lru_cache(maxsize=MESSAGES_CACHED)(self._message_keys)
+
     def digest(self, event_key: str) -> bytes:
         return hashlib.blake2b(_utf8(event_key), digest_size=DIGEST_BYTES).digest()
 
     def place(self, event_key: str) -> tuple[bytes, int]:
         """The event's digest and bucket; a status's bucket is its message id's."""
-        digest = self.digest(event_key)
         status = status_of(event_key)
-        return digest, self.bucket(self.digest(status.message_id) if status else digest)
+        if status is None:
+            digest = self.digest(event_key)
+            return digest, self.bucket(digest)
+        message = self.message(status.message_id)
+        return message.digests[status.rank], message.bucket
+
+    def _message_keys(self, message_id: str) -> MessageKeys:
+        bucket = self.bucket(self.digest(message_id))
+        digests = {rank: self.digest(f"{message_id}:{name}") for rank, name in NAMES.items()}
+        claims = {rank: self.claim_key(digest, bucket) for rank, digest in digests.items()}
+        return MessageKeys(bucket, digests, claims)
 
     @staticmethod
     def bucket(digest: bytes) -> int:
@@ -431,11 +460,12 @@ def plan_claims(
             if v1:
                 blob.append(_sized(_utf8(c.event_key)))
             if status := status_of(c.event_key):
-                higher = [(r, keys.digest(k)) for r, k in above(status)]
+                higher = ranks_above(status.rank)
+                message = keys.message(status.message_id)
                 blob.append(b"%d" % len(higher))
-                for rank, digest in higher:
-                    blob += (b"%d" % rank, digest)
-                    higher_keys.append(keys.claim_key(digest, bucket))
+                for rank in higher:
+                    blob += (b"%d" % rank, message.digests[rank])
+                    higher_keys.append(message.claim_keys[rank])
             else:
                 blob.append(b"0")
         call_keys = [keys.day_key(bucket, d) for d in days]

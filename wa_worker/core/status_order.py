@@ -36,10 +36,16 @@ def status_of(event_key: str) -> StatusOf | None:
 
 def above(status: StatusOf) -> list[tuple[int, str]]:
     """The event keys of the statuses ranked above this one, highest first, with their rank."""
-    return [(r, f"{status.message_id}:{NAMES[r]}") for r in _DESCENDING if r > status.rank]
+    return [(r, f"{status.message_id}:{NAMES[r]}") for r in ranks_above(status.rank)]
+
+
+def ranks_above(rank: int) -> tuple[int, ...]:
+    """The ranks above `rank`, highest first."""
+    return _ABOVE[rank]
 
 
 _DESCENDING = sorted(NAMES, reverse=True)
+_ABOVE = {rank: tuple(r for r in _DESCENDING if r > rank) for rank in NAMES}
 
 
 @dataclass(frozen=True, slots=True)
