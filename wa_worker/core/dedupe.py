@@ -64,7 +64,7 @@ from redis.exceptions import NoScriptError
 from wa_worker.core import metrics
 from wa_worker.core.redis_client import AsyncRedis, SyncRedis, async_redis_client
 from wa_worker.core.sentinel_follow import PrimaryFollower
-from wa_worker.core.status_order import NAMES, ranks_above, status_of
+from wa_worker.core.status_order import NAMES, StatusOf, ranks_above, status_of
 from wa_worker.models.completions import ClaimStatus
 from wa_worker.settings import Settings
 
@@ -334,9 +334,11 @@ class DedupeKeys:
     def digest(self, event_key: str) -> bytes:
         return hashlib.blake2b(_utf8(event_key), digest_size=DIGEST_BYTES).digest()
 
-    def place(self, event_key: str) -> tuple[bytes, int]:
-        """The event's digest and bucket; a status's bucket is its message id's."""
-        status = status_of(event_key)
+    def place(self, event_key: str, status: StatusOf | None = None) -> tuple[bytes, int]:
+        """The event's digest and bucket; a status's bucket is its message id's. `status`:
+        the key's `status_of`, when the caller has it already."""
+        if status is None:
+            status = status_of(event_key)
         if status is None:
             digest = self.digest(event_key)
             return digest, self.bucket(digest)
@@ -447,7 +449,9 @@ def plan_claims(
     v1: bool,
     ttl_ms: int | None = None,
 ) -> list[Planned]:
-    digests, buckets = _places(keys, [c.event_key for c in claims])
+    statuses = [status_of(c.event_key) for c in claims]
+    places = [keys.place(c.event_key, status) for c, status in zip(claims, statuses, strict=True)]
+    digests, buckets = [digest for digest, _ in places], [bucket for _, bucket in places]
     days = keys.window_days(now_ms)
     v1_prefix = keys.prefix if v1 else ""
     planned = []
@@ -459,7 +463,7 @@ def plan_claims(
             blob += (digests[i], b"%d:" % c.lease_ms, _sized(_utf8(c.token)))
             if v1:
                 blob.append(_sized(_utf8(c.event_key)))
-            if status := status_of(c.event_key):
+            if status := statuses[i]:
                 higher = ranks_above(status.rank)
                 message = keys.message(status.message_id)
                 blob.append(b"%d" % len(higher))
@@ -542,9 +546,17 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+# The script's status words, as the client returns them (bytes; str when decoding replies).
+_CLAIM_STATUSES: dict[Any, ClaimStatus] = {
+    **{status.value.encode(): status for status in ClaimStatus},
+    **{status.value: status for status in ClaimStatus},
+}
+
+
 def _claim_reply(reply: Sequence[Any]) -> ClaimReply:
     prior_rank = int(reply[3]) if len(reply) > 3 else 0
-    return ClaimReply(ClaimStatus(_text(reply[0])), int(reply[1]), int(reply[2]), prior_rank)
+    status = _CLAIM_STATUSES.get(reply[0]) or ClaimStatus(_text(reply[0]))  # else: says why
+    return ClaimReply(status, int(reply[1]), int(reply[2]), prior_rank)
 
 
 # Running calls: one pipeline (redis-py's ClusterPipeline sends it as one round trip per node

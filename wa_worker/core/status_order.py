@@ -12,14 +12,15 @@ markers of its statuses (core/dedupe.py): the status's claim looks up the higher
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 RANKS: dict[str, int] = {"sent": 1, "delivered": 2, "read": 3, "played": 4, "failed": 5}
 NAMES: dict[int, str] = {rank: name for name, rank in RANKS.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class StatusOf:
-    """What a status event's claim asks for: its message's id and its own rank."""
+class StatusOf(NamedTuple):
+    """What a status event's claim asks for: its message's id and its own rank. (A tuple:
+    read for every event, at several steps; a frozen dataclass cost three times as much.)"""
 
     message_id: str
     rank: int
