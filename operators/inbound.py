@@ -12,9 +12,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeGuard
 
-from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka import (
+    KafkaError,
+    KafkaSource,
+    KafkaSourceMessage,
+    _KafkaSourcePartition,
+)
 from bytewax.inputs import StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Message
 from confluent_kafka import KafkaError as ConfluentKafkaError
 
 from wa_worker.core import kafka_connect, metrics
@@ -30,6 +35,56 @@ log = logging.getLogger(__name__)
 InboundMessage = KafkaSourceMessage[bytes | None, bytes | None]
 InboundError = KafkaError[bytes | None, bytes | None]
 InboundItem = InboundMessage | InboundError
+
+
+_NEW = object.__new__
+
+
+def lean_message(msg: Message) -> InboundMessage:
+    """`KafkaSourceMessage(...)` of a consumed record without the frozen dataclass's
+    `__init__` (one `object.__setattr__` per field: 3.2 -> 0.6 us, for every record). The
+    same fields, from the same accessors, in the same order."""
+    message: InboundMessage = _NEW(KafkaSourceMessage)
+    message.__dict__.update(
+        key=msg.key(),
+        value=msg.value(),
+        topic=msg.topic(),
+        headers=msg.headers() or [],
+        latency=msg.latency(),
+        offset=msg.offset(),
+        partition=msg.partition(),
+        timestamp=msg.timestamp(),
+    )
+    return message
+
+
+class _LeanKafkaPartition(_KafkaSourcePartition):
+    """The connector's partition (bytewax 0.21.1, pinned: its consumer, offsets, metrics and
+    errors as they are), reading a batch with `lean_message`. Its `next_batch`, but for that."""
+
+    def next_batch(self) -> list[InboundItem]:
+        if self._eof:
+            raise StopIteration()
+        msgs = self._consumer.consume(self._batch_size, 0.001)
+        batch: list[InboundItem] = []
+        last_offset = None
+        for msg in msgs:
+            error = msg.error()
+            if error is not None:
+                if error.code() == ConfluentKafkaError._PARTITION_EOF:
+                    self._eof = True  # StopIteration on the next call: this batch goes out
+                    break
+                if self._raise_on_errors:
+                    raise RuntimeError(
+                        f"error consuming from Kafka topic `{self._topic!r}`: {error}"
+                    )
+                batch.append(KafkaError(error, lean_message(msg)))
+            else:
+                batch.append(lean_message(msg))
+            last_offset = msg.offset()
+        if last_offset is not None:  # resume from the next record, not this one
+            self._offset = last_offset + 1
+        return batch
 
 
 class _DrainablePartition(StatefulSourcePartition[InboundItem, int | None]):
@@ -114,6 +169,8 @@ class InboundSource(KafkaSource):
     ) -> _DrainablePartition:
         index, topic = for_part.split("-", 1)
         inner = super().build_part(step_id, for_part, resume_state)
+        if type(inner) is _KafkaSourcePartition:  # as built, with nothing of its own added
+            inner.__class__ = _LeanKafkaPartition
         return _DrainablePartition(inner, (topic, int(index)), self._book, self._drain, self._hold)
 
 
