@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import concurrent.futures
 import contextlib
 import logging
 import queue
@@ -23,7 +24,14 @@ from typing import Any
 
 from wa_worker.core import metrics, tracing
 from wa_worker.core.breaker import CircuitBreaker
-from wa_worker.core.dedupe import AttemptRecord, ClaimRequest, DedupeStore, DoneMark, redis_store
+from wa_worker.core.dedupe import (
+    AttemptRecord,
+    ClaimReply,
+    ClaimRequest,
+    DedupeStore,
+    DoneMark,
+    redis_store,
+)
 from wa_worker.core.excerpt import one_line
 from wa_worker.core.handlers import Handler, build_handler, passthrough
 from wa_worker.errors import PermanentError, TransientError
@@ -44,6 +52,7 @@ _DONE_RETRY_S = 1.0
 StoreFactory = Callable[[Settings], DedupeStore]
 # The pass-through's answer, the same for every event (an inline result is the head's own).
 _PASSED = HandleResult("", "", HandleStatus.OK, result=None, latency_s=0.0)
+_Replies = concurrent.futures.Future[list[ClaimReply]]
 
 
 class IoRuntime:
@@ -75,6 +84,8 @@ class IoRuntime:
     async def _setup(self) -> None:
         self._store = self._store_factory(self._settings)
         self._claims: list[tuple[str, ClaimRequest]] = []
+        # Claims a Bytewax worker waits for (`claim_now`), each group with its future.
+        self._waited: list[tuple[list[ClaimRequest], _Replies]] = []
         self._records: list[AttemptRecord] = []
         self._dones: list[DoneMark] = []
         self._redis_wake = asyncio.Event()
@@ -107,7 +118,7 @@ class IoRuntime:
         # markers it holds (the next run would then wait out their leases and redo them).
         async with self._redis_turn:
             self._batcher.cancel()
-        if self._claims or self._records or self._dones:
+        if self._claims or self._waited or self._records or self._dones:
             await self._run_redis_batch()
         for task in self._inflight:
             task.cancel()
@@ -130,6 +141,14 @@ class IoRuntime:
     def claim(self, route_key: str, event_key: str, token: str, lease_ms: int) -> None:
         request = ClaimRequest(event_key, token, lease_ms)
         self._post(self._queue_claim, route_key, request, outstanding=1)
+
+    def claim_now(self, claims: list[ClaimRequest], timeout_s: float) -> list[ClaimReply]:
+        """Claims answered to the caller, who waits for them (operators/preclaim.py): they go
+        in the next Redis batch with everything else queued. Raises what the batch raised,
+        or TimeoutError after `timeout_s` (the claims may still be taken then)."""
+        replies: _Replies = concurrent.futures.Future()
+        self._post(self._queue_waited, claims, replies)
+        return replies.result(timeout_s)
 
     def record_attempts(self, event_key: str, token: str, attempts: int, lease_ms: int) -> None:
         self._post(self._queue_record, AttemptRecord(event_key, token, attempts, lease_ms))
@@ -166,13 +185,16 @@ class IoRuntime:
         while self._inbox:
             fn, args = self._inbox.popleft()
             fn(*args)
-        if self._claims or self._records or self._dones:
+        if self._claims or self._waited or self._records or self._dones:
             self._redis_wake.set()
 
     # The batch lists are swapped out by each Redis batch: look them up when the item is
     # queued, never bind their methods at submission time.
     def _queue_claim(self, route_key: str, request: ClaimRequest) -> None:
         self._claims.append((route_key, request))
+
+    def _queue_waited(self, claims: list[ClaimRequest], replies: _Replies) -> None:
+        self._waited.append((claims, replies))
 
     def _queue_record(self, record: AttemptRecord) -> None:
         self._records.append(record)
@@ -206,24 +228,31 @@ class IoRuntime:
                 await self._run_redis_batch()
 
     async def _run_redis_batch(self) -> None:
-        claims, self._claims = self._claims[:_MAX_REDIS_BATCH], self._claims[_MAX_REDIS_BATCH:]
+        # Waited-for claims go whole (a Bytewax batch's worth), the others up to the cap.
+        waited, self._waited = self._waited, []
+        requests = [c for group, _ in waited for c in group]
+        room = max(_MAX_REDIS_BATCH - len(requests), 0)
+        claims, self._claims = self._claims[:room], self._claims[room:]
         records, self._records = self._records, []
         dones, self._dones = self._dones, []
         if self._claims:
             self._redis_wake.set()
         started_ns = time.time_ns()
+        requests += [c for _, c in claims]
         try:
-            replies = await self._store.run_batch([c for _, c in claims], records, dones)
+            replies = await self._store.run_batch(requests, records, dones)
         except Exception as exc:  # noqa: BLE001  (Redis down: claims wait, marks are retried)
+            for _, future in waited:
+                future.set_exception(exc)
             log.warning(
                 "redis batch failed (%d claims wait, %d done marks retried): %s",
-                len(claims),
+                len(requests),
                 len(dones),
                 exc,
             )
             metrics.REDIS_ERRORS.inc()
             if tracing.ENABLED:
-                keys = [c.event_key for _, c in claims]
+                keys = [c.event_key for c in requests]
                 tracing.redis_batch(keys, started_ns, len(records), len(dones), str(exc))
             self._dones[:0] = dones
             metrics.DONE_MARKS_PENDING.set(len(self._dones))
@@ -237,8 +266,13 @@ class IoRuntime:
             return
         metrics.DONE_MARKS_PENDING.set(len(self._dones))
         if tracing.ENABLED:
-            keys = [c.event_key for _, c in claims]
+            keys = [c.event_key for c in requests]
             tracing.redis_batch(keys, started_ns, len(records), len(dones), None)
+        start = 0
+        for group, future in waited:
+            future.set_result(replies[start : start + len(group)])
+            start += len(group)
+        replies = replies[start:]
         self._complete_all(
             [
                 (
