@@ -2,12 +2,12 @@
 (= `python -m bytewax.run wa_worker.dataflow -r …`; `python -m bytewax.run dataflow` from a
 checkout).
 
-Kafka inbound ─→ parse & split ─┬─→ events ─→ key by conversation ─┐
-                                │                 completions ─────┴─→ claim · handle · retry
-                                │                                                │
-                                └─→ dead letters (bad input) ──────────────┬─────┘ outcomes
-                                                                           ↓
-                                                    processed topic  |  DLQ topic (+ mark done)
+Kafka inbound ─→ parse & split ─┬─→ events ─→ by conversation ─→ claim early ─┐
+                                │                      completions ────────┴─→ claim · handle
+                                │                                                  · retry │
+                                └─→ dead letters (bad input) ──────────────────┬───────────┘
+                                                                               ↓ outcomes
+                                                     processed topic  |  DLQ topic (+ mark done)
 
 `build` wires the steps between a source and a sink; the worker gives it Kafka on both sides,
 `wa-worker replay` a file (the same operators, offline). Importing this module has no side
@@ -41,6 +41,7 @@ from wa_worker.operators.inbound import (
     is_message,
 )
 from wa_worker.operators.parse import is_event, parse_batch
+from wa_worker.operators.preclaim import pre_claim
 from wa_worker.process.startup import (
     bytewax_process_count,
     bytewax_process_id,
@@ -91,7 +92,10 @@ def build(
     invalid = cast(Stream[DeadLetter], split.falses)
 
     # Per conversation: claim in Redis, call the handler, retry with backoff, in order.
+    # The batch's events are claimed first, together: one round trip, not one per head.
     by_conversation = op.key_on("by-conversation", split.trues, route_key(settings.handler_ordered))
+    early = pre_claim(settings, services.runtime)
+    claimed = op.flat_map_batch("claim-early", by_conversation, early)
     builder = conversation_builder(
         settings,
         services.runtime,
@@ -101,7 +105,7 @@ def build(
     )
     handled = op.stateful_batch(
         "handle",
-        op.merge("events-and-results", by_conversation, completions),
+        op.merge("events-and-results", claimed, completions),
         finish.counted_logic(builder) if finish else builder,
     )
 

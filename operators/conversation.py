@@ -47,6 +47,7 @@ from bytewax.operators import StatefulBatchLogic
 from wa_worker.core import metrics, tracing
 from wa_worker.core.status_order import order, status_of
 from wa_worker.models.completions import (
+    Claimed,
     ClaimResult,
     ClaimStatus,
     Completion,
@@ -206,7 +207,10 @@ class ConversationState:
     arrivals: int = 0  # events held so far; orders ties by arrival
 
 
-class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, ConversationState]):
+LogicValue = WebhookEvent | Claimed | Completion
+
+
+class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationState]):
     def __init__(
         self,
         route_key: Callable[[WebhookEvent], str],
@@ -237,6 +241,9 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         # Not snapshotted: a resumed state claims every event again anyway.
         self._ahead: dict[str, tuple[str, datetime]] = {}
         self._early: dict[str, ClaimResult] = {}
+        # Claims taken before the events came (operators/preclaim.py) while they wait in the
+        # reorder window: event key -> (when sent, answer). Not snapshotted either.
+        self._claimed_held: dict[str, tuple[datetime, ClaimResult]] = {}
         self._fresh = policy.fresh
         # Backlog changes of the batch, told once at its end (the backlog takes a lock).
         self._taken = 0
@@ -260,11 +267,13 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
             self._queued.update(h.event.event_key for h in self._state.held)
             self._backlog.add(len(self._state.queue) + len(self._state.held))
 
-    def on_batch(self, values: list[WebhookEvent | Completion]) -> tuple[Iterable[Outcome], bool]:
+    def on_batch(self, values: list[LogicValue]) -> tuple[Iterable[Outcome], bool]:
         out: list[Outcome] = []
         self._t = self._clock()
         for value in values:
-            if isinstance(value, WebhookEvent):
+            if isinstance(value, Claimed):
+                self._enqueue(value.event, value)
+            elif isinstance(value, WebhookEvent):
                 self._enqueue(value)
             elif isinstance(value, ClaimResult):
                 self._on_claim(value, out)
@@ -324,24 +333,74 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
     def _head(self) -> Pending | None:
         return self._state.queue[0] if self._state.queue else None
 
-    def _enqueue(self, event: WebhookEvent) -> None:
-        if event.event_key in self._queued or event.event_key in self._processed:
+    def _enqueue(self, event: WebhookEvent, claimed: Claimed | None = None) -> None:
+        key = event.event_key
+        if key in self._queued or key in self._processed:
             metrics.DUPLICATES.inc()
+            if claimed is not None:
+                self._adopt(claimed)
             return
-        self._queued.add(event.event_key)
+        self._queued.add(key)
         self._taken += 1
         if self._policy.deadlines.is_stale(event, self._now()):
             event = event.model_copy(update={"stale": True})  # told to the handler
+        token = claimed.token if claimed is not None else None
+        early = _early_claim(claimed)
         if self._window:
-            reorder.hold(self._state.held, event, self._now(), self._state.arrivals)
+            reorder.hold(self._state.held, event, self._now(), self._state.arrivals, token)
             self._state.arrivals += 1
+            if early is not None:
+                self._claimed_held[key] = early
         else:
-            self._queue_event(event)
+            self._queue_event(event, token, early)
 
-    def _queue_event(self, event: WebhookEvent) -> None:
+    def _queue_event(
+        self,
+        event: WebhookEvent,
+        token: str | None = None,
+        early: tuple[datetime, ClaimResult] | None = None,
+    ) -> None:
+        """Append to the queue. An event claimed before it came (`early`: when its claim was
+        sent, and the answer) counts as claimed ahead when every event behind the head is
+        too, as `_claim_ahead` keeps them; else it is claimed in its turn, same token."""
         if tracing.ENABLED:
             event = tracing.start_event(event)
-        self._state.queue.append(Pending(event=event, token=new_token(), due_at=self._now()))
+        queue = self._state.queue
+        pending = Pending(event=event, token=token or new_token(), due_at=self._now())
+        if early is not None and (len(queue) <= 1 or queue[-1].event.event_key in self._ahead):
+            key = event.event_key
+            self._ahead[key] = (pending.token, early[0])
+            self._early[key] = early[1]
+        queue.append(pending)
+
+    def _adopt(self, copy: Claimed) -> None:
+        """A redelivered copy of a queued or held event, claimed before it came: the claim is
+        the copy's (it was free: the event's own claim had not run yet, or had expired), so
+        the event takes the copy's token, or its own claim would read busy for a lease."""
+        if copy.result is None or copy.result.status is not ClaimStatus.CLAIMED:
+            return
+        key = copy.event.event_key
+        for held in self._state.held:
+            if held.event.event_key == key:
+                held.token = copy.token
+                self._claimed_held[key] = (copy.sent_at, copy.result)
+                return
+        for i, p in enumerate(self._state.queue):
+            if p.event.event_key != key:
+                continue
+            if p.phase is not Phase.CLAIM:
+                return  # claimed and in hand: the copy's claim raced an expired lease
+            p.token = copy.token
+            if key in self._ahead:
+                self._ahead[key] = (copy.token, copy.sent_at)
+                self._early[key] = copy.result
+            elif i == 0 and p.due_at is None:
+                p.due_at = self._now()  # its claim in flight answers for the old token
+            return
+
+    def _release(self, held: reorder.Held) -> None:
+        early = self._claimed_held.pop(held.event.event_key, None) if self._claimed_held else None
+        self._queue_event(held.event, held.token, early)
 
     def _pop_head(self) -> Pending:
         head = self._state.queue.pop(0)
@@ -358,8 +417,8 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         finishes the head here, and the next event's claim starts in the same pass."""
         # Held events whose turn has come join the queue first (in order) even when paused:
         # that starts nothing, and the snapshot keeps them either way.
-        for event in reorder.release(self._state.held, self._now(), self._window):
-            self._queue_event(event)
+        for held in reorder.due(self._state.held, self._now(), self._window):
+            self._release(held)
         self._pump_head(out)
         self._claim_ahead()
 
@@ -587,6 +646,12 @@ class ConversationLogic(StatefulBatchLogic[WebhookEvent | Completion, Outcome, C
         """A claim must outlive the wait before the next call plus that call itself."""
         needed = (wait_s + self._policy.handler_timeout_s) * 1000 + self._policy.lease_ms
         return int(needed)
+
+
+def _early_claim(claimed: Claimed | None) -> tuple[datetime, ClaimResult] | None:
+    if claimed is None or claimed.result is None:
+        return None
+    return claimed.sent_at, claimed.result
 
 
 def _copy(value: _T) -> _T:

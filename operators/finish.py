@@ -19,13 +19,12 @@ from datetime import datetime
 
 from bytewax.operators import StatefulBatchLogic
 
-from wa_worker.models.completions import Completion
+from wa_worker.models.completions import Claimed
 from wa_worker.models.records import DeadLetter, Outcome, WebhookEvent
-from wa_worker.operators.conversation import ConversationState
+from wa_worker.operators.conversation import ConversationState, LogicValue
 from wa_worker.operators.inbound import InboundMessage
 
 ParseStep = Callable[[list[InboundMessage]], list[WebhookEvent | DeadLetter]]
-LogicValue = WebhookEvent | Completion
 Logic = StatefulBatchLogic[LogicValue, Outcome, ConversationState]
 LogicBuilder = Callable[[ConversationState | None], Logic]
 
@@ -103,7 +102,7 @@ class _CountedLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationState]):
 
     def on_batch(self, values: list[LogicValue]) -> tuple[Iterable[Outcome], bool]:
         out, discard = self._inner.on_batch(values)
-        self._report(sum(isinstance(v, WebhookEvent) for v in values), discard)
+        self._report(sum(isinstance(v, WebhookEvent | Claimed) for v in values), discard)
         return out, discard
 
     def on_notify(self) -> tuple[Iterable[Outcome], bool]:

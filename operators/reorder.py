@@ -38,6 +38,9 @@ class Held:
     key: SortKey
     event: WebhookEvent = field(compare=False)
     arrived_at: datetime = field(compare=False)
+    # The token of a claim taken before the event reached its conversation
+    # (operators/preclaim.py), kept so the event's own claim is still ours after a restart.
+    token: str | None = field(default=None, compare=False)
 
     # Pickled (recovery snapshots) as plain values: operators/snapshot_codec.py.
     def __getstate__(self) -> dict[str, Any]:
@@ -49,6 +52,7 @@ class Held:
     def __setstate__(self, state: dict[str, Any]) -> None:
         state["event"] = snapshot_codec.unpack(state["event"])
         state["arrived_at"] = snapshot_codec.unpack_time(state["arrived_at"])
+        state.setdefault("token", None)  # snapshots from before claims were taken early
         self.__dict__.update(state)
 
 
@@ -63,19 +67,31 @@ def meta_time(event: WebhookEvent, arrived_at: datetime) -> float:
     return arrived_at.timestamp()
 
 
-def hold(heap: list[Held], event: WebhookEvent, arrived_at: datetime, seq: int) -> None:
+def hold(
+    heap: list[Held],
+    event: WebhookEvent,
+    arrived_at: datetime,
+    seq: int,
+    token: str | None = None,
+) -> None:
     """Put an event in the window; `seq` counts arrivals (ties go in arrival order)."""
     # Meta's timestamps are whole seconds: the edge's receive time orders ties within one.
     edge = event.received_at.timestamp() if event.received_at is not None else math.inf
-    heapq.heappush(heap, Held((meta_time(event, arrived_at), edge, seq), event, arrived_at))
+    key = (meta_time(event, arrived_at), edge, seq)
+    heapq.heappush(heap, Held(key, event, arrived_at, token))
+
+
+def due(heap: list[Held], now: datetime, window: timedelta) -> list[Held]:
+    """The held events whose turn has come, in order: the front, while its hold is over."""
+    out: list[Held] = []
+    while heap and heap[0].arrived_at + window <= now:
+        out.append(heapq.heappop(heap))
+    return out
 
 
 def release(heap: list[Held], now: datetime, window: timedelta) -> list[WebhookEvent]:
-    """The events whose turn has come, in order: the front, while its hold is over."""
-    out: list[WebhookEvent] = []
-    while heap and heap[0].arrived_at + window <= now:
-        out.append(heapq.heappop(heap).event)
-    return out
+    """The events of `due`."""
+    return [held.event for held in due(heap, now, window)]
 
 
 def next_release(heap: list[Held], window: timedelta) -> datetime | None:

@@ -15,12 +15,11 @@ from wa_worker.core.runtime import IoRuntime
 from wa_worker.models.completions import (
     ClaimResult,
     ClaimStatus,
-    Completion,
     HandleResult,
     HandleStatus,
 )
 from wa_worker.models.records import Processed, WebhookEvent
-from wa_worker.operators.conversation import ConversationLogic, conversation_builder
+from wa_worker.operators.conversation import ConversationLogic, LogicValue, conversation_builder
 from wa_worker.settings import Settings, load_settings
 
 
@@ -68,7 +67,7 @@ class HeldCalls:
         pass
 
 
-def results(runtime: IoRuntime, count: int) -> list[WebhookEvent | Completion]:
+def results(runtime: IoRuntime, count: int) -> list[LogicValue]:
     return [runtime.completions.get(timeout=10)[1] for _ in range(count)]
 
 
@@ -95,9 +94,9 @@ def test_a_conversations_queue_is_claimed_in_one_round_trip(
     assert runtime.idle()  # every claim counted back (once per Redis batch)
 
 
-def _next_batch(runtime: IoRuntime) -> list[WebhookEvent | Completion]:
+def _next_batch(runtime: IoRuntime) -> list[LogicValue]:
     """What the completion source would hand over: the next result and those right behind."""
-    batch: list[WebhookEvent | Completion] = [runtime.completions.get(timeout=10)[1]]
+    batch: list[LogicValue] = [runtime.completions.get(timeout=10)[1]]
     time.sleep(0.05)  # claims sent together come back from one Redis batch
     while not runtime.completions.empty():
         batch.append(runtime.completions.get_nowait()[1])

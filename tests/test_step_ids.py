@@ -34,6 +34,7 @@ PINNED = [
     "wa-worker.by-conversation",
     "wa-worker.by-conversation.map",
     "wa-worker.by-conversation.map.flat_map_batch",
+    "wa-worker.claim-early",  # stateless (added later: no recovered state names it)
     "wa-worker.completions",
     "wa-worker.consumer-errors",
     "wa-worker.consumer-errors.flat_map_batch",

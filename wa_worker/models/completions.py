@@ -6,8 +6,11 @@ They travel through Bytewax exchanges, so they are small, plain and picklable.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from wa_worker.models.records import WebhookEvent
 
 
 class ClaimStatus(StrEnum):
@@ -47,3 +50,15 @@ class HandleResult:
 
 
 Completion = ClaimResult | HandleResult
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """An event claimed before it reached its conversation (operators/preclaim.py), with the
+    token its claim used, when the claim was sent, and its answer (None: not known, Redis
+    failed or was too slow; the conversation claims it again with the same token)."""
+
+    event: WebhookEvent
+    token: str
+    sent_at: datetime
+    result: ClaimResult | None
