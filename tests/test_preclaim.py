@@ -14,6 +14,7 @@ import pytest
 
 from devtools.devstack import free_port
 from devtools.webhooks import text_event
+from harness.tcp_proxy import TcpProxy
 from wa_worker.core.runtime import IoRuntime
 from wa_worker.models.completions import Claimed, ClaimResult, ClaimStatus, HandleResult
 from wa_worker.models.records import EventKind, Processed, WebhookEvent
@@ -245,3 +246,32 @@ def test_a_held_event_keeps_its_token_through_a_restart(stack: Any, redis_prefix
         assert _processed(done) == [event.event_key]
     finally:
         io.close()
+
+
+def test_an_answer_too_slow_leaves_the_claim_to_the_conversation_with_the_same_token(
+    stack: Any, redis_prefix: str
+) -> None:
+    target = stack.redis_url.rsplit(":", 1)
+    port = int(target[1].split("/")[0])
+    with TcpProxy("127.0.0.1", port) as proxy:
+        settings = _settings(stack, redis_prefix, redis_url=proxy.url())
+        io = IoRuntime(settings)
+        try:
+            step = PreClaim(lambda: io, 40_000, 0.1, statuses=True)
+            proxy.delay(400)  # Redis answers, after the step stopped waiting
+            (event,) = _events("slow", 1)
+            (late,) = _claimed(step(_keyed([event])))
+            assert late.result is None
+            proxy.delay(0)
+            time.sleep(0.5)  # the late claim is taken meanwhile, with the step's token
+            submit = Submitted(io)
+            logic = _logic(settings, submit)
+            logic.on_batch([late])
+            assert submit.claims == [(event.event_key, late.token)]
+            (_, result) = io.completions.get(timeout=10)
+            # Its own token: ours, not busy for the 40 s lease the late claim took.
+            assert isinstance(result, ClaimResult) and result.status is ClaimStatus.CLAIMED
+            done, _ = logic.on_batch([result])
+            assert _processed(done) == [event.event_key]
+        finally:
+            io.close()
