@@ -343,10 +343,24 @@ def _make_keystore(tls: Path, store_password: str) -> Path:
 
 def _new_state(base: Path, brokers: int, security: str, first_port: int) -> dict[str, Any]:
     nodes = []
+    taken: set[int] = set()
+
+    def fresh_port() -> int:
+        # The OS may hand out a port already picked here (nothing listens on it yet), such as
+        # a wanted client port: Kafka then refuses two listeners on one port.
+        while (port := free_port()) in taken:
+            pass
+        taken.add(port)
+        return port
+
     for i in range(1, brokers + 1):
         wanted = first_port + i - 1 if first_port else 0
-        port = wanted if wanted and not _port_open(wanted) else free_port()
-        nodes.append({"node_id": i, "port": port, "iport": free_port(), "cport": free_port()})
+        if wanted and not _port_open(wanted) and wanted not in taken:
+            taken.add(wanted)
+            port = wanted
+        else:
+            port = fresh_port()
+        nodes.append({"node_id": i, "port": port, "iport": fresh_port(), "cport": fresh_port()})
     return {
         "security": security,
         "cluster_id": new_cluster_id(),
