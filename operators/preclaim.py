@@ -28,8 +28,9 @@ from typing import Protocol
 
 from wa_worker.core import tracing
 from wa_worker.core.dedupe import ClaimReply, ClaimRequest
+from wa_worker.core.runtime import claim_result
 from wa_worker.core.status_order import status_of
-from wa_worker.models.completions import Claimed, ClaimResult
+from wa_worker.models.completions import Claimed
 from wa_worker.models.records import WebhookEvent
 from wa_worker.operators.conversation import new_token
 from wa_worker.settings import Settings
@@ -93,16 +94,7 @@ class PreClaim:
             replies = [None] * len(requests)
         for i, request, reply in zip(chosen, requests, replies, strict=True):
             key, event = batch[i]
-            result = None
-            if reply is not None:
-                result = ClaimResult(
-                    request.event_key,
-                    request.token,
-                    reply.status,
-                    reply.attempts,
-                    reply.wait_ms,
-                    prior_rank=reply.prior_rank,
-                )
+            result = None if reply is None else claim_result(request, reply)
             out[i] = (key, Claimed(event, request.token, sent_at, result))
         return out
 

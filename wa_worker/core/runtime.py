@@ -55,6 +55,18 @@ _PASSED = HandleResult("", "", HandleStatus.OK, result=None, latency_s=0.0)
 _Replies = concurrent.futures.Future[list[ClaimReply]]
 
 
+def claim_result(request: ClaimRequest, reply: ClaimReply) -> ClaimResult:
+    """A claim's answer, as its conversation receives it."""
+    return ClaimResult(
+        request.event_key,
+        request.token,
+        reply.status,
+        reply.attempts,
+        reply.wait_ms,
+        prior_rank=reply.prior_rank,
+    )
+
+
 class IoRuntime:
     def __init__(
         self,
@@ -275,17 +287,7 @@ class IoRuntime:
         replies = replies[start:]
         self._complete_all(
             [
-                (
-                    route_key,
-                    ClaimResult(
-                        c.event_key,
-                        c.token,
-                        reply.status,
-                        reply.attempts,
-                        reply.wait_ms,
-                        prior_rank=reply.prior_rank,
-                    ),
-                )
+                (route_key, claim_result(c, reply))
                 for (route_key, c), reply in zip(claims, replies, strict=True)
             ]
         )
