@@ -89,10 +89,5 @@ def due(heap: list[Held], now: datetime, window: timedelta) -> list[Held]:
     return out
 
 
-def release(heap: list[Held], now: datetime, window: timedelta) -> list[WebhookEvent]:
-    """The events of `due`."""
-    return [held.event for held in due(heap, now, window)]
-
-
 def next_release(heap: list[Held], window: timedelta) -> datetime | None:
     return heap[0].arrived_at + window if heap else None

@@ -30,6 +30,11 @@ WINDOW = timedelta(milliseconds=300)
 T0 = 1_700_000_000
 
 
+def _release(heap: list[reorder.Held], now: datetime, window: timedelta) -> list[WebhookEvent]:
+    """The events whose turn has come, in order."""
+    return [held.event for held in reorder.due(heap, now, window)]
+
+
 def message(wamid: str, meta_ts: int, edge: datetime | None = None, wa_id: str = "3161") -> Any:
     """One text message of a conversation, with Meta's timestamp and the edge's receive time."""
     msg = {**text_message(wamid, wa_id), "timestamp": str(meta_ts)}
@@ -78,9 +83,9 @@ def test_release_waits_the_window_then_goes_in_meta_timestamp_order() -> None:
     reorder.hold(heap, message("wamid.mid", T0 + 1), now + timedelta(milliseconds=50), 1)
     reorder.hold(heap, message("wamid.early", T0), now + timedelta(milliseconds=100), 2)
     # The front (earliest stamp) arrived last: everything waits for its window.
-    assert reorder.release(heap, now + WINDOW, WINDOW) == []
+    assert _release(heap, now + WINDOW, WINDOW) == []
     assert reorder.next_release(heap, WINDOW) == now + timedelta(milliseconds=400)
-    released = reorder.release(heap, now + timedelta(milliseconds=400), WINDOW)
+    released = _release(heap, now + timedelta(milliseconds=400), WINDOW)
     assert [e.event_key for e in released] == ["wamid.early", "wamid.mid", "wamid.late"]
     assert heap == [] and reorder.next_release(heap, WINDOW) is None
 
@@ -94,7 +99,7 @@ def test_ties_go_by_the_edges_receive_time_then_by_arrival() -> None:
     reorder.hold(heap, message("wamid.b", T0, edge), now, 1)
     reorder.hold(heap, message("wamid.d", T0 + 1), now, 2)
     reorder.hold(heap, message("wamid.c", T0 + 1), now, 3)
-    released = reorder.release(heap, now + WINDOW, WINDOW)
+    released = _release(heap, now + WINDOW, WINDOW)
     assert [e.event_key for e in released] == ["wamid.b", "wamid.a", "wamid.d", "wamid.c"]
 
 
@@ -102,9 +107,9 @@ def test_an_event_arriving_after_the_window_is_not_reordered() -> None:
     heap: list[reorder.Held] = []
     now = datetime(2026, 1, 1, tzinfo=UTC)
     reorder.hold(heap, message("wamid.late", T0 + 5), now, 0)
-    first = reorder.release(heap, now + WINDOW, WINDOW)
+    first = _release(heap, now + WINDOW, WINDOW)
     reorder.hold(heap, message("wamid.early", T0), now + WINDOW + timedelta(milliseconds=1), 1)
-    second = reorder.release(heap, now + 2 * WINDOW + timedelta(milliseconds=1), WINDOW)
+    second = _release(heap, now + 2 * WINDOW + timedelta(milliseconds=1), WINDOW)
     assert [e.event_key for e in first + second] == ["wamid.late", "wamid.early"]
 
 
@@ -115,9 +120,9 @@ def test_a_front_still_waiting_lets_a_later_arrival_stamped_before_it_go_first()
     now = datetime(2026, 1, 1, tzinfo=UTC)
     reorder.hold(heap, message("wamid.late", T0 + 5), now, 0)
     reorder.hold(heap, message("wamid.first", T0 + 1), now + 0.9 * WINDOW, 1)
-    assert reorder.release(heap, now + WINDOW, WINDOW) == []
+    assert _release(heap, now + WINDOW, WINDOW) == []
     reorder.hold(heap, message("wamid.second", T0 + 2), now + 1.5 * WINDOW, 2)
-    released = reorder.release(heap, now + 2.5 * WINDOW, WINDOW)
+    released = _release(heap, now + 2.5 * WINDOW, WINDOW)
     assert [e.event_key for e in released] == ["wamid.first", "wamid.second", "wamid.late"]
 
 
