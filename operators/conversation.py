@@ -241,9 +241,6 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
         # Not snapshotted: a resumed state claims every event again anyway.
         self._ahead: dict[str, tuple[str, datetime]] = {}
         self._early: dict[str, ClaimResult] = {}
-        # Claims taken before the events came (operators/preclaim.py) while they wait in the
-        # reorder window: event key -> (when sent, answer). Not snapshotted either.
-        self._claimed_held: dict[str, tuple[datetime, ClaimResult]] = {}
         self._fresh = policy.fresh
         # Backlog changes of the batch, told once at its end (the backlog takes a lock).
         self._taken = 0
@@ -262,6 +259,8 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
                     p.event = tracing.start_event(p.event, resumed=True)
             # getattr: states snapshotted before the reorder window have neither field.
             self._state.held = [_copy(h) for h in getattr(resume, "held", [])]
+            for h in self._state.held:
+                h.early = None  # an early claim's answer is not trusted across runs
             self._state.arrivals = getattr(resume, "arrivals", 0)
             self._queued = {p.event.event_key for p in self._state.queue}
             self._queued.update(h.event.event_key for h in self._state.held)
@@ -347,10 +346,8 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
         token = claimed.token if claimed is not None else None
         early = _early_claim(claimed)
         if self._window:
-            reorder.hold(self._state.held, event, self._now(), self._state.arrivals, token)
+            reorder.hold(self._state.held, event, self._now(), self._state.arrivals, token, early)
             self._state.arrivals += 1
-            if early is not None:
-                self._claimed_held[key] = early
         else:
             self._queue_event(event, token, early)
 
@@ -382,8 +379,7 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
         key = copy.event.event_key
         for held in self._state.held:
             if held.event.event_key == key:
-                held.token = copy.token
-                self._claimed_held[key] = (copy.sent_at, copy.result)
+                held.token, held.early = copy.token, (copy.sent_at, copy.result)
                 return
         for i, p in enumerate(self._state.queue):
             if p.event.event_key != key:
@@ -397,10 +393,6 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
             elif i == 0 and p.due_at is None:
                 p.due_at = self._now()  # its claim in flight answers for the old token
             return
-
-    def _release(self, held: reorder.Held) -> None:
-        early = self._claimed_held.pop(held.event.event_key, None) if self._claimed_held else None
-        self._queue_event(held.event, held.token, early)
 
     def _pop_head(self) -> Pending:
         head = self._state.queue.pop(0)
@@ -418,7 +410,7 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
         # Held events whose turn has come join the queue first (in order) even when paused:
         # that starts nothing, and the snapshot keeps them either way.
         for held in reorder.due(self._state.held, self._now(), self._window):
-            self._release(held)
+            self._queue_event(held.event, held.token, held.early)
         self._pump_head(out)
         self._claim_ahead()
 
