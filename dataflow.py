@@ -2,7 +2,7 @@
 (= `python -m bytewax.run wa_worker.dataflow -r …`; `python -m bytewax.run dataflow` from a
 checkout).
 
-Kafka inbound ─→ parse & split ─┬─→ events ─→ by conversation ─→ claim early ─┐
+Kafka inbound ─→ parse & split ─┬─→ events ─→ reorder window ─→ claim early ─┐
                                 │                      completions ────────┴─→ claim · handle
                                 │                                                  · retry │
                                 └─→ dead letters (bad input) ──────────────────┬───────────┘
@@ -42,6 +42,7 @@ from wa_worker.operators.inbound import (
 )
 from wa_worker.operators.parse import is_event, parse_batch
 from wa_worker.operators.preclaim import pre_claim
+from wa_worker.operators.window import shard_of, window_builder
 from wa_worker.process.startup import (
     bytewax_process_count,
     bytewax_process_id,
@@ -91,9 +92,18 @@ def build(
     split = op.branch("valid", parsed, is_event)
     invalid = cast(Stream[DeadLetter], split.falses)
 
+    # Each conversation's events wait the reorder window, kept per shard of conversations,
+    # and leave it in Meta's timestamp order (ordered handling only).
+    events = split.trues
+    route = route_key(settings.handler_ordered)
+    if settings.handler_ordered and settings.reorder_window_ms:
+        by_shard = op.key_on("by-shard", events, lambda event: shard_of(route(event)))
+        window = window_builder(route, settings.reorder_window_ms, services.backlog)
+        events = op.key_rm("unshard", op.stateful_batch("reorder-window", by_shard, window))
+
     # Per conversation: claim in Redis, call the handler, retry with backoff, in order.
     # The batch's events are claimed first, together: one round trip, not one per head.
-    by_conversation = op.key_on("by-conversation", split.trues, route_key(settings.handler_ordered))
+    by_conversation = op.key_on("by-conversation", events, route)
     early = pre_claim(settings, services.runtime)
     claimed = op.flat_map_batch("claim-early", by_conversation, early)
     builder = conversation_builder(

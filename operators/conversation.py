@@ -13,9 +13,9 @@ times) is snapshotted by Bytewax recovery, so pending retries survive a restart;
 count is also kept with the Redis claim, so losing the recovery directory does not reset it.
 
 Order: only the head of a conversation's queue is handled, so events of one conversation are
-handled in the order they enter the queue. With a reorder window (REORDER_WINDOW_MS), arriving
-events wait in the conversation's state for that long and enter the queue in Meta's timestamp
-order (operators/reorder.py); with none, they enter as they arrive. With ordering off, the
+handled in the order they enter the queue, which is the order they arrive: with a reorder
+window (REORDER_WINDOW_MS), the window step before this one (operators/window.py) lets them
+through in Meta's timestamp order. With ordering off, the
 dataflow keys by event instead of conversation, every event is its own queue and nothing waits.
 
 Claim ahead: while the head is in flight (and has not failed), up to CLAIM_AHEAD events behind
@@ -62,7 +62,7 @@ from wa_worker.models.records import (
     Processed,
     WebhookEvent,
 )
-from wa_worker.operators import reorder, snapshot_codec
+from wa_worker.operators import snapshot_codec
 from wa_worker.operators.backoff import BackoffPolicy, poll_delay_s
 from wa_worker.operators.deadlines import Deadline, DeadlinePolicy, policy_from
 from wa_worker.settings import Settings, StaleEvents, StatusSuperseded
@@ -121,7 +121,7 @@ class Counter(Protocol):
     def done(self, count: int = 1) -> None: ...
 
 
-class _Uncounted:
+class Uncounted:
     def add(self, count: int = 1) -> None:
         pass
 
@@ -142,16 +142,11 @@ class ConversationPolicy:
     backoff: BackoffPolicy
     lease_ms: int
     handler_timeout_s: float
-    reorder_window_ms: int = 0  # 0: events enter the queue as they arrive
     # Retry deadlines and staleness (operators/deadlines.py); the default bounds nothing.
     deadlines: DeadlinePolicy = field(default_factory=DeadlinePolicy)
     skip_superseded: bool = False  # STATUS_SUPERSEDED=skip: no handler call for those
 
     # Once per policy, not per conversation logic (one is built for each conversation).
-    @cached_property
-    def window(self) -> timedelta:
-        return timedelta(milliseconds=self.reorder_window_ms)
-
     @cached_property
     def fresh(self) -> timedelta:
         """How old a claim taken ahead may be when used (module docstring)."""
@@ -202,9 +197,8 @@ _KEPT = (ClaimStatus.CLAIMED, ClaimStatus.DONE)
 @dataclass
 class ConversationState:
     queue: list[Pending] = field(default_factory=list)
-    # Events in the reorder window, not yet queued: a heap (operators/reorder.py).
-    held: list[reorder.Held] = field(default_factory=list)
-    arrivals: int = 0  # events held so far; orders ties by arrival
+    # Snapshots taken while the reorder window was kept here also hold `held`, a heap of
+    # events not yet queued (operators/reorder.py): they are queued, in order, on resume.
 
 
 LogicValue = WebhookEvent | Claimed | Completion
@@ -230,10 +224,9 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
         self._t = clock() if resume is not None else _NEVER
         self._paused = paused  # draining: start nothing new
         self._gate = handler_gate or OpenGate()  # the handler's circuit breaker
-        self._backlog = backlog or _Uncounted()  # events taken in and not finished, per process
-        self._window = policy.window
+        self._backlog = backlog or Uncounted()  # events taken in and not finished, per process
         self._state = ConversationState()
-        self._queued: set[str] = set()  # event keys held or queued, for duplicate checks
+        self._queued: set[str] = set()  # event keys queued, for duplicate checks
         # Processed here, newest last (not snapshotted: Redis's done markers are the record).
         self._processed: dict[str, None] = {}
         # Claim ahead (module docstring): event key -> (token, when its claim was sent) for
@@ -257,14 +250,12 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
             if tracing.ENABLED:  # the old process's spans died with it: a new one each
                 for p in self._state.queue:
                     p.event = tracing.start_event(p.event, resumed=True)
-            # getattr: states snapshotted before the reorder window have neither field.
-            self._state.held = [_copy(h) for h in getattr(resume, "held", [])]
-            for h in self._state.held:
-                h.early = None  # an early claim's answer is not trusted across runs
-            self._state.arrivals = getattr(resume, "arrivals", 0)
+            # Held in this state's window before the window became its own step
+            # (operators/window.py): a restart outlasts the window, so they queue now.
+            for h in sorted(getattr(resume, "held", [])):
+                self._queue_event(h.event, h.token)
             self._queued = {p.event.event_key for p in self._state.queue}
-            self._queued.update(h.event.event_key for h in self._state.held)
-            self._backlog.add(len(self._state.queue) + len(self._state.held))
+            self._backlog.add(len(self._state.queue))
 
     def on_batch(self, values: list[LogicValue]) -> tuple[Iterable[Outcome], bool]:
         out: list[Outcome] = []
@@ -302,10 +293,6 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
         return self._t
 
     def notify_at(self) -> datetime | None:
-        due = (self._head_due(), reorder.next_release(self._state.held, self._window))
-        return min((t for t in due if t is not None), default=None)
-
-    def _head_due(self) -> datetime | None:
         head = self._head()
         if head is None or head.due_at is None:
             return None
@@ -319,15 +306,11 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
         # Copies, as Bytewax asks (0.21.1 pickles the snapshot at once, which it does not
         # promise), shallow: the events are frozen. A conversation with nothing left is
         # discarded (`_idle`), so Bytewax asks no snapshot of it.
-        return ConversationState(
-            queue=[_copy(p) for p in self._state.queue],
-            held=[_copy(h) for h in self._state.held],
-            arrivals=self._state.arrivals,
-        )
+        return ConversationState(queue=[_copy(p) for p in self._state.queue])
 
     def _idle(self) -> bool:
-        """Nothing held or queued: the logic can be dropped."""
-        return not self._state.queue and not self._state.held
+        """Nothing queued: the logic can be dropped."""
+        return not self._state.queue
 
     def _head(self) -> Pending | None:
         return self._state.queue[0] if self._state.queue else None
@@ -344,12 +327,7 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
         if self._policy.deadlines.is_stale(event, self._now()):
             event = event.model_copy(update={"stale": True})  # told to the handler
         token = claimed.token if claimed is not None else None
-        early = _early_claim(claimed)
-        if self._window:
-            reorder.hold(self._state.held, event, self._now(), self._state.arrivals, token, early)
-            self._state.arrivals += 1
-        else:
-            self._queue_event(event, token, early)
+        self._queue_event(event, token, _early_claim(claimed))
 
     def _queue_event(
         self,
@@ -371,16 +349,12 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
         queue.append(pending)
 
     def _adopt(self, copy: Claimed) -> None:
-        """A redelivered copy of a queued or held event, claimed before it came: the claim is
+        """A redelivered copy of a queued event, claimed before it came: the claim is
         the copy's (it was free: the event's own claim had not run yet, or had expired), so
         the event takes the copy's token, or its own claim would read busy for a lease."""
         if copy.result is None or copy.result.status is not ClaimStatus.CLAIMED:
             return
         key = copy.event.event_key
-        for held in self._state.held:
-            if held.event.event_key == key:
-                held.token, held.early = copy.token, (copy.sent_at, copy.result)
-                return
         for i, p in enumerate(self._state.queue):
             if p.event.event_key != key:
                 continue
@@ -407,10 +381,6 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
     def _pump(self, out: list[Outcome]) -> None:
         """Start the head's next piece of work when it is due. A handler that answers inline
         finishes the head here, and the next event's claim starts in the same pass."""
-        # Held events whose turn has come join the queue first (in order) even when paused:
-        # that starts nothing, and the snapshot keeps them either way.
-        for held in reorder.due(self._state.held, self._now(), self._window):
-            self._queue_event(held.event, held.token, held.early)
         self._pump_head(out)
         self._claim_ahead()
 
@@ -687,8 +657,6 @@ def conversation_builder(
         ),
         lease_ms=settings.claim_lease_ms,
         handler_timeout_s=settings.handler_timeout_ms / 1000,
-        # Unordered, every event is its own queue: there is nothing to reorder.
-        reorder_window_ms=settings.reorder_window_ms if settings.handler_ordered else 0,
         deadlines=policy_from(
             settings.retry_deadline_s,
             settings.max_event_age_s,

@@ -5,8 +5,8 @@ A replay must end on its own, but only once every event has an outcome, retries 
 Bytewax cannot tell: the conversation step also reads the completion source, which runs until
 told to stop. So the run counts, under one lock: records the source emitted and records
 parsed, events parsed and events that reached their conversation, and conversations that still
-hold events (a conversation logic is kept exactly while its queue or reorder window is not
-empty). Once the
+hold events (a conversation logic is kept exactly while its queue is not empty); events
+waiting in the reorder window have not reached their conversation yet. Once the
 source has ended and every count has caught up, the run is finished, and the completion source
 ends as it does after a drain (when no call is outstanding), which ends the dataflow.
 """
@@ -93,7 +93,7 @@ class FinishTracker:
 
 class _CountedLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationState]):
     """Delegates to the conversation logic, reporting arrivals and whether it still holds work
-    (it asks to be kept exactly while its queue or reorder window is not empty)."""
+    (it asks to be kept exactly while its queue is not empty)."""
 
     def __init__(self, inner: Logic, tracker: FinishTracker) -> None:
         self._inner = inner

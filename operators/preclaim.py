@@ -9,8 +9,8 @@ its conversation with its token and its claim's answer: a claim taken ahead
 it no longer holds (busy, failed, or older than half its lease).
 
 The ranked statuses of a message must be claimed in the order they are handled (a status's
-claim reads the higher ones already claimed: core/status_order.py). With a reorder window,
-that is the window's order, not arrival order, so they are left to their conversations then.
+claim reads the higher ones already claimed: core/status_order.py). This step comes after the
+reorder window (operators/window.py), so it sees each conversation's events in that order.
 
 Redis slow or down: a batch that fails or times out (REDIS_TIMEOUT_MS) passes its events on
 with their tokens and no answer, so their conversations claim them again as theirs. Claiming
@@ -29,7 +29,6 @@ from typing import Protocol
 from wa_worker.core import tracing
 from wa_worker.core.dedupe import ClaimReply, ClaimRequest
 from wa_worker.core.runtime import claim_result
-from wa_worker.core.status_order import status_of
 from wa_worker.models.completions import Claimed
 from wa_worker.models.records import WebhookEvent
 from wa_worker.operators.conversation import new_token
@@ -55,27 +54,21 @@ class PreClaim:
         claimer: Callable[[], Claimer],
         lease_ms: int,
         timeout_s: float,
-        statuses: bool,
         clock: Callable[[], float] = time.monotonic,
         enabled: bool = True,
     ) -> None:
         self._claimer = claimer  # the process's I/O runtime, started on first use
         self._lease_ms = lease_ms
         self._timeout_s = timeout_s
-        self._statuses = statuses  # False with a reorder window: ranked statuses are not
         self._clock = clock
         self._paused_until = 0.0
         self._enabled = enabled
 
     def __call__(self, batch: list[Keyed]) -> list[KeyedClaim]:
-        out: list[KeyedClaim] = list(batch)
-        if not self._enabled or self._clock() < self._paused_until:
-            return out
-        chosen = [i for i, (_, event) in enumerate(batch) if self._claims(event)]
-        if not chosen:
-            return out
+        if not batch or not self._enabled or self._clock() < self._paused_until:
+            return list(batch)
         requests = [
-            ClaimRequest(batch[i][1].event_key, new_token(), self._lease_ms) for i in chosen
+            ClaimRequest(event.event_key, new_token(), self._lease_ms) for _, event in batch
         ]
         sent_at = datetime.now(UTC)
         try:
@@ -92,26 +85,24 @@ class PreClaim:
                 PAUSE_AFTER_FAILURE_S,
             )
             replies = [None] * len(requests)
-        for i, request, reply in zip(chosen, requests, replies, strict=True):
-            key, event = batch[i]
-            result = None if reply is None else claim_result(request, reply)
-            out[i] = (key, Claimed(event, request.token, sent_at, result))
-        return out
-
-    def _claims(self, event: WebhookEvent) -> bool:
-        return self._statuses or status_of(event.event_key) is None
+        return [
+            (
+                key,
+                Claimed(
+                    event, request.token, sent_at, None if r is None else claim_result(request, r)
+                ),
+            )
+            for (key, event), request, r in zip(batch, requests, replies, strict=True)
+        ]
 
 
 def pre_claim(settings: Settings, claimer: Callable[[], Claimer]) -> PreClaim:
     """The worker's step: leases as its conversations take them (`ConversationLogic`).
     Off with traces: an event's span opens when it enters its queue, after an early claim,
     whose round trip the trace would then miss; the conversations claim, linked to it."""
-    # A ranked status is claimed early only when the queue takes events as they arrive.
-    in_arrival_order = not (settings.handler_ordered and settings.reorder_window_ms)
     return PreClaim(
         claimer,
         lease_ms=settings.handler_timeout_ms + settings.claim_lease_ms,
         timeout_s=settings.redis_timeout_ms / 1000,
-        statuses=in_arrival_order,
         enabled=not tracing.ENABLED,
     )

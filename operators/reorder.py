@@ -13,7 +13,8 @@ than the window and never reorder a pair further apart: three events can ask for
 This one keeps the first promise exactly.) An event behind a front that is still held waits
 longer than the window, but only while earlier-stamped events keep coming.
 
-Pure logic on plain values: the conversation logic keeps the heap in its snapshotted state.
+Pure logic on plain values: the window step (operators/window.py) keeps a heap per
+conversation in its snapshotted state.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from wa_worker.models.completions import ClaimResult
 from wa_worker.models.event_time import event_time
 from wa_worker.models.records import WebhookEvent
 from wa_worker.operators import snapshot_codec
@@ -39,26 +39,21 @@ class Held:
     key: SortKey
     event: WebhookEvent = field(compare=False)
     arrived_at: datetime = field(compare=False)
-    # The token of a claim taken before the event reached its conversation
-    # (operators/preclaim.py), kept so the event's own claim is still ours after a restart.
+    # Set only in snapshots from when the window was kept in the conversation's state and
+    # claimed early before it: the token the event's own claim must use to be ours.
     token: str | None = field(default=None, compare=False)
-    # That claim's answer and when it was sent: used when the event is released; not
-    # snapshotted (a resumed run claims again, with the token).
-    early: tuple[datetime, ClaimResult] | None = field(default=None, compare=False)
 
     # Pickled (recovery snapshots) as plain values: operators/snapshot_codec.py.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["event"] = snapshot_codec.pack(self.event)
         state["arrived_at"] = snapshot_codec.pack_time(self.arrived_at)
-        state.pop("early", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state["event"] = snapshot_codec.unpack(state["event"])
         state["arrived_at"] = snapshot_codec.unpack_time(state["arrived_at"])
-        state.setdefault("token", None)  # snapshots from before claims were taken early
-        state["early"] = None
+        state.setdefault("token", None)
         self.__dict__.update(state)
 
 
@@ -73,19 +68,12 @@ def meta_time(event: WebhookEvent, arrived_at: datetime) -> float:
     return arrived_at.timestamp()
 
 
-def hold(
-    heap: list[Held],
-    event: WebhookEvent,
-    arrived_at: datetime,
-    seq: int,
-    token: str | None = None,
-    early: tuple[datetime, ClaimResult] | None = None,
-) -> None:
+def hold(heap: list[Held], event: WebhookEvent, arrived_at: datetime, seq: int) -> None:
     """Put an event in the window; `seq` counts arrivals (ties go in arrival order)."""
     # Meta's timestamps are whole seconds: the edge's receive time orders ties within one.
     edge = event.received_at.timestamp() if event.received_at is not None else math.inf
     key = (meta_time(event, arrived_at), edge, seq)
-    heapq.heappush(heap, Held(key, event, arrived_at, token, early))
+    heapq.heappush(heap, Held(key, event, arrived_at))
 
 
 def due(heap: list[Held], now: datetime, window: timedelta) -> list[Held]:

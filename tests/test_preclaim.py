@@ -1,7 +1,7 @@
 """Claiming a batch's events before their conversations (operators/preclaim.py), on the real
 Redis through the real I/O runtime: one round trip for the batch, conversations that use the
 answers without claiming again, and the cases where they must claim again (Redis down, an
-answer too old, a redelivered copy that took the claim, a restart in the reorder window)."""
+answer too old, a redelivered copy that took the claim, a state from before an upgrade)."""
 
 from __future__ import annotations
 
@@ -13,21 +13,27 @@ from typing import Any
 import pytest
 
 from devtools.devstack import free_port
-from devtools.webhooks import text_event
+from devtools.webhooks import envelope, messages_value, payload, status, text_event
 from harness.tcp_proxy import TcpProxy
 from wa_worker.core.runtime import IoRuntime
 from wa_worker.models.completions import Claimed, ClaimResult, ClaimStatus, HandleResult
-from wa_worker.models.records import EventKind, Processed, WebhookEvent
+from wa_worker.models.records import Processed, WebhookEvent
+from wa_worker.operators import reorder
 from wa_worker.operators.conversation import (
     ConversationLogic,
     ConversationState,
+    LogicValue,
     Pending,
     conversation_builder,
+    route_key,
 )
+from wa_worker.operators.parse import parse_record
 from wa_worker.operators.preclaim import PAUSE_AFTER_FAILURE_S, PreClaim, pre_claim
+from wa_worker.operators.window import window_builder
 from wa_worker.settings import Settings, load_settings
 
 CUSTOMER = "31600000002"
+T0 = 1_700_000_000
 
 
 def _settings(stack: Any, redis_prefix: str, **overrides: Any) -> Settings:
@@ -78,6 +84,14 @@ class Submitted:
 
 def _events(tag: str, count: int, customer: str = CUSTOMER) -> list[WebhookEvent]:
     return [text_event(f"wamid.{tag}{i}", wa_id=customer) for i in range(count)]
+
+
+def _status(wamid: str, name: str, meta_ts: int) -> WebhookEvent:
+    item = {**status(wamid, CUSTOMER, name), "timestamp": str(meta_ts)}
+    raw = envelope(f"w-{wamid}-{name}", payload(messages_value(statuses=[item])))
+    (event,) = parse_record(raw, None)
+    assert isinstance(event, WebhookEvent)
+    return event
 
 
 def _keyed(events: list[WebhookEvent]) -> list[tuple[str, WebhookEvent]]:
@@ -156,7 +170,7 @@ def test_redis_down_passes_events_on_with_their_tokens_and_pauses(
     )
     io = IoRuntime(settings)
     now = [0.0]
-    step = PreClaim(lambda: io, 40_000, 0.5, statuses=True, clock=lambda: now[0])
+    step = PreClaim(lambda: io, 40_000, 0.5, clock=lambda: now[0])
     try:
         events = _events("down", 3)
         started = time.monotonic()
@@ -202,41 +216,54 @@ def test_a_copy_that_took_the_claim_gives_its_token_to_the_queued_event(
     assert _processed(out) == [first.event_key, second.event_key]
 
 
-def test_with_a_reorder_window_statuses_wait_for_their_turn_and_messages_are_claimed(
+def test_statuses_leaving_the_window_are_claimed_in_its_order_and_none_is_superseded(
     stack: Any, redis_prefix: str
 ) -> None:
+    """The window comes before this step: a `sent` that arrived after its `delivered` (but
+    within the window) is claimed first, so neither reads as superseded."""
     settings = _settings(stack, redis_prefix, reorder_window_ms=50)
     io = IoRuntime(settings)
     try:
-        message = text_event("wamid.window-msg", wa_id=CUSTOMER)
-        status = text_event("wamid.window-out", wa_id=CUSTOMER).model_copy(
-            update={"event_key": "wamid.window-out:delivered", "kind": EventKind.STATUS}
+        sent, delivered = (
+            _status("wamid.window-out", name, T0 + rank)
+            for rank, name in enumerate(("sent", "delivered"))
         )
-        out = pre_claim(settings, lambda: io)(_keyed([message, status]))
-        assert isinstance(out[0][1], Claimed) and out[1] == (status.conversation_key, status)
-        submit = Submitted(io)
-        logic = _logic(settings, submit)
-        logic.on_batch([out[0][1]])
+        window = window_builder(route_key(True), settings.reorder_window_ms)(None)
+        assert window.on_batch([delivered, sent]) == ([], False)  # arrival order
         time.sleep(0.06)
-        done, _ = logic.on_notify()
-        assert _processed(done) == [message.event_key] and submit.claims == []
+        released, _ = window.on_notify()
+        out = pre_claim(settings, lambda: io)(_keyed(list(released)))
+        claimed = _claimed(out)
+        assert [c.event.event_key for c in claimed] == [sent.event_key, delivered.event_key]
+        submit = Submitted(io)
+        done, _ = _logic(settings, submit).on_batch(list[LogicValue](claimed))
+        assert _processed(done) == [sent.event_key, delivered.event_key] and submit.claims == []
+        handled = [o.event for o in done if isinstance(o, Processed) and o.event is not None]
+        assert [(e.current_status, e.superseded) for e in handled] == [
+            ("sent", False),
+            ("delivered", False),
+        ]
     finally:
         io.close()
 
 
-def test_a_held_event_keeps_its_token_through_a_restart(stack: Any, redis_prefix: str) -> None:
+def test_a_held_event_claimed_early_before_an_upgrade_keeps_its_token(
+    stack: Any, redis_prefix: str
+) -> None:
+    """A conversation state from when the window was kept there and messages were claimed
+    before it: its held event resumes queued, claimed with its early claim's token."""
     settings = _settings(stack, redis_prefix, reorder_window_ms=200)
     io = IoRuntime(settings)
     try:
         (event,) = _events("restart", 1)
         (early,) = _claimed(pre_claim(settings, lambda: io)(_keyed([event])))
-        logic = _logic(settings, Submitted(io))
-        logic.on_batch([early])
-        state = logic.snapshot()  # the run stops with the event in the window
-        assert [h.token for h in state.held] == [early.token]
+        heap: list[reorder.Held] = []
+        reorder.hold(heap, event, early.sent_at, 0)
+        heap[0].token = early.token
+        old = ConversationState()
+        old.__dict__.update(held=heap, arrivals=1)  # what that release snapshotted
         submit = Submitted(io)
-        resumed = conversation_builder(settings, lambda: submit)(state)
-        time.sleep(0.25)
+        resumed = conversation_builder(settings, lambda: submit)(old)
         resumed.on_notify()
         # Claimed again with its early claim's token: ours, not busy for the lease's 40 s.
         assert submit.claims == [(event.event_key, early.token)]
@@ -257,7 +284,7 @@ def test_an_answer_too_slow_leaves_the_claim_to_the_conversation_with_the_same_t
         settings = _settings(stack, redis_prefix, redis_url=proxy.url())
         io = IoRuntime(settings)
         try:
-            step = PreClaim(lambda: io, 40_000, 0.1, statuses=True)
+            step = PreClaim(lambda: io, 40_000, 0.1)
             proxy.delay(400)  # Redis answers, after the step stopped waiting
             (event,) = _events("slow", 1)
             (late,) = _claimed(step(_keyed([event])))

@@ -1,18 +1,22 @@
-"""The reorder window (REORDER_WINDOW_MS) on plain values: no Bytewax, no I/O."""
+"""The reorder window (REORDER_WINDOW_MS) on plain values and as its step's logic: no I/O."""
 
 from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from bytewax.testing import TestingSink, TestingSource
 
 from devtools.webhooks import envelope, messages_value, payload, status, text_message
 from tests.test_conversation import Backlog, Clock, FakeSubmitter, claimed
+from wa_worker import dataflow
+from wa_worker.core.services import Services
 from wa_worker.errors import ConfigError
-from wa_worker.models.completions import HandleResult, HandleStatus
 from wa_worker.models.records import Processed, WebhookEvent
 from wa_worker.operators import reorder
 from wa_worker.operators.backoff import BackoffPolicy
@@ -20,10 +24,10 @@ from wa_worker.operators.conversation import (
     ConversationLogic,
     ConversationPolicy,
     ConversationState,
-    conversation_builder,
 )
 from wa_worker.operators.finish import FinishTracker
 from wa_worker.operators.parse import parse_record
+from wa_worker.operators.window import SHARDS, WindowLogic, WindowState, shard_of
 from wa_worker.settings import load_settings
 
 WINDOW = timedelta(milliseconds=300)
@@ -50,13 +54,12 @@ def message(wamid: str, meta_ts: int, edge: datetime | None = None, wa_id: str =
 
 
 def make(
-    window_ms: int = 300,
     resume: ConversationState | None = None,
     clock: Clock | None = None,
     backlog: Backlog | None = None,
 ) -> tuple[ConversationLogic, FakeSubmitter, Clock]:
     submit, clock = FakeSubmitter(inline=True), clock or Clock()
-    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 3), 30_000, 10.0, window_ms)
+    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 3), 30_000, 10.0)
     logic = ConversationLogic(
         lambda e: e.conversation_key, submit, policy, resume, clock, backlog=backlog
     )
@@ -145,120 +148,175 @@ def test_meta_time_falls_back_to_the_entry_then_the_edge_then_arrival() -> None:
     assert isinstance(st, WebhookEvent) and reorder.meta_time(st, arrived) == 1_700_000_001
 
 
-# --- in the conversation logic ---------------------------------------------------------
+# --- the window step -------------------------------------------------------------------
 
 
-def test_events_arriving_out_of_order_within_the_window_start_in_timestamp_order() -> None:
+def window(
+    resume: WindowState | None = None, clock: Clock | None = None, backlog: Backlog | None = None
+) -> tuple[WindowLogic, Clock]:
+    clock = clock or Clock()
+    return WindowLogic(lambda e: e.conversation_key, WINDOW, resume, clock, backlog), clock
+
+
+def keys(out: Any) -> list[str]:
+    return [event.event_key for event in out]
+
+
+def test_events_arriving_out_of_order_within_the_window_leave_it_in_timestamp_order() -> None:
     backlog = Backlog()
-    logic, submit, clock = make(backlog=backlog)
-    logic.on_batch([message("wamid.2", T0 + 2)])
+    logic, clock = window(backlog=backlog)
+    t = clock.now
+    assert logic.on_batch([message("wamid.2", T0 + 2)]) == ([], False)
     clock.advance(0.1)
-    logic.on_batch([message("wamid.1", T0 + 1), message("wamid.0", T0)])
-    assert submit.claims == [] and backlog.count == 3  # held events count as in progress
+    out, _ = logic.on_batch([message("wamid.1", T0 + 1), message("wamid.0", T0)])
+    assert out == [] and backlog.count == 3  # held events count as in progress
     due = logic.notify_at()
-    assert due is not None and due.tzinfo is UTC and due == clock.now + WINDOW
+    assert due is not None and due.tzinfo is UTC and due == t + WINDOW
     clock.now = due
-    _, discard = logic.on_notify()
-    assert not discard
-    assert finish_all(logic, submit) == ["wamid.0", "wamid.1", "wamid.2"]
-    assert backlog.count == 0
+    assert logic.on_notify() == ([], False)  # the front arrived later: its own wait is not over
+    assert logic.notify_at() == t + timedelta(milliseconds=400)
+    clock.now = t + timedelta(milliseconds=400)
+    out, discard = logic.on_notify()
+    assert keys(out) == ["wamid.0", "wamid.1", "wamid.2"] and discard
+    assert backlog.count == 0 and logic.notify_at() is None
 
 
-def test_a_held_logic_is_kept_and_a_redelivery_of_a_held_event_is_a_duplicate() -> None:
+def test_the_conversations_of_a_shard_are_released_each_in_its_own_time() -> None:
+    logic, clock = window()
+    t = clock.now
+    logic.on_batch([message("wamid.a1", T0 + 1, wa_id="3161"), message("wamid.b1", T0, wa_id="42")])
+    clock.advance(0.2)
+    logic.on_batch([message("wamid.b0", T0 - 1, wa_id="42"), message("wamid.c", T0, wa_id="7")])
+    clock.now = t + WINDOW
+    out, discard = logic.on_notify()
+    # b0 is b's front now: b waits for it; a's window is over.
+    assert keys(out) == ["wamid.a1"] and not discard
+    clock.now = t + WINDOW + timedelta(milliseconds=200)
+    out, discard = logic.on_notify()
+    assert sorted(keys(out)) == ["wamid.b0", "wamid.b1", "wamid.c"] and discard
+    assert keys(out).index("wamid.b0") < keys(out).index("wamid.b1")
+
+
+def test_a_redelivered_copy_of_a_held_event_goes_on_for_its_conversation_to_drop() -> None:
     backlog = Backlog()
-    logic, submit, clock = make(backlog=backlog)
+    window_logic, clock = window(backlog=backlog)
     event = message("wamid.a", T0)
-    _, discard = logic.on_batch([event, event])
-    assert not discard and backlog.count == 1  # held, not dropped: the logic must stay
+    out, discard = window_logic.on_batch([event, event])
+    assert out == [] and not discard and backlog.count == 2  # held: the logic must stay
     clock.advance(0.3)
-    logic.on_notify()
-    logic.on_batch([event])  # queued now: still a duplicate
+    released, _ = window_logic.on_notify()
+    assert keys(released) == ["wamid.a", "wamid.a"] and backlog.count == 0
+    logic, submit, _ = make(clock=clock)
+    logic.on_batch(list(released))
     assert finish_all(logic, submit) == ["wamid.a"]
-    assert backlog.count == 0
 
 
-def test_window_zero_queues_at_once_as_before() -> None:
-    logic, submit, _ = make(window_ms=0)
-    logic.on_batch([message("wamid.2", T0 + 2), message("wamid.1", T0 + 1)])
-    assert finish_all(logic, submit) == ["wamid.2", "wamid.1"]
-
-
-def test_held_events_survive_a_snapshot_and_come_out_in_order_after_resume() -> None:
-    logic, submit, clock = make()
+def test_held_events_survive_a_snapshot_and_leave_in_order_after_resume() -> None:
+    logic, clock = window()
     logic.on_batch([message("wamid.2", T0 + 2), message("wamid.1", T0 + 1)])
     state = pickle.loads(pickle.dumps(logic.snapshot()))
-    assert [h.event.event_key for h in sorted(state.held)] == ["wamid.1", "wamid.2"]
+    (heap,) = state.held.values()
+    assert [h.event.event_key for h in sorted(heap)] == ["wamid.1", "wamid.2"]
     backlog = Backlog()
-    resumed, submit2, _ = make(resume=state, clock=clock, backlog=backlog)
+    resumed, _ = window(resume=state, clock=clock, backlog=backlog)
     assert backlog.count == 2
     clock.advance(0.1)
     resumed.on_batch([message("wamid.0", T0)])  # arrives after the restart, within the window
-    resumed.on_batch([message("wamid.1", T0 + 1)])  # the input re-read: a duplicate
-    due = resumed.notify_at()
-    assert due is not None and due.tzinfo is UTC and due == clock.now + WINDOW
-    clock.now = due
-    resumed.on_notify()
-    assert finish_all(resumed, submit2) == ["wamid.0", "wamid.1", "wamid.2"]
-    assert backlog.count == 0 and submit.claims == []
+    clock.advance(0.3)
+    out, discard = resumed.on_notify()
+    assert keys(out) == ["wamid.0", "wamid.1", "wamid.2"] and discard and backlog.count == 0
 
 
 def test_events_held_at_a_snapshot_are_released_at_once_after_a_late_resume() -> None:
-    logic, _, clock = make()
+    logic, clock = window()
     logic.on_batch([message("wamid.2", T0 + 2), message("wamid.1", T0 + 1)])
     state = pickle.loads(pickle.dumps(logic.snapshot()))
     clock.advance(60)  # the worker was down for a minute
-    resumed, submit, _ = make(resume=state, clock=clock)
+    resumed, _ = window(resume=state, clock=clock)
     due = resumed.notify_at()
     assert due is not None and due <= clock.now  # fires at once, a single time
+    out, discard = resumed.on_notify()
+    assert keys(out) == ["wamid.1", "wamid.2"] and discard and resumed.notify_at() is None
+
+
+def test_the_end_of_the_input_releases_every_held_event_in_order() -> None:
+    backlog = Backlog()
+    logic, _ = window(backlog=backlog)
+    logic.on_batch(
+        [
+            message("wamid.a2", T0 + 2),
+            message("wamid.b", T0, wa_id="42"),
+            message("wamid.a1", T0 + 1),
+        ]
+    )
+    out, discard = logic.on_eof()
+    assert sorted(keys(out)) == ["wamid.a1", "wamid.a2", "wamid.b"] and discard
+    assert keys(out).index("wamid.a1") < keys(out).index("wamid.a2") and backlog.count == 0
+
+
+def test_shards_are_stable_and_spread() -> None:
+    assert shard_of("31600000001") == shard_of("31600000001")
+    shards = {shard_of(f"316{n:08}") for n in range(2000)}
+    assert len(shards) == SHARDS
+    # Not Python's `hash`, which is salted per process: another process agrees.
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from wa_worker.operators.window import shard_of; print(shard_of('31600000001'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert other.stdout.strip() == shard_of("31600000001")
+
+
+def test_a_conversation_state_holding_window_events_queues_them_in_order_on_resume() -> None:
+    """Snapshots from when the window was kept in each conversation's state."""
+    clock = Clock()
+    heap: list[reorder.Held] = []
+    reorder.hold(heap, message("wamid.2", T0 + 2), clock.now, 0)
+    reorder.hold(heap, message("wamid.1", T0 + 1), clock.now, 1)
+    heap[0].token = "early-token"  # claimed early before the window: its claim stays ours
+    old = ConversationState()
+    old.__dict__.update(held=heap, arrivals=2)  # what the older release pickled
+    state = pickle.loads(pickle.dumps(old))
+    backlog = Backlog()
+    resumed, submit, _ = make(resume=state, clock=clock, backlog=backlog)
+    assert backlog.count == 2
     resumed.on_notify()
-    assert resumed.notify_at() is None or resumed.notify_at() > clock.now  # type: ignore[operator]
-    assert finish_all(resumed, submit) == ["wamid.1", "wamid.2"]
+    assert submit.claims[0] == ("wamid.1", "early-token")
+    assert finish_all(resumed, submit) == ["wamid.1", "wamid.2"] and backlog.count == 0
 
 
 def test_a_state_snapshotted_before_the_window_existed_resumes() -> None:
-    logic, _, clock = make(window_ms=0)
+    logic, _, clock = make()
     logic.on_batch([message("wamid.a", T0)])
     old = logic.snapshot()
-    del old.__dict__["held"], old.__dict__["arrivals"]  # what an older release pickled
     resumed, submit, _ = make(resume=pickle.loads(pickle.dumps(old)), clock=clock)
     resumed.on_notify()
     assert finish_all(resumed, submit) == ["wamid.a"]
 
 
-def test_the_replay_finish_tracker_sees_a_conversation_with_held_events_as_open() -> None:
+def test_the_replay_finish_tracker_waits_for_events_held_in_the_window() -> None:
     tracker = FinishTracker()
-    logic, submit, clock = make()
+    held, clock = window()
+    logic, submit, _ = make(clock=clock)
     counted = tracker.counted_logic(lambda resume: logic)(None)
     tracker.emitted(1)
     event = message("wamid.a", T0)
     tracker.counted_parse(lambda batch: [event])([None])  # type: ignore[list-item]
     tracker.input_ended()
-    counted.on_batch([event])
+    assert held.on_batch([event]) == ([], False)
     assert not tracker.finished  # held, not handled: the replay must wait for it
     clock.advance(0.3)
-    counted.on_notify()
+    released, _ = held.on_notify()
+    counted.on_batch(list(released))
+    assert not tracker.finished
     key, token = submit.claims[0]
     out, discard = counted.on_batch([claimed(key, token)])
     assert [type(o) for o in out] == [Processed] and discard and tracker.finished
-
-
-def test_a_retry_of_the_head_and_the_window_wake_the_logic_at_the_earlier_time() -> None:
-    submit, clock = FakeSubmitter(), Clock()
-    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 3), 30_000, 10.0, 300)
-    logic = ConversationLogic(lambda e: e.conversation_key, submit, policy, None, clock)
-    logic.on_batch([message("wamid.a", T0)])
-    clock.advance(0.3)
-    logic.on_notify()
-    key, token = submit.claims[0]
-    logic.on_batch([claimed(key, token)])
-    logic.on_batch([HandleResult(key, token, HandleStatus.TRANSIENT)])  # retry in 1 s
-    clock.advance(0.1)
-    logic.on_batch([message("wamid.b", T0 + 1)])
-    assert logic.notify_at() == clock.now + WINDOW  # b's release comes before a's retry
-    clock.advance(0.3)
-    logic.on_notify()
-    assert logic.notify_at() == clock.now + timedelta(seconds=0.6)  # then the retry
-    assert [k for k, _ in submit.claims] == ["wamid.a"]  # b waits behind the head
 
 
 # --- settings --------------------------------------------------------------------------
@@ -281,15 +339,20 @@ def test_a_bad_reorder_window_names_the_setting(
         _settings(monkeypatch, tmp_path, REORDER_WINDOW_MS=value)
 
 
-def test_the_window_defaults_to_300_ms_and_is_off_when_unordered(
+def test_the_window_defaults_to_300_ms_and_is_a_step_only_when_ordered(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
-    settings = _settings(monkeypatch, tmp_path)
+    settings = _settings(monkeypatch, tmp_path, KAFKA_BROKERS="127.0.0.1:9")
     assert settings.reorder_window_ms == 300
-    ordered = conversation_builder(settings, FakeSubmitter)(None)
-    ordered.on_batch([message("wamid.a", T0)])
-    assert ordered.snapshot().held  # waits the window
+    assert "reorder-window" in _steps(settings)
     unordered = _settings(monkeypatch, tmp_path, HANDLER_ORDERED="false")
-    logic = conversation_builder(unordered, FakeSubmitter)(None)
-    logic.on_batch([message("wamid.a", T0)])
-    assert not logic.snapshot().held and logic.snapshot().queue  # queued at once
+    assert "reorder-window" not in _steps(unordered)
+    off = _settings(monkeypatch, tmp_path, REORDER_WINDOW_MS="0")
+    assert "reorder-window" not in _steps(off)
+
+
+def _steps(settings: Any) -> set[str]:
+    services = Services.create(settings)
+    source: TestingSource[Any] = TestingSource([])
+    flow = dataflow.build("f", services, source, ("out", TestingSink([])))
+    return {step.step_id.removeprefix("f.") for step in flow.substeps}

@@ -34,22 +34,29 @@ PINNED = [
     "wa-worker.by-conversation",
     "wa-worker.by-conversation.map",
     "wa-worker.by-conversation.map.flat_map_batch",
+    "wa-worker.by-shard",  # stateless, like by-conversation
+    "wa-worker.by-shard.map",
+    "wa-worker.by-shard.map.flat_map_batch",
     "wa-worker.claim-early",  # stateless (added later: no recovered state names it)
     "wa-worker.completions",
     "wa-worker.consumer-errors",
     "wa-worker.consumer-errors.flat_map_batch",
     "wa-worker.events-and-results",
-    "wa-worker.handle",  # the conversations' state: claims, retries, the reorder window
+    "wa-worker.handle",  # the conversations' state: claims, retries (once the window too)
     "wa-worker.inbound",  # Kafka offsets
     "wa-worker.kafka-out",
     "wa-worker.outcomes",
     "wa-worker.parse",
     "wa-worker.readable",
+    "wa-worker.reorder-window",  # its shards' held events (added later than the rest)
     "wa-worker.to-records",
     "wa-worker.to-records.flat_map_batch",
     "wa-worker.unkey",
     "wa-worker.unkey.map",
     "wa-worker.unkey.map.flat_map_batch",
+    "wa-worker.unshard",
+    "wa-worker.unshard.map",
+    "wa-worker.unshard.map.flat_map_batch",
     "wa-worker.valid",
 ]
 
