@@ -674,8 +674,12 @@ class AsyncDedupeStore:
         records: Sequence[AttemptRecord] = (),
         dones: Sequence[DoneMark] = (),
     ) -> list[ClaimReply]:
-        """One pipelined round trip for a batch (claims, then records, then done markers);
-        returns the claim replies in order."""
+        """One pipelined round trip for a batch (attempt records, done markers, then claims);
+        returns the claim replies in order.
+
+        What this process already knows goes first: a claim of a redelivered copy must not
+        read its first copy's lease as run out while that copy's done marker (after a Redis
+        outage, say) or its extended lease waits in the same batch."""
         if not (claims or records or dones):
             return []
         started = time.perf_counter()
@@ -683,13 +687,14 @@ class AsyncDedupeStore:
         now = self._now_ms()
         if self._v1_until is None:
             self._v1_until = await _v1_until_async(self._client, self._keys, now)
-        planned = plan_claims(self._keys, claims, now, now < self._v1_until)
-        calls = [p.call for p in planned]
-        calls += plan_records(self._keys, records)
+        calls = plan_records(self._keys, records)
         calls += plan_dones(self._keys, dones, now)
+        known = len(calls)
+        planned = plan_claims(self._keys, claims, now, now < self._v1_until)
+        calls += [p.call for p in planned]
         replies = await run_calls_async(self._client, calls)
         metrics.REDIS_LATENCY.observe(time.perf_counter() - started)
-        claim_replies = _in_order(planned, replies[: len(planned)], len(claims))
+        claim_replies = _in_order(planned, replies[known:], len(claims))
         return [_claim_reply(r) for r in claim_replies]
 
     async def aclose(self) -> None:

@@ -41,9 +41,8 @@ class MemoryDedupeStore:
         records: Sequence[AttemptRecord] = (),
         dones: Sequence[DoneMark] = (),
     ) -> list[ClaimReply]:
-        """In the Redis pipeline's order: claims, then attempt records, then done markers."""
+        """In the Redis pipeline's order: attempt records, done markers, then claims."""
         now = self._now_ms()
-        replies = [self._claim(c, now) for c in claims]
         for r in records:
             entry = self._live(r.event_key, now)
             if entry is not None and entry.state == "claim" and entry.token == r.token:
@@ -55,7 +54,7 @@ class MemoryDedupeStore:
                 entry = self._entries[event_key] = _Entry("done", "", 0, 0, 0)
             entry.state, entry.outcome = "done", outcome
             entry.expires_at_ms = now + self._ttl_ms
-        return replies
+        return [self._claim(c, now) for c in claims]
 
     async def aclose(self) -> None:
         self._entries.clear()
