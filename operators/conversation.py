@@ -26,7 +26,10 @@ came then; a busy or failed one is asked again then instead (it may no longer ho
 is a lease of HANDLER_TIMEOUT_MS + CLAIM_LEASE_MS from when it was sent: an event that reaches
 the head more than CLAIM_LEASE_MS / 2 after its claim was sent is claimed again (same token:
 still ours unless the lease ran out and another run took it), so a handler call always starts
-with at least HANDLER_TIMEOUT_MS + CLAIM_LEASE_MS / 2 of its lease left.
+with at least HANDLER_TIMEOUT_MS + CLAIM_LEASE_MS / 2 of its lease left. So does a claimed head
+whose call waited (the circuit breaker open, a drain): past half its lease, it is claimed again
+before the call. The lease must outlast the call and the done marker written after it, or a
+redelivered copy, claimed then, would be handled again.
 A status claimed ahead counts as seen by earlier statuses of its message claimed after it (only
 when an earlier claim had to be retried, BUSY or a Redis error): those read as superseded.
 """
@@ -171,6 +174,10 @@ class Pending:
     last_status_code: int | None = None
     retry_waiting: bool = False  # a retry is scheduled and not yet started
     trial: bool = False  # the call is the open circuit breaker's probe
+    # When the lease held now was asked for (or answered: a round trip late at most), or
+    # when a retry's extended lease starts counting down: a head whose call waited past
+    # half a lease (circuit breaker open, drain) is claimed again before the call.
+    leased_at: datetime | None = None
 
     # Pickled (recovery snapshots) as plain values: operators/snapshot_codec.py.
     def __getstate__(self) -> dict[str, Any]:
@@ -189,7 +196,7 @@ class Pending:
         self.__dict__.update(state)
 
 
-_TIMES = ("due_at", "first_failure_at")
+_TIMES = ("due_at", "first_failure_at", "leased_at")
 # Answers to a claim taken ahead that still hold when its event's turn comes.
 _KEPT = (ClaimStatus.CLAIMED, ClaimStatus.DONE)
 
@@ -359,7 +366,12 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
             if p.event.event_key != key:
                 continue
             if p.phase is not Phase.CLAIM:
-                return  # claimed and in hand: the copy's claim raced an expired lease
+                # Claimed, and its lease ran out: the copy's claim holds now. A call in
+                # flight keeps its own token (its answer is matched by it); a head waiting
+                # to be called takes the copy's, so it need not claim again.
+                if p.due_at is not None:
+                    p.token, p.leased_at = copy.token, copy.sent_at
+                return
             p.token = copy.token
             if key in self._ahead:
                 self._ahead[key] = (copy.token, copy.sent_at)
@@ -392,6 +404,8 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
                 continue
             if head.phase is Phase.HANDLE and self._finish_without_call(head, out):
                 continue
+            if head.phase is Phase.HANDLE and self._lease_aged(head):
+                head.phase = Phase.CLAIM  # same token: still ours unless another run took it
             trial = head.phase is Phase.HANDLE and self._gate.is_open()
             if head.phase is Phase.HANDLE and not self._gate.admit_call():
                 return
@@ -433,7 +447,12 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
             return False
         head.due_at = None
         self._on_claim(early, out)
+        head.leased_at = ahead[1]  # leased since it was sent, not since it was applied
         return True
+
+    def _lease_aged(self, head: Pending) -> bool:
+        """The head's lease may end during its call (module docstring)."""
+        return head.leased_at is None or self._now() - head.leased_at > self._fresh
 
     def _claim_ahead(self) -> None:
         """Claim the events behind an in-flight head (module docstring). Those claimed
@@ -494,7 +513,7 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
             self._ahead.pop(result.event_key, None)
         now = self._now()
         if result.status is ClaimStatus.CLAIMED:
-            head.phase, head.polls, head.due_at = Phase.HANDLE, 0, now
+            head.phase, head.polls, head.due_at, head.leased_at = Phase.HANDLE, 0, now, now
             head.attempts = max(head.attempts, result.attempts)
             if head.event.kind is EventKind.STATUS:
                 head.event = _ordered(head.event, result.prior_rank)
@@ -550,6 +569,7 @@ class ConversationLogic(StatefulBatchLogic[LogicValue, Outcome, ConversationStat
                 self._dead_letter(head, ErrorClass.DEADLINE_EXCEEDED, out, deadline)
                 return
             head.due_at = now + timedelta(seconds=delay_s)
+            head.leased_at = head.due_at  # record_attempts: the lease covers the wait
             head.retry_waiting = True
             metrics.RETRIED.inc()
             metrics.RETRIES_PENDING.inc()

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from devtools.webhooks import conversation_webhook
 from wa_worker.core import metrics
-from wa_worker.models.completions import ClaimResult, ClaimStatus, HandleResult, HandleStatus
+from wa_worker.models.completions import (
+    Claimed,
+    ClaimResult,
+    ClaimStatus,
+    HandleResult,
+    HandleStatus,
+)
 from wa_worker.models.records import DeadLetter, ErrorClass, Processed, WebhookEvent
 from wa_worker.operators.backoff import BackoffPolicy
 from wa_worker.operators.conversation import ConversationLogic, ConversationPolicy, OpenGate
@@ -318,6 +324,63 @@ def test_a_failed_breaker_probe_costs_the_event_no_attempt() -> None:
     out, _ = logic.on_batch([HandleResult("wamid.a", token, HandleStatus.OK)])
     (done,) = out
     assert isinstance(done, Processed) and done.attempts == 1
+
+
+def test_a_head_held_by_the_breaker_past_half_its_lease_is_claimed_again_before_its_call() -> None:
+    # The lease must outlast the call and the done marker after it: a redelivered copy
+    # claimed once it ran out would be handled a second time.
+    submit, clock, gate = FakeSubmitter(), Clock(), ClosedGate()
+    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 3), 30_000, 10.0)
+    logic = ConversationLogic(
+        lambda e: e.conversation_key, submit, policy, None, clock, handler_gate=gate
+    )
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    token = submit.claims[0][1]
+    logic.on_batch([claimed("wamid.a", token)])
+    clock.advance(14.0)  # within half the 30 s lease: still held, nothing asked
+    logic.on_notify()
+    assert len(submit.claims) == 1 and submit.handles == []
+    clock.advance(2.0)
+    logic.on_notify()  # past half: claimed again, same token, though the breaker is open
+    assert submit.claims == [("wamid.a", token)] * 2 and submit.handles == []
+    logic.on_batch([claimed("wamid.a", token)])
+    gate.open = False
+    clock.now = logic.notify_at() or clock.now
+    logic.on_notify()
+    assert submit.handles == [("wamid.a", token)] and len(submit.claims) == 2
+
+
+def test_a_held_head_whose_lease_a_copy_took_calls_with_the_copys_token() -> None:
+    submit, clock, gate = FakeSubmitter(), Clock(), ClosedGate()
+    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 3), 30_000, 10.0)
+    logic = ConversationLogic(
+        lambda e: e.conversation_key, submit, policy, None, clock, handler_gate=gate
+    )
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    logic.on_batch([claimed("wamid.a", submit.claims[0][1])])
+    clock.advance(45.0)  # the breaker held it past its whole lease
+    copy = Claimed(a, "copy-token", clock.now, claimed("wamid.a", "copy-token"))
+    logic.on_batch([copy])  # claimed before it came, by the copy: the lease is the copy's
+    gate.open = False
+    clock.now = logic.notify_at() or clock.now
+    logic.on_notify()
+    assert submit.handles == [("wamid.a", "copy-token")] and len(submit.claims) == 1
+
+
+def test_a_retry_waiting_longer_than_half_a_lease_is_not_claimed_again() -> None:
+    # Its recorded attempts extended the lease by the wait.
+    logic, submit, clock = make()
+    (a,) = events("wamid.a")
+    logic.on_batch([a])
+    token = submit.claims[0][1]
+    logic.on_batch([claimed("wamid.a", token)])
+    for _ in range(3):
+        logic.on_batch([HandleResult("wamid.a", token, HandleStatus.TRANSIENT, error="503")])
+        clock.now = (logic.notify_at() or clock.now) + timedelta(seconds=10)
+        logic.on_notify()
+    assert len(submit.claims) == 1 and len(submit.handles) == 4
 
 
 def test_an_inline_handler_finishes_the_head_and_claims_the_next_in_the_same_pass() -> None:
