@@ -53,9 +53,9 @@ def redis_client(settings: Settings, timeout_s: float | None = None) -> SyncRedi
         return redis.RedisCluster.from_url(settings.redis_url, **options)
     if mode is RedisMode.SENTINEL:
         addresses = sentinel_addresses(settings)
-        sentinel = Sentinel(addresses, sentinel_kwargs=_sentinels(settings, options))  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(addresses, sentinel_kwargs=_sentinels(settings, options))
         master = settings.redis_sentinel_master
-        primary = sentinel.master_for(master, **_data_node_kwargs(settings, options))  # type: ignore[no-untyped-call]
+        primary = sentinel.master_for(master, **_data_node_kwargs(settings, options))
         return cast(redis.Redis, primary)
     return redis.Redis.from_url(settings.redis_url, **options)
 
@@ -95,7 +95,7 @@ def async_redis_client(settings: Settings) -> AsyncRedis:
         return aioredis.RedisCluster.from_url(settings.redis_url, **options)
     if mode is RedisMode.SENTINEL:
         addresses = sentinel_addresses(settings)
-        found = AsyncSentinel(addresses, sentinel_kwargs=_sentinels(settings, options))  # type: ignore[no-untyped-call]
+        found = AsyncSentinel(addresses, sentinel_kwargs=_sentinels(settings, options))
         master = settings.redis_sentinel_master
         return cast(
             aioredis.Redis, found.master_for(master, **_data_node_kwargs(settings, options))
