@@ -167,6 +167,8 @@ def _worker(
     }
     if contestant.concurrency is not None:
         env["HANDLER_CONCURRENCY"] = str(contestant.concurrency)
+    if contestant.reorder_window_ms is not None:
+        env["REORDER_WINDOW_MS"] = str(contestant.reorder_window_ms)
     count = contestant.processes
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(count))
     workers = [

@@ -36,6 +36,7 @@ class Contestant(BaseModel):
     concurrency: int | None = None  # the worker's HANDLER_CONCURRENCY; None: its default
     cluster: bool = False  # on the 3-broker SASL_SSL cluster instead of the single broker
     redis: RedisKind = RedisKind.STANDALONE
+    reorder_window_ms: int | None = None  # the worker's REORDER_WINDOW_MS; None: its default
     # Rows of one group take their runs in turn (run 1 of each, then run 2 of each, ...), so
     # the rows whose ratio is a target see the same drift of a noisy machine.
     group: str | None = None

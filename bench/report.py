@@ -48,6 +48,9 @@ def ratios(results: Results) -> str:
         standalone = _one(results, "D")
         if _other_redis(row) and standalone and row.rate and standalone.rate:
             parts.append(f"D/D standalone {row.rate / standalone.rate:6.2f}")
+        windowed = row.contestant.reorder_window_ms is not None
+        if windowed and standalone and row.rate and standalone.rate:
+            parts.append(f"D/D window on {row.rate / standalone.rate:6.2f}")
         lines.append(f"  {row.contestant.label:<44}{'   '.join(parts) or '-'}")
     return "\n".join(lines)
 
@@ -111,6 +114,16 @@ def targets(results: Results) -> str:
             f"p99 {p99:.1f} ms{broker}" if p99 is not None else "no figure",
         )
     )
+    unwindowed = next((r for r in results.rows if r.contestant.reorder_window_ms == 0), None)
+    if unwindowed is not None:
+        p99 = unwindowed.latency.p99_ms if unwindowed.latency else None
+        lines.append(
+            _line(
+                f"{unwindowed.contestant.label}: p99 < 50 ms at half its peak",
+                p99 is not None and p99 < 50,
+                f"p99 {p99:.1f} ms" if p99 is not None else "no figure",
+            )
+        )
     soak = results.soak
     if soak is None:
         lines.append(
@@ -191,8 +204,17 @@ def _one(
     concurrency, standalone Redis."""
     for row in results.rows:
         c = row.contestant
-        one = (c.letter, c.handler_ms, c.processes, c.concurrency, c.shape, c.cluster, c.redis)
-        if one == (letter, handler_ms, 1, None, shape, False, RedisKind.STANDALONE):
+        one = (
+            c.letter,
+            c.handler_ms,
+            c.processes,
+            c.concurrency,
+            c.shape,
+            c.cluster,
+            c.redis,
+            c.reorder_window_ms,
+        )
+        if one == (letter, handler_ms, 1, None, shape, False, RedisKind.STANDALONE, None):
             return row
     return None
 

@@ -80,6 +80,8 @@ def contestants(plan: Plan, events: int) -> list[Contestant]:
         row("E", "E Quix Streams", Kind.QUIX, group="base"),
         row("D", "D worker, Redis Cluster", Kind.WORKER, redis=RedisKind.CLUSTER),
         row("D", "D worker, Redis over TLS", Kind.WORKER, redis=RedisKind.TLS),
+        # What the reorder window (every event waits it) costs, in turns with D and E.
+        row("D", "D worker, reorder window off", Kind.WORKER, group="base", reorder_window_ms=0),
     ]
     for shape in plan.shapes:
         rows.append(row("D", f"D worker, {shape}", Kind.WORKER, shape=shape, group=shape))

@@ -225,6 +225,31 @@ def test_cluster_and_tls_rows_are_compared_with_standalone_in_the_same_run():
     )
 
 
+def test_the_row_without_the_reorder_window_is_compared_with_the_d_row_not_taken_for_it():
+    rows = contestants(SMOKE, SMOKE.events)
+    (off,) = [c for c in rows if c.reorder_window_ms is not None]
+    assert off.reorder_window_ms == 0 and off.group == "base" and off.letter == "D"
+    windowless = _row("D", Kind.WORKER, 5_000, p99=40)
+    windowless = windowless.model_copy(
+        update={
+            "contestant": windowless.contestant.model_copy(
+                update={"label": "D window off", "reorder_window_ms": 0}
+            )
+        }
+    )
+    results = Results(
+        mode="full",
+        events=1000,
+        runs=1,
+        machine="test",
+        rows=[windowless, _row("D", Kind.WORKER, 4_000, p99=380)],  # listed before the D row
+    )
+    assert "D/D window on   1.25" in report.ratios(results)
+    targets = report.targets(results)
+    assert "[met ] D window off: p99 < 50 ms at half its peak: p99 40.0 ms" in targets
+    assert "p99 380.0 ms" in targets  # the windowed D row's own latency target
+
+
 def test_the_observer_waits_for_a_topic_that_is_not_known_yet(stack):
     """On a 3-broker cluster a topic just created can be unknown to the broker the observer
     asks; it used to assign that empty answer and watch nothing. Here the topic appears 1 s
