@@ -42,18 +42,23 @@ class Held:
     # Set only in snapshots from when the window was kept in the conversation's state and
     # claimed early before it: the token the event's own claim must use to be ours.
     token: str | None = field(default=None, compare=False)
+    # Redelivered copies of the event that came while it was held: they leave right after it
+    # (operators/window.py), without a place in the order of their own.
+    copies: list[WebhookEvent] = field(default_factory=list, compare=False)
 
     # Pickled (recovery snapshots) as plain values: operators/snapshot_codec.py.
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["event"] = snapshot_codec.pack(self.event)
         state["arrived_at"] = snapshot_codec.pack_time(self.arrived_at)
+        state["copies"] = [snapshot_codec.pack(copy) for copy in self.copies]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state["event"] = snapshot_codec.unpack(state["event"])
         state["arrived_at"] = snapshot_codec.unpack_time(state["arrived_at"])
         state.setdefault("token", None)
+        state["copies"] = [snapshot_codec.unpack(copy) for copy in state.get("copies", ())]
         self.__dict__.update(state)
 
 
@@ -68,12 +73,14 @@ def meta_time(event: WebhookEvent, arrived_at: datetime) -> float:
     return arrived_at.timestamp()
 
 
-def hold(heap: list[Held], event: WebhookEvent, arrived_at: datetime, seq: int) -> None:
+def hold(heap: list[Held], event: WebhookEvent, arrived_at: datetime, seq: int) -> Held:
     """Put an event in the window; `seq` counts arrivals (ties go in arrival order)."""
     # Meta's timestamps are whole seconds: the edge's receive time orders ties within one.
     edge = event.received_at.timestamp() if event.received_at is not None else math.inf
     key = (meta_time(event, arrived_at), edge, seq)
-    heapq.heappush(heap, Held(key, event, arrived_at))
+    held = Held(key, event, arrived_at)
+    heapq.heappush(heap, held)
+    return held
 
 
 def due(heap: list[Held], now: datetime, window: timedelta) -> list[Held]:

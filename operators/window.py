@@ -12,6 +12,13 @@ A shard's state is its conversations' heaps, snapshotted by Bytewax recovery lik
 conversations' queues: held events are neither lost nor re-read across a restart. The timers
 are not snapshotted; they are rebuilt from the heaps. At the end of the input (a replay, or a
 drain) nothing more can arrive: everything held is released then, in order.
+
+Redelivered copies (Meta retries, under new webhook ids too) are never dropped here: their
+conversation drops them, the one place that counts duplicates. But a copy carries its
+original's earlier timestamp, and held as an event of its own it would take the front of its
+conversation's window and hold the later events behind it for another window. So a copy of
+an event held here leaves right after it, and a copy of one this shard let through lately
+goes on at once: neither can be put in order before an event that has gone.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import heapq
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from bytewax.operators import StatefulBatchLogic
@@ -33,6 +40,9 @@ from wa_worker.operators.conversation import Counter, Uncounted
 # releases what it held when its time comes, whatever shard its conversations map to now.
 SHARDS = 64
 _SHARD_KEYS = tuple(str(i) for i in range(SHARDS))
+# Event keys a shard remembers as let through (not snapshotted): Meta's quick retries, and
+# an edge's own redeliveries, come within seconds; a later copy waits the window again.
+RECENTLY_RELEASED = 512
 
 
 def shard_of(conversation_key: str) -> str:
@@ -65,41 +75,54 @@ class WindowLogic(StatefulBatchLogic[WebhookEvent, WebhookEvent, WindowState]):
         # front's release when pushed. A front replaced by an earlier-stamped event arrived
         # later, so releases later: the entry fires early, finds nothing due, is pushed again.
         self._timers: list[tuple[datetime, str]] = []
+        self._held_keys: dict[str, reorder.Held] = {}  # event key -> its held event
+        self._released: dict[str, None] = {}  # let through lately, oldest first
         if resume is not None:
             self._state.held = {key: list(heap) for key, heap in resume.held.items()}
             self._state.arrivals = resume.arrivals
             for key, heap in self._state.held.items():
                 self._timers.append((heap[0].arrived_at + window, key))
+                self._held_keys.update((h.event.event_key, h) for h in heap)
             heapq.heapify(self._timers)
-            self._backlog.add(sum(len(heap) for heap in self._state.held.values()))
+            held = self._held_keys.values()
+            self._backlog.add(sum(1 + len(h.copies) for h in held))
 
     def on_batch(self, values: list[WebhookEvent]) -> tuple[Iterable[WebhookEvent], bool]:
         now = self._clock()
         held, arrivals, taken = self._state.held, self._state.arrivals, 0
+        held_keys, passed = self._held_keys, []
         for event in values:
+            # A copy (module docstring): after its held original, or on at once.
+            if (original := held_keys.get(event.event_key)) is not None:
+                original.copies.append(event)
+                taken += 1
+                continue
+            if event.event_key in self._released:
+                passed.append(event)
+                continue
             key = self._route_key(event)
             heap = held.get(key)
             if heap is None:
                 heap = held[key] = []
                 heapq.heappush(self._timers, (now + self._window, key))
-            # A redelivered copy is held too: its conversation drops it, the one place that
-            # counts duplicates (and where a replay counts every event as arrived).
-            reorder.hold(heap, event, now, arrivals)
+            held_keys[event.event_key] = reorder.hold(heap, event, now, arrivals)
             arrivals += 1
             taken += 1
         self._state.arrivals = arrivals
         if taken:
             self._backlog.add(taken)
-        return self._release(now), not held
+        out = self._release(now)
+        return (passed + out if passed else out), not held
 
     def on_notify(self) -> tuple[Iterable[WebhookEvent], bool]:
         return self._release(self._clock()), not self._state.held
 
     def on_eof(self) -> tuple[Iterable[WebhookEvent], bool]:
         """Nothing more can arrive: every held event goes, each conversation in order."""
-        out = [h.event for heap in self._state.held.values() for h in sorted(heap)]
+        out = [e for heap in self._state.held.values() for h in sorted(heap) for e in _with(h)]
         self._state.held.clear()
         self._timers.clear()
+        self._held_keys.clear()
         if out:
             self._backlog.done(len(out))
         return out, True
@@ -108,24 +131,41 @@ class WindowLogic(StatefulBatchLogic[WebhookEvent, WebhookEvent, WindowState]):
         return self._timers[0][0] if self._timers else None
 
     def snapshot(self) -> WindowState:
-        # Copies of the heaps, as Bytewax asks; the held events themselves are not changed.
-        held = {key: list(heap) for key, heap in self._state.held.items()}
+        # Copies of the heaps, as Bytewax asks; of a held event only its list of copies changes.
+        held = {
+            key: [replace(h, copies=list(h.copies)) if h.copies else h for h in heap]
+            for key, heap in self._state.held.items()
+        }
         return WindowState(held, self._state.arrivals)
 
     def _release(self, now: datetime) -> list[WebhookEvent]:
         out: list[WebhookEvent] = []
         timers, held, window = self._timers, self._state.held, self._window
+        held_keys, released = self._held_keys, self._released
         while timers and timers[0][0] <= now:
             _, key = heapq.heappop(timers)
             heap = held[key]
-            out.extend(h.event for h in reorder.due(heap, now, window))
+            for h in reorder.due(heap, now, window):
+                event_key = h.event.event_key
+                del held_keys[event_key]
+                released[event_key] = None
+                out.append(h.event)
+                if h.copies:
+                    out.extend(h.copies)
             if heap:
                 heapq.heappush(timers, (heap[0].arrived_at + window, key))
             else:
                 del held[key]
+        while len(released) > RECENTLY_RELEASED:
+            del released[next(iter(released))]
         if out:
             self._backlog.done(len(out))
         return out
+
+
+def _with(held: reorder.Held) -> list[WebhookEvent]:
+    """A held event and the copies that came while it was held."""
+    return [held.event, *held.copies]
 
 
 def window_builder(

@@ -211,6 +211,55 @@ def test_a_redelivered_copy_of_a_held_event_goes_on_for_its_conversation_to_drop
     assert finish_all(logic, submit) == ["wamid.a"]
 
 
+def test_a_copy_of_a_held_event_leaves_with_it_and_holds_no_later_event_back() -> None:
+    # Held as an event of its own, the copy (its original's earlier stamp, a later arrival)
+    # would be the front once its original left, and hold wamid.2 until t + 0.5.
+    backlog = Backlog()
+    logic, clock = window(backlog=backlog)
+    t = clock.now
+    first = message("wamid.1", T0 + 1)
+    logic.on_batch([first])
+    clock.advance(0.1)
+    logic.on_batch([message("wamid.2", T0 + 2)])
+    clock.advance(0.1)
+    assert logic.on_batch([first]) == ([], False) and backlog.count == 3
+    clock.now = t + WINDOW
+    out, _ = logic.on_notify()
+    assert keys(out) == ["wamid.1", "wamid.1"] and backlog.count == 1
+    assert logic.notify_at() == t + timedelta(milliseconds=400)
+    clock.now = t + timedelta(milliseconds=400)
+    out, discard = logic.on_notify()
+    assert keys(out) == ["wamid.2"] and discard and backlog.count == 0
+
+
+def test_a_copy_of_an_event_let_through_lately_goes_on_at_once() -> None:
+    logic, clock = window()
+    t = clock.now
+    first = message("wamid.1", T0 + 1)
+    logic.on_batch([first])
+    clock.now = t + WINDOW
+    assert keys(logic.on_notify()[0]) == ["wamid.1"]
+    logic.on_batch([message("wamid.3", T0 + 3)])
+    clock.advance(0.05)
+    out, discard = logic.on_batch([first])  # a redelivery, after its original went
+    assert keys(out) == ["wamid.1"] and not discard  # on to its conversation, to be dropped
+    assert logic.notify_at() == t + WINDOW * 2  # wamid.3 waits its own window, no longer
+
+
+def test_a_held_events_copies_survive_a_snapshot() -> None:
+    logic, clock = window()
+    event = message("wamid.a", T0)
+    logic.on_batch([event, event])
+    state = pickle.loads(pickle.dumps(logic.snapshot()))
+    backlog = Backlog()
+    resumed, _ = window(resume=state, clock=clock, backlog=backlog)
+    assert backlog.count == 2
+    resumed.on_batch([event])  # another copy after the restart: still its original's
+    clock.advance(0.3)
+    out, discard = resumed.on_notify()
+    assert keys(out) == ["wamid.a"] * 3 and discard and backlog.count == 0
+
+
 def test_held_events_survive_a_snapshot_and_leave_in_order_after_resume() -> None:
     logic, clock = window()
     logic.on_batch([message("wamid.2", T0 + 2), message("wamid.1", T0 + 1)])
