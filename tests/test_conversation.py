@@ -278,15 +278,28 @@ class ClosedGate:
         return True
 
 
-def test_an_open_breaker_holds_handler_calls_without_spending_attempts() -> None:
+def gated(max_retries: int = 3) -> tuple[ConversationLogic, FakeSubmitter, Clock, ClosedGate]:
+    """A logic behind a circuit breaker, open until the test closes it."""
     submit, clock, gate = FakeSubmitter(), Clock(), ClosedGate()
-    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 3), 30_000, 10.0)
+    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, max_retries), 30_000, 10.0)
     logic = ConversationLogic(
         lambda e: e.conversation_key, submit, policy, None, clock, handler_gate=gate
     )
-    (a,) = events("wamid.a")
-    logic.on_batch([a])
-    logic.on_batch([claimed("wamid.a", submit.claims[0][1])])
+    return logic, submit, clock, gate
+
+
+def claimed_head(logic: ConversationLogic, submit: FakeSubmitter) -> tuple[WebhookEvent, str]:
+    """wamid.a in, claimed: the head, waiting for its call."""
+    (event,) = events("wamid.a")
+    logic.on_batch([event])
+    token = submit.claims[0][1]
+    logic.on_batch([claimed("wamid.a", token)])
+    return event, token
+
+
+def test_an_open_breaker_holds_handler_calls_without_spending_attempts() -> None:
+    logic, submit, clock, gate = gated()
+    claimed_head(logic, submit)
     assert submit.handles == []
     due = logic.notify_at()
     assert due is not None and due > clock.now  # re-checks later, no busy loop
@@ -297,15 +310,8 @@ def test_an_open_breaker_holds_handler_calls_without_spending_attempts() -> None
 
 
 def test_a_failed_breaker_probe_costs_the_event_no_attempt() -> None:
-    submit, clock, gate = FakeSubmitter(), Clock(), ClosedGate()
-    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 1), 30_000, 10.0)
-    logic = ConversationLogic(
-        lambda e: e.conversation_key, submit, policy, None, clock, handler_gate=gate
-    )
-    (a,) = events("wamid.a")
-    logic.on_batch([a])
-    token = submit.claims[0][1]
-    logic.on_batch([claimed("wamid.a", token)])
+    logic, submit, clock, _ = gated(max_retries=1)
+    _, token = claimed_head(logic, submit)
 
     class TrialGate(ClosedGate):
         def admit_call(self) -> bool:
@@ -329,15 +335,8 @@ def test_a_failed_breaker_probe_costs_the_event_no_attempt() -> None:
 def test_a_head_held_by_the_breaker_past_half_its_lease_is_claimed_again_before_its_call() -> None:
     # The lease must outlast the call and the done marker after it: a redelivered copy
     # claimed once it ran out would be handled a second time.
-    submit, clock, gate = FakeSubmitter(), Clock(), ClosedGate()
-    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 3), 30_000, 10.0)
-    logic = ConversationLogic(
-        lambda e: e.conversation_key, submit, policy, None, clock, handler_gate=gate
-    )
-    (a,) = events("wamid.a")
-    logic.on_batch([a])
-    token = submit.claims[0][1]
-    logic.on_batch([claimed("wamid.a", token)])
+    logic, submit, clock, gate = gated()
+    _, token = claimed_head(logic, submit)
     clock.advance(14.0)  # within half the 30 s lease: still held, nothing asked
     logic.on_notify()
     assert len(submit.claims) == 1 and submit.handles == []
@@ -352,14 +351,8 @@ def test_a_head_held_by_the_breaker_past_half_its_lease_is_claimed_again_before_
 
 
 def test_a_held_head_whose_lease_a_copy_took_calls_with_the_copys_token() -> None:
-    submit, clock, gate = FakeSubmitter(), Clock(), ClosedGate()
-    policy = ConversationPolicy(BackoffPolicy(1000, 60_000, 0.0, 3), 30_000, 10.0)
-    logic = ConversationLogic(
-        lambda e: e.conversation_key, submit, policy, None, clock, handler_gate=gate
-    )
-    (a,) = events("wamid.a")
-    logic.on_batch([a])
-    logic.on_batch([claimed("wamid.a", submit.claims[0][1])])
+    logic, submit, clock, gate = gated()
+    a, _ = claimed_head(logic, submit)
     clock.advance(45.0)  # the breaker held it past its whole lease
     copy = Claimed(a, "copy-token", clock.now, claimed("wamid.a", "copy-token"))
     logic.on_batch([copy])  # claimed before it came, by the copy: the lease is the copy's
@@ -372,10 +365,7 @@ def test_a_held_head_whose_lease_a_copy_took_calls_with_the_copys_token() -> Non
 def test_a_retry_waiting_longer_than_half_a_lease_is_not_claimed_again() -> None:
     # Its recorded attempts extended the lease by the wait.
     logic, submit, clock = make()
-    (a,) = events("wamid.a")
-    logic.on_batch([a])
-    token = submit.claims[0][1]
-    logic.on_batch([claimed("wamid.a", token)])
+    _, token = claimed_head(logic, submit)
     for _ in range(3):
         logic.on_batch([HandleResult("wamid.a", token, HandleStatus.TRANSIENT, error="503")])
         clock.now = (logic.notify_at() or clock.now) + timedelta(seconds=10)
