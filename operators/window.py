@@ -80,12 +80,15 @@ class WindowLogic(StatefulBatchLogic[WebhookEvent, WebhookEvent, WindowState]):
         if resume is not None:
             self._state.held = {key: list(heap) for key, heap in resume.held.items()}
             self._state.arrivals = resume.arrivals
+            taken = 0
             for key, heap in self._state.held.items():
                 self._timers.append((heap[0].arrived_at + window, key))
-                self._held_keys.update((h.event.event_key, h) for h in heap)
+                for h in heap:
+                    # Older snapshots may hold a copy as an event of its own: both stay.
+                    self._held_keys.setdefault(h.event.event_key, h)
+                    taken += 1 + len(h.copies)
             heapq.heapify(self._timers)
-            held = self._held_keys.values()
-            self._backlog.add(sum(1 + len(h.copies) for h in held))
+            self._backlog.add(taken)
 
     def on_batch(self, values: list[WebhookEvent]) -> tuple[Iterable[WebhookEvent], bool]:
         now = self._clock()
@@ -147,7 +150,7 @@ class WindowLogic(StatefulBatchLogic[WebhookEvent, WebhookEvent, WindowState]):
             heap = held[key]
             for h in reorder.due(heap, now, window):
                 event_key = h.event.event_key
-                del held_keys[event_key]
+                held_keys.pop(event_key, None)  # absent for an older snapshot's second copy
                 released[event_key] = None
                 out.append(h.event)
                 if h.copies:

@@ -260,6 +260,22 @@ def test_a_held_events_copies_survive_a_snapshot() -> None:
     assert keys(out) == ["wamid.a"] * 3 and discard and backlog.count == 0
 
 
+def test_a_window_snapshotted_holding_a_copy_as_its_own_event_resumes_and_releases_both() -> None:
+    """Snapshots from before copies were attached to their originals hold them separately."""
+    clock = Clock()
+    heap: list[reorder.Held] = []
+    event = message("wamid.a", T0)
+    reorder.hold(heap, event, clock.now, 0)
+    reorder.hold(heap, event, clock.now, 1)
+    state = pickle.loads(pickle.dumps(WindowState({event.conversation_key: heap}, 2)))
+    backlog = Backlog()
+    resumed, _ = window(resume=state, clock=clock, backlog=backlog)
+    assert backlog.count == 2
+    clock.advance(0.3)
+    out, discard = resumed.on_notify()
+    assert keys(out) == ["wamid.a", "wamid.a"] and discard and backlog.count == 0
+
+
 def test_held_events_survive_a_snapshot_and_leave_in_order_after_resume() -> None:
     logic, clock = window()
     logic.on_batch([message("wamid.2", T0 + 2), message("wamid.1", T0 + 1)])
