@@ -48,8 +48,8 @@ def ratios(results: Results) -> str:
         standalone = _one(results, "D")
         if _other_redis(row) and standalone and row.rate and standalone.rate:
             parts.append(f"D/D standalone {row.rate / standalone.rate:6.2f}")
-        windowed = row.contestant.reorder_window_ms is not None
-        if windowed and standalone and row.rate and standalone.rate:
+        own_window = row.contestant.reorder_window_ms is not None  # against the default's
+        if own_window and standalone and row.rate and standalone.rate:
             parts.append(f"D/D window on {row.rate / standalone.rate:6.2f}")
         lines.append(f"  {row.contestant.label:<44}{'   '.join(parts) or '-'}")
     return "\n".join(lines)
